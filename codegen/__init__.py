@@ -1,0 +1,1 @@
+"""symnet.codegen: graph -> fused kernels -> module sources + Plan."""

@@ -1,0 +1,1 @@
+"""symnet.runtime: executes Plans on backends; never imports sympy or networkx."""

@@ -1,0 +1,90 @@
+"""Reverse-mode autodiff that builds the backward pass as more graph.
+
+Each op's ``vjp`` returns its arguments' cotangents as Tensors (or None for zero),
+so the result can be compiled, fused and differentiated again like any graph.
+Integer-valued ops (comparisons, argmax, gather indices, random) give zero gradients.
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from . import functions as F
+from .errors import GradientError, GraphError
+from .graph import Tensor
+
+
+def grad(cost: Tensor, wrt, disconnected="zero"):
+    """d cost / d wrt for a scalar ``cost``; ``wrt`` is a Tensor or a list of them.
+
+    A Tensor that ``cost`` does not depend on gets zeros (``disconnected="zero"``) or
+    raises (``"raise"``).
+    """
+    if not isinstance(cost, Tensor):
+        raise GraphError(f"grad: cost must be a Tensor, got {type(cost).__name__}")
+    if cost.shape != ():
+        raise GradientError(f"grad: cost {cost.label()} has shape {cost.shape}, expected a "
+                            "scalar (shape ()); reduce it with .sum() or use symnet.vjp")
+    single = isinstance(wrt, Tensor)
+    wrt_list = [wrt] if single else list(wrt)
+    grads = vjp([cost], [F.ones((), cost.graph)], wrt_list, disconnected)
+    return grads[0] if single else grads
+
+
+def vjp(outputs, cotangents, wrt, disconnected="zero"):
+    """Sum over outputs of cotangent . d output / d wrt, for each tensor in ``wrt``."""
+    outputs, cotangents, wrt = list(outputs), list(cotangents), list(wrt)
+    if len(outputs) != len(cotangents):
+        raise GraphError(f"vjp: {len(outputs)} outputs but {len(cotangents)} cotangents")
+    graph = outputs[0].graph
+    for t in outputs + wrt + cotangents:
+        if not isinstance(t, Tensor) or t.graph is not graph:
+            raise GraphError(f"vjp: {t!r} is not a Tensor of the outputs' graph")
+    for o, c in zip(outputs, cotangents):
+        if o.shape != c.shape:
+            raise GradientError(f"vjp: cotangent of {o.label()} has shape {c.shape}, "
+                                f"expected {o.shape}")
+    out_ids = [o.id for o in outputs]
+    wrt_ids = {w.id for w in wrt}
+    reach = set()
+    for w in wrt_ids:
+        reach |= nx.descendants(graph.nx, w) | {w}
+    order = [n for n in graph.ancestors(out_ids) if n in reach]
+
+    pending = {}
+    for o, c in zip(outputs, cotangents):
+        if o.id in reach:
+            pending.setdefault(o.id, []).append(c)
+    done = {}
+    for n in reversed(order):
+        parts = pending.pop(n, None)
+        if not parts:
+            continue
+        g = parts[0]
+        for p in parts[1:]:
+            g = F.add(g, p)
+        done[n] = g
+        op = graph.op(n)
+        args = [graph.tensor(a) for a in graph.args(n)]
+        if not args:
+            continue
+        arg_grads = op.vjp(args, graph.tensor(n), g)
+        if len(arg_grads) != len(args):
+            raise GradientError(f"{op.describe()}: vjp gave {len(arg_grads)} cotangents "
+                                f"for {len(args)} arguments")
+        for a, ga in zip(args, arg_grads):
+            if ga is None or a.id not in reach:
+                continue
+            if ga.shape != a.shape:
+                raise GradientError(f"{op.describe()}: vjp gave shape {ga.shape} for "
+                                    f"argument of shape {a.shape}")
+            pending.setdefault(a.id, []).append(ga)
+
+    result = []
+    for w in wrt:
+        if w.id in done:
+            result.append(done[w.id])
+        elif disconnected == "raise":
+            raise GradientError(f"grad: the cost does not depend on {w.label()}")
+        else:
+            result.append(F.zeros(w.shape, graph))
+    return result

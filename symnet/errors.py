@@ -1,0 +1,25 @@
+"""Exception types of symnet.
+
+Every error says what was found and what was expected, and names the op, layer,
+file and line where there is one.
+"""
+
+
+class SymnetError(Exception):
+    """Base class of all symnet errors."""
+
+
+class ShapeError(SymnetError, ValueError):
+    """An op received arguments whose shapes do not fit together."""
+
+
+class GraphError(SymnetError, ValueError):
+    """A graph is malformed: mixed graphs, missing inputs, bad arguments."""
+
+
+class UnsupportedFunctionError(SymnetError, ValueError):
+    """A sympy function has no printing or evaluation rule."""
+
+
+class GradientError(SymnetError, ValueError):
+    """A gradient cannot be derived, or a gradient check failed."""

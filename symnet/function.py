@@ -1,0 +1,129 @@
+"""``symnet.function``: compile a graph from inputs to outputs for a backend."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import ops, reference
+from .errors import GraphError, ShapeError
+from .graph import Tensor
+
+BACKENDS = ("numpy", "cpu", "cuda-emu", "cuda")
+
+
+def default_backend() -> str:
+    """``$SYMNET_BACKEND``, else ``cuda`` where a GPU is usable, else ``cpu``."""
+    env = os.environ.get("SYMNET_BACKEND")
+    if env:
+        if env not in BACKENDS:
+            raise ValueError(f"SYMNET_BACKEND={env!r}: expected one of {BACKENDS}")
+        return env
+    from .runtime import devices
+    return "cuda" if devices.cuda_usable() else "cpu"
+
+
+def _check_io(inputs, outputs):
+    for t in list(inputs) + list(outputs):
+        if not isinstance(t, Tensor):
+            raise GraphError(f"function: {t!r} is not a Tensor")
+    if not outputs:
+        raise GraphError("function: no outputs given")
+    graph = outputs[0].graph
+    for t in list(inputs) + list(outputs):
+        if t.graph is not graph:
+            raise GraphError(f"function: {t.label()} belongs to another graph")
+    for t in inputs:
+        if not isinstance(t.op, ops.Input):
+            raise GraphError(f"function: {t.label()} is a {t.op.kind}, not an input; "
+                             "only symnet.input tensors can be fed")
+    given = {t.id for t in inputs}
+    for n in graph.ancestors([o.id for o in outputs]):
+        op = graph.op(n)
+        if isinstance(op, ops.Input) and n not in given:
+            raise GraphError(f"function: the outputs depend on input '{op.name}' "
+                             f"(shape {op.shape}), which is not among the inputs "
+                             f"{[t.name for t in inputs]}")
+    graph.verify([o.id for o in outputs])
+    return graph
+
+
+class Function:
+    """A compiled function. Call it with one array per input; it returns one array per
+    output (a single array when built with a single output Tensor)."""
+
+    def __init__(self, inputs, outputs, backend=None, name=None):
+        self.single = isinstance(outputs, Tensor)
+        self.inputs = list(inputs)
+        self.outputs = [outputs] if self.single else list(outputs)
+        self.graph = _check_io(self.inputs, self.outputs)
+        self.backend = backend or default_backend()
+        if self.backend not in BACKENDS:
+            raise ValueError(f"function: unknown backend {self.backend!r}, expected one of "
+                             f"{BACKENDS}")
+        self.name = name or "fn"
+        self._impl = None
+        if self.backend != "numpy":
+            from .compile import compile_function
+            self._impl = compile_function(self.graph, [t.id for t in self.inputs],
+                                          [t.id for t in self.outputs], self.backend,
+                                          self.name)
+
+    def _feeds(self, arrays):
+        if len(arrays) != len(self.inputs):
+            raise GraphError(f"function '{self.name}': got {len(arrays)} arrays for "
+                             f"{len(self.inputs)} inputs {[t.name for t in self.inputs]}")
+        feeds = []
+        for t, a in zip(self.inputs, arrays):
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            if a.shape != t.shape:
+                raise ShapeError(f"function '{self.name}': input '{t.name}' got shape "
+                                 f"{a.shape}, expected {t.shape}")
+            feeds.append(a)
+        return feeds
+
+    def __call__(self, *arrays, out=None):
+        feeds = self._feeds(arrays)
+        if self._impl is None:
+            results = reference.evaluate(self.graph, [o.id for o in self.outputs],
+                                         {t.id: a for t, a in zip(self.inputs, feeds)})
+            if out is not None:
+                for dst, src in zip(self._check_out(out), results):
+                    dst[...] = src
+                results = list(out)
+        else:
+            results = self._impl.run(feeds, self._check_out(out) if out is not None else None)
+        return results[0] if self.single else results
+
+    def _check_out(self, out):
+        out = list(out)
+        if len(out) != len(self.outputs):
+            raise GraphError(f"function '{self.name}': out= has {len(out)} arrays for "
+                             f"{len(self.outputs)} outputs")
+        for o, a in zip(self.outputs, out):
+            if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == o.shape
+                    and a.flags.c_contiguous):
+                raise ShapeError(f"function '{self.name}': out array for {o.label()} must be "
+                                 f"C-contiguous float32 of shape {o.shape}")
+        return out
+
+    # inspection (codegen backends fill these)
+    @property
+    def sources(self) -> dict:
+        return {} if self._impl is None else dict(self._impl.sources)
+
+    @property
+    def plan(self):
+        return None if self._impl is None else self._impl.plan
+
+    def report(self) -> list:
+        return [] if self._impl is None else self._impl.report()
+
+    def report_text(self) -> str:
+        return "" if self._impl is None else self._impl.report_text()
+
+
+def function(inputs, outputs, backend=None, name=None) -> Function:
+    """Compile ``outputs`` as a function of ``inputs`` for ``backend`` (``numpy``, ``cpu``,
+    ``cuda-emu``, ``cuda``; default from ``$SYMNET_BACKEND`` or the machine)."""
+    return Function(inputs, outputs, backend, name)

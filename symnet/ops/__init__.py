@@ -1,0 +1,16 @@
+"""The op families of the graph. Each op: arity, shape inference, vjp, NumPy semantics."""
+from .base import Op, Input, Param, Constant, Leaf
+from .elementwise import Elementwise
+from .reduce import Reduce
+from .layout import Reshape, Transpose, Slice, SliceGrad, Concat, Pad
+from .contraction import MatMul, ConvParams, Conv2d, ConvTranspose2d, ConvWeightGrad
+from .window import PoolParams, Pool2d, MaxPoolGrad, MaxPoolSelect, AvePoolGrad, WindowSum
+from .index import Gather, GatherGrad, ArgTopK, RandomUniform
+
+__all__ = [
+    "Op", "Input", "Param", "Constant", "Leaf", "Elementwise", "Reduce", "Reshape",
+    "Transpose", "Slice", "SliceGrad", "Concat", "Pad", "MatMul", "ConvParams", "Conv2d",
+    "ConvTranspose2d", "ConvWeightGrad", "PoolParams", "Pool2d", "MaxPoolGrad",
+    "MaxPoolSelect", "AvePoolGrad", "WindowSum", "Gather", "GatherGrad", "ArgTopK",
+    "RandomUniform",
+]

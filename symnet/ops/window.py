@@ -1,0 +1,246 @@
+"""Pooling (Caffe's rules) and the windowed sum along one axis.
+
+Caffe's pooling output size rounds up: ``ceil((H + 2p - k) / s) + 1``; when padding
+is set and the last window would start beyond the image (inside the bottom/right
+padding), that window is dropped. MAX ignores padded positions; AVE divides by the
+window's size clipped to the padded image (``H + p``), not to the image, so border
+averages count the padding as zeros. MAX's gradient goes to the first maximum in
+row-major window order (Caffe compares with ``>``).
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from .base import Op
+from .contraction import _pair
+
+
+class PoolParams:
+    def __init__(self, kernel, stride=1, pad=0, ceil_mode=True):
+        self.kernel = _pair(kernel, "kernel")
+        self.stride = _pair(stride, "stride")
+        self.pad = _pair(pad, "pad")
+        self.ceil_mode = bool(ceil_mode)
+        if min(self.kernel) < 1 or min(self.stride) < 1 or min(self.pad) < 0:
+            raise ValueError(f"pool2d: kernel {self.kernel} and stride {self.stride} must be "
+                             f">= 1 and pad {self.pad} >= 0")
+        if self.pad[0] >= self.kernel[0] or self.pad[1] >= self.kernel[1]:
+            raise ValueError(f"pool2d: pad {self.pad} must be smaller than kernel {self.kernel}")
+
+    def as_dict(self):
+        return {"kernel": self.kernel, "stride": self.stride, "pad": self.pad,
+                "ceil_mode": self.ceil_mode}
+
+    def out_len(self, n, axis):
+        k, s, p = self.kernel[axis], self.stride[axis], self.pad[axis]
+        span = n + 2 * p - k
+        out = (-(-span // s) if self.ceil_mode else span // s) + 1
+        if p > 0 and (out - 1) * s >= n + p:
+            out -= 1    # Caffe: the last window must start inside the image or left pad
+        return out
+
+    def ranges(self, n, axis):
+        """Per output index: (start, end) clipped to the image and the AVE divisor span."""
+        k, s, p = self.kernel[axis], self.stride[axis], self.pad[axis]
+        result = []
+        for i in range(self.out_len(n, axis)):
+            start = i * s - p
+            end = min(start + k, n + p)
+            span = end - start
+            result.append((max(start, 0), min(end, n), span))
+        return result
+
+
+class _PoolBase(Op):
+    def __init__(self, params: PoolParams):
+        self.p = params
+
+    def attrs(self):
+        return self.p.as_dict()
+
+    def out_shape(self, in_shape):
+        n, c, h, w = in_shape
+        return (n, c, self.p.out_len(h, 0), self.p.out_len(w, 1))
+
+    def cells(self, in_shape):
+        """(i, j, hs, he, ws, we, area) for every output position."""
+        rows = self.p.ranges(in_shape[2], 0)
+        cols = self.p.ranges(in_shape[3], 1)
+        for i, (hs, he, sh) in enumerate(rows):
+            for j, (ws, we, sw) in enumerate(cols):
+                yield i, j, hs, he, ws, we, sh * sw
+
+    def argmax_positions(self, x):
+        """For each output cell: flat (h, w) positions of the first maximum, per (n, c)."""
+        for i, j, hs, he, ws, we, _ in self.cells(x.shape):
+            win = x[:, :, hs:he, ws:we].reshape(x.shape[0], x.shape[1], -1)
+            k = np.argmax(win, axis=2)
+            yield i, j, hs + k // (we - ws), ws + k % (we - ws)
+
+
+class Pool2d(_PoolBase):
+    kind = "pool2d"
+    nargs = 1
+
+    def __init__(self, how, params: PoolParams):
+        if how not in ("max", "ave"):
+            raise ValueError(f"pool2d: unknown method '{how}', expected 'max' or 'ave'")
+        super().__init__(params)
+        self.how = how
+        self.label = f"{how}pool"
+
+    def attrs(self):
+        return dict(self.p.as_dict(), how=self.how)
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        if len(shapes[0]) != 4:
+            raise self.shape_error(shapes, "a 4-d tensor (N, C, H, W)")
+        out = self.out_shape(shapes[0])
+        if out[2] < 1 or out[3] < 1:
+            raise self.shape_error(shapes, f"an image at least as large as kernel {self.p.kernel}"
+                                   f" minus padding")
+        return out
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        (x,) = args
+        if self.how == "max":
+            return [F.graph_of(g).add(MaxPoolGrad(self.p), [x, g])]
+        return [F.graph_of(g).add(AvePoolGrad(self.p, x.shape), [g])]
+
+    def reference(self, arrays, shape):
+        (x,) = arrays
+        y = np.empty(shape, dtype=x.dtype)
+        for i, j, hs, he, ws, we, area in self.cells(x.shape):
+            win = x[:, :, hs:he, ws:we]
+            y[:, :, i, j] = win.max(axis=(2, 3)) if self.how == "max" else \
+                win.sum(axis=(2, 3)) / area
+        return y
+
+
+class MaxPoolGrad(_PoolBase):
+    """Max pooling's input gradient: g routed to each window's first maximum of x."""
+    kind = "maxpool_grad"
+    nargs = 2
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        x, g = shapes
+        if len(x) != 4 or tuple(g) != self.out_shape(x):
+            raise self.shape_error(shapes, "x (N, C, H, W) and g of max pooling's output shape")
+        return tuple(x)
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        x, _ = args
+        return [None, F.graph_of(g).add(MaxPoolSelect(self.p), [x, g])]
+
+    def reference(self, arrays, shape):
+        x, g = arrays
+        dx = np.zeros(shape, dtype=g.dtype)
+        n_idx, c_idx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        for i, j, hh, ww in self.argmax_positions(x):
+            dx[n_idx, c_idx, hh, ww] += g[:, :, i, j]
+        return dx
+
+
+class MaxPoolSelect(_PoolBase):
+    """The adjoint of MaxPoolGrad in g: G read at each window's first maximum of x."""
+    kind = "maxpool_select"
+    nargs = 2
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        x, gx = shapes
+        if len(x) != 4 or tuple(gx) != tuple(x):
+            raise self.shape_error(shapes, "two tensors of one (N, C, H, W) shape")
+        return self.out_shape(x)
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        x, _ = args
+        return [None, F.graph_of(g).add(MaxPoolGrad(self.p), [x, g])]
+
+    def reference(self, arrays, shape):
+        x, gx = arrays
+        y = np.empty(shape, dtype=gx.dtype)
+        n_idx, c_idx = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+        for i, j, hh, ww in self.argmax_positions(x):
+            y[:, :, i, j] = gx[n_idx, c_idx, hh, ww]
+        return y
+
+
+class AvePoolGrad(_PoolBase):
+    """Average pooling's input gradient: g / area spread over each window."""
+    kind = "avepool_grad"
+    nargs = 1
+
+    def __init__(self, params, in_shape):
+        super().__init__(params)
+        self.in_shape = tuple(in_shape)
+
+    def attrs(self):
+        return dict(self.p.as_dict(), in_shape=self.in_shape)
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        if tuple(shapes[0]) != self.out_shape(self.in_shape):
+            raise self.shape_error(shapes, f"[{self.out_shape(self.in_shape)}]")
+        return self.in_shape
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        return [F.graph_of(g).add(Pool2d("ave", self.p), [g])]
+
+    def reference(self, arrays, shape):
+        (g,) = arrays
+        dx = np.zeros(shape, dtype=g.dtype)
+        for i, j, hs, he, ws, we, area in self.cells(shape):
+            dx[:, :, hs:he, ws:we] += (g[:, :, i, j] / area)[:, :, None, None]
+        return dx
+
+
+class WindowSum(Op):
+    """y[..., c, ...] = sum of x[..., c - before .. c + after, ...] (zeros outside)."""
+    kind = "window_sum"
+    nargs = 1
+
+    def __init__(self, axis, before, after):
+        self.axis, self.before, self.after = int(axis), int(before), int(after)
+        if self.before < 0 or self.after < 0:
+            raise ValueError(f"window_sum: before {before} and after {after} must be >= 0")
+
+    def attrs(self):
+        return {"axis": self.axis, "before": self.before, "after": self.after}
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        if not 0 <= self.axis < len(shapes[0]):
+            raise self.shape_error(shapes, f"a tensor with axis {self.axis}")
+        return tuple(shapes[0])
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        return [F.graph_of(g).add(WindowSum(self.axis, self.after, self.before), [g])]
+
+    def reference(self, arrays, shape):
+        (x,) = arrays
+        pads = [(0, 0)] * x.ndim
+        pads[self.axis] = (self.before, self.after)
+        xp = np.pad(x, pads)
+        n = x.shape[self.axis]
+        total = np.zeros(shape, dtype=x.dtype)
+        for j in range(self.before + self.after + 1):
+            total += np.take(xp, range(j, j + n), axis=self.axis)
+        return total
+
+
+def pool_out_len(n, kernel, stride, pad, ceil_mode=True):
+    """Caffe's pooled size of one axis (exposed for layers and tests)."""
+    return PoolParams(kernel, stride, pad, ceil_mode).out_len(n, 0)
+
+
+__all__ = ["PoolParams", "Pool2d", "MaxPoolGrad", "MaxPoolSelect", "AvePoolGrad",
+           "WindowSum", "pool_out_len"]
