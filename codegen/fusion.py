@@ -1,0 +1,283 @@
+"""Fusion: partition a graph into the kernels that compute it.
+
+- Elementwise nodes over one iteration space (their output shape) merge into groups
+  that stay convex (no path leaves a group and comes back), greedily in topological
+  order: a node joins the groups of all its same-space elementwise producers when the
+  union stays convex. Operands of other shapes are broadcast loads.
+- A reduction takes its elementwise producers of the reduced space as a prologue that
+  it recomputes, so ``sum(exp(x - m))`` reads x and m and writes only the sum.
+  A reduction whose prologue reads another reduction of the same space and axes joins
+  that reduction's kernel as a later stage (softmax's max then sum: one kernel).
+- Reshape aliases its argument's memory. Every other op is a library kernel.
+- Only values read by another kernel, or requested as outputs, are stored; an
+  elementwise group with nothing to store disappears.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from symnet import ops
+
+
+@dataclass
+class Kernel:
+    kind: str                       # "elementwise", "reduce", "library", "alias"
+    members: list                   # node ids computed (topological order)
+    stages: list = field(default_factory=list)      # reduce: the Reduce node ids
+    prologue: dict = field(default_factory=dict)    # reduce: stage -> set of ew nodes
+    stored: list = field(default_factory=list)      # node ids written to memory
+    loads: list = field(default_factory=list)       # node ids read from memory
+    needed: list = field(default_factory=list)      # elementwise: members computed
+    boundaries: list = field(default_factory=list)  # (node, reason) where fusion stopped
+
+    @property
+    def anchor(self):
+        return self.stages[-1] if self.stages else self.members[-1]
+
+
+def _is_ew(graph, n):
+    return isinstance(graph.op(n), ops.Elementwise)
+
+
+class Partition:
+    def __init__(self, graph, output_ids):
+        self.graph = graph
+        self.outputs = list(dict.fromkeys(output_ids))
+        self.order = graph.ancestors(self.outputs)
+        self.pos = {n: i for i, n in enumerate(self.order)}
+        self.anc = {}
+        for n in self.order:
+            bits = 0
+            for a in graph.args(n):
+                bits |= self.anc[a] | (1 << self.pos[a])
+            self.anc[n] = bits
+        self.consumers = {n: [c for c in graph.nx.successors(n) if c in self.pos]
+                          for n in self.order}
+        self.group_of = {}
+        self.groups = {}
+        self._group_elementwise()
+        self.kernels = self._build_kernels()
+        self._select_stored()
+
+    # ------------------------------------------------------------ elementwise groups
+    def _convex(self, members) -> bool:
+        bits = 0
+        for m in members:
+            bits |= 1 << self.pos[m]
+        for m in members:
+            for a in self.graph.args(m):
+                if a not in members and self.anc[a] & bits:
+                    return False
+        return True
+
+    def _group_elementwise(self):
+        g = self.graph
+        next_id = 0
+        for n in self.order:
+            if not _is_ew(g, n):
+                continue
+            shape = g.shape(n)
+            cands = []
+            for a in g.args(n):
+                if a in self.group_of and g.shape(a) == shape:
+                    gid = self.group_of[a]
+                    if gid not in cands:
+                        cands.append(gid)
+            chosen = None
+            union = {n}.union(*(self.groups[c] for c in cands)) if cands else None
+            if cands and self._convex(union):
+                chosen = cands
+            else:
+                for c in cands:
+                    if self._convex(self.groups[c] | {n}):
+                        chosen = [c]
+                        break
+            if chosen:
+                keep = chosen[0]
+                for c in chosen[1:]:
+                    for m in self.groups.pop(c):
+                        self.group_of[m] = keep
+                        self.groups[keep].add(m)
+                self.groups[keep].add(n)
+                self.group_of[n] = keep
+            else:
+                self.groups[next_id] = {n}
+                self.group_of[n] = next_id
+                next_id += 1
+
+    # ------------------------------------------------------------ kernels
+    def _prologue(self, r):
+        """Elementwise nodes of the reduced space feeding reduction r (recomputed)."""
+        g = self.graph
+        (x,) = g.args(r)
+        space = g.shape(x)
+        members, stack = set(), [x]
+        while stack:
+            n = stack.pop()
+            if n in members or not _is_ew(g, n) or g.shape(n) != space:
+                continue
+            members.add(n)
+            stack.extend(g.args(n))
+        return members
+
+    def _loads_of(self, members, exclude=()):
+        loads = []
+        for m in sorted(members, key=self.pos.get):
+            for a in self.graph.args(m):
+                if a not in members and a not in exclude and a not in loads:
+                    loads.append(a)
+        return loads
+
+    def _build_kernels(self):
+        g = self.graph
+        kernels, reduce_kernel = [], {}
+        for gid, members in self.groups.items():
+            kernels.append(Kernel("elementwise", sorted(members, key=self.pos.get)))
+        for n in self.order:
+            op = g.op(n)
+            if isinstance(op, ops.Reduce):
+                pro = self._prologue(n)
+                loads = self._loads_of(pro) if pro else list(g.args(n))
+                target = self._chain_target(n, loads, reduce_kernel)
+                if target is not None:
+                    target.stages.append(n)
+                    target.members.append(n)
+                    target.prologue[n] = pro
+                    reduce_kernel[n] = target
+                else:
+                    k = Kernel("reduce", [n], stages=[n], prologue={n: pro})
+                    kernels.append(k)
+                    reduce_kernel[n] = k
+            elif isinstance(op, ops.Reshape):
+                kernels.append(Kernel("alias", [n], loads=list(g.args(n))))
+            elif not isinstance(op, (ops.Elementwise, ops.Leaf)):
+                kernels.append(Kernel("library", [n], loads=list(g.args(n))))
+        for k in kernels:
+            if k.kind == "reduce":
+                k.loads = self._reduce_loads(k)
+        return kernels
+
+    def _reduce_loads(self, k):
+        loads = []
+        for s in k.stages:
+            pro = k.prologue[s]
+            src = self._loads_of(pro) if pro else list(self.graph.args(s))
+            for a in src:
+                if a not in k.stages and a not in loads:
+                    loads.append(a)
+        return loads
+
+    def _chain_target(self, r, loads, reduce_kernel):
+        g = self.graph
+        op = g.op(r)
+        space = g.shape(g.args(r)[0])
+        for l in loads:
+            k = reduce_kernel.get(l)
+            if k is None:
+                continue
+            first = g.op(k.stages[0])
+            if first.axes != op.axes or g.shape(g.args(k.stages[0])[0]) != space:
+                continue
+            stage_bits = 0
+            for s in k.stages:
+                stage_bits |= 1 << self.pos[s]
+            if all(o in k.stages or not (self.anc[o] & stage_bits) for o in loads):
+                return k
+        return None
+
+    # ------------------------------------------------------------ stored values
+    def _kernel_dag(self):
+        producer = {}
+        for i, k in enumerate(self.kernels):
+            for m in k.members:
+                producer.setdefault(m, i)
+        for i, k in enumerate(self.kernels):
+            if k.kind == "reduce":
+                for s in k.stages:
+                    producer[s] = i
+        return producer
+
+    def _select_stored(self):
+        g = self.graph
+        producer = self._kernel_dag()
+        dag = nx.DiGraph()
+        dag.add_nodes_from(range(len(self.kernels)))
+        for i, k in enumerate(self.kernels):
+            if k.kind == "elementwise":
+                srcs = [a for m in k.members for a in g.args(m) if a not in k.members]
+            else:
+                srcs = k.loads
+            for a in srcs:
+                if a in producer and producer[a] != i:
+                    dag.add_edge(producer[a], i)
+        order = list(nx.lexicographical_topological_sort(
+            dag, key=lambda i: self.pos[self.kernels[i].anchor]))
+        stored = set(self.outputs)
+        emitted = []
+        for i in reversed(order):
+            k = self.kernels[i]
+            if k.kind == "elementwise":
+                want = [m for m in k.members if m in stored]
+                if not want:
+                    continue
+                need = self._needed(k, want)
+                k.stored, k.needed = want, need
+                k.loads = self._loads_of(set(need))
+            elif k.kind == "reduce":
+                k.stored = [s for s in k.stages if s in stored]
+                if not k.stored:
+                    continue
+            else:
+                if not any(m in stored for m in k.members):
+                    continue
+                k.stored = list(k.members)
+            stored.update(k.loads)
+            emitted.append(k)
+        self.kernels = list(reversed(emitted))
+        self.stored = stored
+        self._explain()
+
+    def _needed(self, k, want):
+        members = set(k.members)
+        need, stack = set(), list(want)
+        while stack:
+            n = stack.pop()
+            if n in need:
+                continue
+            need.add(n)
+            stack.extend(a for a in self.graph.args(n) if a in members)
+        return sorted(need, key=self.pos.get)
+
+    def _explain(self):
+        """Record, for each kernel, why fusion stopped at each stored value."""
+        g = self.graph
+        for k in self.kernels:
+            for s in k.stored:
+                reasons = []
+                if s in self.outputs:
+                    reasons.append("requested as an output")
+                for c in self.consumers.get(s, []):
+                    cop = g.op(c)
+                    if c in k.members:
+                        continue
+                    if isinstance(cop, ops.Elementwise):
+                        if g.shape(c) != g.shape(s):
+                            reasons.append(f"consumer {cop.label} #{c} iterates {g.shape(c)}, "
+                                           f"not {g.shape(s)}")
+                        elif self.group_of.get(c) != self.group_of.get(s):
+                            reasons.append(f"fusing consumer {cop.label} #{c} would make a "
+                                           "cycle through another kernel")
+                    elif isinstance(cop, ops.Reduce):
+                        if k.kind == "reduce":
+                            reasons.append(f"consumer reduction #{c} reduces other axes")
+                    elif isinstance(cop, ops.Reshape):
+                        reasons.append(f"reshape #{c} aliases it")
+                    else:
+                        reasons.append(f"consumer {cop.kind} #{c} is a library kernel")
+                k.boundaries.append((s, "; ".join(dict.fromkeys(reasons)) or "read later"))
+
+
+def partition(graph, output_ids) -> Partition:
+    return Partition(graph, output_ids)

@@ -1,0 +1,225 @@
+"""Kernel text for fused groups: elementwise groups, reductions with fused prologues,
+and the index-mapping copy kernels of layout ops.
+
+Expressions of a group are composed by substitution into one sympy tree per stored
+value, then ``sympy.cse`` shares common work across all of the kernel's outputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+
+from symnet import ops, scalar
+
+from .cprinter import ccode
+from .indexing import Space, coords_of, offset_of
+
+
+@dataclass
+class KernelText:
+    """A kernel's body and signature; ``name`` is assigned when the module is built."""
+    base_name: str
+    params: tuple          # ((type, name), ...) as in templates: p, c, l, f
+    body: str
+    comment: str
+    block: int = 128
+
+    def source(self, name) -> str:
+        ctype = {"p": "float* __restrict__", "c": "const float* __restrict__",
+                 "l": "long", "f": "float"}
+        sig = ", ".join(f"{ctype[t]} {n}" for t, n in self.params)
+        return f"/* {self.comment} */\nSN_KERNEL {name}({sig}) {{\n{self.body}}}\n"
+
+    def arg_types(self) -> str:
+        return "".join("p" if t in "pc" else t for t, _ in self.params)
+
+
+def _load_symbol(j):
+    return sp.Symbol(f"x{j}", real=True)
+
+
+def _compose(graph, nodes, leaf_symbol):
+    """sympy expression of each node in ``nodes`` (topological), leaves via leaf_symbol."""
+    exprs = {}
+    inside = set(nodes)
+    for n in nodes:
+        op = graph.op(n)
+        subs = {}
+        for k, a in enumerate(graph.args(n)):
+            subs[scalar.arg_symbol(k)] = exprs[a] if a in inside else leaf_symbol(a)
+        exprs[n] = op.expr.xreplace(subs)
+    return exprs
+
+
+def _cse_lines(exprs, indent):
+    repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t"), optimizations=None,
+                           order="canonical")
+    lines = [f"{indent}const float {s} = {ccode(e)};" for s, e in repl]
+    return lines, reduced
+
+
+def _name_of(graph, nodes, prefix="k"):
+    labels = []
+    for n in nodes:
+        name = graph.nx.nodes[n].get("name")
+        op = graph.op(n)
+        label = name or getattr(op, "label", None) or op.kind
+        if label not in labels:
+            labels.append(label)
+    base = "_".join(_ident(l) for l in labels[:4]) or "kernel"
+    if len(labels) > 4:
+        base += f"_{len(labels) - 4}more"
+    return f"{prefix}_{base}"
+
+
+def _ident(text):
+    out = "".join(c if c.isalnum() else "_" for c in str(text)).strip("_")
+    return out[:24] or "op"
+
+
+def _describe(graph, nodes, pos):
+    return ", ".join(f"{graph.op(n).describe()} #{pos[n]}" for n in nodes)
+
+
+def elementwise_kernel(graph, k, pos) -> KernelText:
+    space = graph.shape(k.stored[0])
+    loads = k.loads
+    index = {a: j for j, a in enumerate(loads)}
+    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]))
+    out_exprs = [exprs[s] for s in k.stored]
+    lines, reduced = _cse_lines(out_exprs, "    ")
+    sp_ = Space(space, ["i"] * len(space), [graph.shape(a) for a in loads])
+    head = []
+    for j, a in enumerate(loads):
+        head.append(f"    const float x{j} = in{j}[{sp_.offset(j)}];")
+    body = ["  SN_FOR(i, n) {"] + head + lines
+    for o, e in enumerate(reduced):
+        body.append(f"    out{o}[i] = {ccode(e)};")
+    body.append("  }")
+    params = (("l", "n"),) + tuple(("p", f"out{o}") for o in range(len(k.stored))) + \
+        tuple(("c", f"in{j}") for j in range(len(loads)))
+    return KernelText(_name_of(graph, k.needed), params, "\n".join(body) + "\n",
+                      "fuses " + _describe(graph, k.needed, pos))
+
+
+_REDUCE = {
+    "sum": ("0.0f", "{acc} += {v};", "sn_block_sum"),
+    "max": ("(-INFINITY)", "{acc} = sn_max({acc}, {v});", "sn_block_max"),
+    "min": ("INFINITY", "{acc} = sn_min({acc}, {v});", "sn_block_min"),
+}
+
+
+def reduce_kernel(graph, k, pos) -> KernelText:
+    first = k.stages[0]
+    x_shape = graph.shape(graph.args(first)[0])
+    axes = graph.op(first).axes
+    roles = ["r" if d in axes else "o" for d in range(len(x_shape))]
+    loads = k.loads
+    index = {a: j for j, a in enumerate(loads)}
+    sp_ = Space(x_shape, roles, [graph.shape(a) for a in loads])
+    stage_sym = {s: sp.Symbol(f"acc{j}", real=True) for j, s in enumerate(k.stages)}
+    body = ["  SN_ROWS(o, n_out) {"]
+    for j, s in enumerate(k.stages):
+        op = graph.op(s)
+        init, combine, block = _REDUCE[op.how]
+        pro = k.prologue[s]
+        order = sorted(pro, key=pos.get)
+
+        def leaf(a):
+            return stage_sym[a] if a in stage_sym else _load_symbol(index[a])
+
+        (x,) = graph.args(s)
+        value = _compose(graph, order, leaf)[x] if pro else leaf(x)
+        lines, (v,) = _cse_lines([value], "      ")
+        used = value.free_symbols
+        loop = "SN_ROW_LOOP_SUM(r, n_red, acc%d)" % j if op.how == "sum" else \
+            "SN_ROW_LOOP(r, n_red)"
+        body.append(f"    float acc{j} = {init};")
+        body.append(f"    {loop} {{")
+        for jj, a in enumerate(loads):
+            if _load_symbol(jj) in used:
+                body.append(f"      const float x{jj} = in{jj}[{sp_.offset(jj)}];")
+        body.extend(lines)
+        body.append("      " + combine.format(acc=f"acc{j}", v=ccode(v)))
+        body.append("    }")
+        body.append(f"    acc{j} = {block}(acc{j});")
+    stores = [f"out{i}[o] = acc{k.stages.index(s)};" for i, s in enumerate(k.stored)]
+    body.append(f"    if (SN_ROW_LEADER) {{ {' '.join(stores)} }}")
+    body.append("  }")
+    params = (("l", "n_out"), ("l", "n_red")) + \
+        tuple(("p", f"out{o}") for o in range(len(k.stored))) + \
+        tuple(("c", f"in{j}") for j in range(len(loads)))
+    nodes = sorted(set().union(*k.prologue.values()), key=pos.get) + list(k.stages)
+    return KernelText(_name_of(graph, nodes), params, "\n".join(body) + "\n",
+        "reduces with prologue: " + _describe(graph, nodes, pos))
+
+
+def reduce_sizes(graph, k):
+    first = k.stages[0]
+    x_shape = graph.shape(graph.args(first)[0])
+    axes = graph.op(first).axes
+    n_red = 1
+    for d in axes:
+        n_red *= x_shape[d]
+    n_out = 1
+    for d, size in enumerate(x_shape):
+        if d not in axes:
+            n_out *= size
+    return n_out, n_red
+
+
+def copy_kernel(graph, n, pos) -> list:
+    """Index-mapping kernels for a layout op: [(KernelText, [input positions], extent)]."""
+    op = graph.op(n)
+    out_shape = graph.shape(n)
+    args = graph.args(n)
+    in_shape = graph.shape(args[0])
+    c = coords_of("i", out_shape)
+    if isinstance(op, ops.Transpose):
+        src = [None] * len(in_shape)
+        for d, p in enumerate(op.perm):
+            src[p] = c[d]
+        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), None), [0], len(out_shape))]
+    if isinstance(op, ops.Slice):
+        src = [f"{s[0]}L + ({ci}) * {s[2]}L" for ci, s in zip(c, op.slices)]
+        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), None), [0], len(out_shape))]
+    if isinstance(op, ops.Pad):
+        src = [f"({ci}) - {a}L" for ci, (a, _) in zip(c, op.pads)]
+        conds = [f"({s}) >= 0 && ({s}) < {d}L" for s, d, (a, b) in zip(src, in_shape, op.pads)
+                 if a or b]
+        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), " && ".join(conds) or None,
+                            op.value), [0], len(out_shape))]
+    if isinstance(op, ops.SliceGrad):
+        g_shape = in_shape
+        src, conds = [], []
+        for ci, (start, stop, step), size in zip(c, op.slices, g_shape):
+            t = f"(({ci}) - {start}L)"
+            src.append(f"{t} / {step}L")
+            conds.append(f"{t} % {step}L == 0 && {t} / {step}L >= 0 && {t} / {step}L < {size}L")
+        return [(_copy_text(graph, n, pos, offset_of(src, g_shape), " && ".join(conds)), [0],
+                 len(out_shape))]
+    if isinstance(op, ops.Concat):
+        out = []
+        start = 0
+        for j, a in enumerate(args):
+            shape = graph.shape(a)
+            ci = coords_of("i", shape)
+            dst = list(ci)
+            dst[op.axis] = f"({ci[op.axis]}) + {start}L"
+            body = (f"  SN_FOR(i, n) {{\n    out0[{offset_of(dst, out_shape)}] = in0[i];\n  }}\n")
+            out.append((KernelText(_name_of(graph, [n], "k_copy"),
+                                   (("l", "n"), ("p", "out0"), ("c", "in0")), body,
+                                   f"part {j} of {op.describe()} #{pos[n]}"), [j], "arg"))
+            start += shape[op.axis]
+        return out
+    raise NotImplementedError(f"no copy kernel for {op.describe()}")
+
+
+def _copy_text(graph, n, pos, offset, cond, fill=0.0):
+    value = f"in0[{offset}]"
+    if cond:
+        value = f"({cond}) ? in0[{offset}] : {ccode(sp.Float(fill))}"
+    body = f"  SN_FOR(i, n) {{\n    out0[i] = {value};\n  }}\n"
+    return KernelText(_name_of(graph, [n], "k_copy"), (("l", "n"), ("p", "out0"), ("c", "in0")),
+                      body, f"{graph.op(n).describe()} #{pos[n]}")

@@ -1,0 +1,497 @@
+"""Lowering: a partitioned graph becomes a Plan for one backend.
+
+Each fused kernel becomes one launch; library ops become launches of templates (and,
+on the CPU, GEMMs through NumPy's BLAS); values get buffers, and temporaries whose
+lifetimes do not overlap share one.
+"""
+from __future__ import annotations
+
+import math
+
+from symnet import ops
+
+from . import kernels as K
+from . import templates as T
+from .fusion import partition
+from .plan import Buffer, KernelInfo, Plan, Step
+from .prelude import C_PRELUDE, CUDA_BLOCK, CUDA_MAX_GRID, CUDA_PRELUDE
+
+
+def _grid(extent, block):
+    return max(1, min(CUDA_MAX_GRID, -(-int(extent) // block)))
+
+
+class Lowering:
+    def __init__(self, graph, input_ids, output_ids, backend):
+        self.graph = graph
+        self.backend = backend
+        self.device_gemm = backend != "cpu"
+        self.part = partition(graph, output_ids)
+        self.pos = self.part.pos
+        self.values = {}        # node id -> value id
+        self.vsize = []         # value id -> size
+        self.vrole = []         # value id -> role
+        self.vname = []
+        self.steps = []         # Step with args ["val", vid, offset]
+        self.texts = {}         # kernel text key -> name
+        self.sources = []       # (name, text)
+        self.kinfo = {}
+        self.templates = []
+        self.masks = {}         # (x node, pool key) -> mask value
+        self.constants = {}
+        self.params = []
+        self._leaves(input_ids)
+        for k in self.part.kernels:
+            self._lower(k)
+        self.output_values = [self.value(o) for o in output_ids]
+
+    # ------------------------------------------------------------ values
+    def new_value(self, size, role="temp", name=""):
+        self.vsize.append(max(1, int(size)))
+        self.vrole.append(role)
+        self.vname.append(name)
+        return len(self.vsize) - 1
+
+    def value(self, n):
+        if n not in self.values:
+            self.values[n] = self.new_value(math.prod(self.graph.shape(n)), "temp",
+                                            self.graph.nx.nodes[n].get("name") or "")
+        return self.values[n]
+
+    def _leaves(self, input_ids):
+        g = self.graph
+        self.input_values = []
+        for n in input_ids:
+            v = self.new_value(math.prod(g.shape(n)), "input", g.op(n).name)
+            self.values[n] = v
+            self.input_values.append(v)
+        for n in self.part.order:
+            op = g.op(n)
+            if n in self.values or n not in self.part.stored:
+                continue
+            if isinstance(op, ops.Param):
+                self.values[n] = self.new_value(op.get_value().size, "param", op.name)
+                self.params.append((n, self.values[n]))
+            elif isinstance(op, ops.Constant):
+                self.values[n] = self.new_value(op.get_value().size, "constant")
+                self.constants[self.values[n]] = op.get_value()
+
+    # ------------------------------------------------------------ steps
+    def _kernel_name(self, text: K.KernelText):
+        key = (text.params, text.body)
+        if key in self.texts:
+            return self.texts[key]
+        name = text.base_name
+        taken = {nm for nm, _ in self.sources}
+        i = 2
+        while name in taken:
+            name = f"{text.base_name}_{i}"
+            i += 1
+        self.texts[key] = name
+        self.sources.append((name, text.source(name)))
+        self.kinfo[name] = KernelInfo(name, text.arg_types(), text.block)
+        return name
+
+    def _template(self, t: T.Template):
+        if t.name not in self.kinfo:
+            self.templates.append(t)
+            self.kinfo[t.name] = KernelInfo(t.name, t.arg_types(), t.block)
+        return t.name
+
+    def launch(self, name, args, extent, nodes, grid=None, block=None, boundary=""):
+        block = block or self.kinfo[name].block
+        reads = [a for a in args if a[0] == "val" and a[3] == "r"]
+        writes = [a for a in args if a[0] == "val" and a[3] == "w"]
+        step = Step("kernel", name, [a[:3] if a[0] == "val" else a for a in args],
+                    grid=grid or _grid(extent, block), block=block,
+                    ops=[self._op_name(n) for n in nodes],
+                    bytes_read=4 * sum(self.vsize[a[1]] for a in _unique(reads)),
+                    bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
+                    boundary=boundary)
+        step.attrs["_rw"] = [[a[1], a[3]] for a in args if a[0] == "val"]
+        self.steps.append(step)
+        return step
+
+    def library(self, name, args, nodes, attrs):
+        reads = [a for a in args if a[0] == "val" and a[3] == "r"]
+        writes = [a for a in args if a[0] == "val" and a[3] == "w"]
+        step = Step("library", name, [a[:3] if a[0] == "val" else a for a in args],
+                    ops=[self._op_name(n) for n in nodes],
+                    bytes_read=4 * sum(self.vsize[a[1]] for a in _unique(reads)),
+                    bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
+                    attrs=dict(attrs))
+        step.attrs["_rw"] = [[a[1], a[3]] for a in args if a[0] == "val"]
+        self.steps.append(step)
+
+    def _op_name(self, n):
+        name = self.graph.nx.nodes[n].get("name")
+        op = self.graph.op(n)
+        label = getattr(op, "label", None) or op.kind
+        return f"{label}#{self.pos[n]}" + (f" '{name}'" if name else "")
+
+    def r(self, n, off=0):
+        return ["val", self.value(n), off, "r"]
+
+    def w(self, n, off=0):
+        return ["val", self.value(n), off, "w"]
+
+    # ------------------------------------------------------------ kernels
+    def _boundary(self, k):
+        return "; ".join(f"#{self.pos[s]}: {why}" for s, why in k.boundaries)
+
+    def _lower(self, k):
+        g = self.graph
+        if k.kind == "alias":
+            (n,) = k.members
+            self.values[n] = self.value(g.args(n)[0])
+            return
+        if k.kind == "elementwise":
+            text = K.elementwise_kernel(g, k, self.pos)
+            name = self._kernel_name(text)
+            n = math.prod(g.shape(k.stored[0]))
+            args = [["long", n]] + [self.w(s) for s in k.stored] + [self.r(a) for a in k.loads]
+            self.launch(name, args, n, k.needed, boundary=self._boundary(k))
+            return
+        if k.kind == "reduce":
+            text = K.reduce_kernel(g, k, self.pos)
+            name = self._kernel_name(text)
+            n_out, n_red = K.reduce_sizes(g, k)
+            args = [["long", n_out], ["long", n_red]] + [self.w(s) for s in k.stored] + \
+                [self.r(a) for a in k.loads]
+            nodes = sorted(set().union(*k.prologue.values()), key=self.pos.get) + k.stages
+            self.launch(name, args, n_out, nodes, grid=min(max(n_out, 1), CUDA_MAX_GRID),
+                        boundary=self._boundary(k))
+            return
+        (n,) = k.members
+        op = g.op(n)
+        method = getattr(self, "_lower_" + type(op).__name__, None)
+        if method is None:
+            raise NotImplementedError(f"codegen: no lowering for {op.describe()}")
+        method(n, op)
+
+    # layout ops: index-mapping copies
+    def _copy(self, n, op):
+        args = self.graph.args(n)
+        for text, which, extent in K.copy_kernel(self.graph, n, self.pos):
+            name = self._kernel_name(text)
+            size = math.prod(self.graph.shape(args[which[0]])) if extent == "arg" else \
+                math.prod(self.graph.shape(n))
+            self.launch(name, [["long", size], self.w(n), self.r(args[which[0]])], size, [n])
+
+    _lower_Transpose = _lower_Slice = _lower_Pad = _lower_SliceGrad = _lower_Concat = _copy
+
+    # GEMM: C[b0, b1] = alpha A[b0, b1] B[b0, b1] + beta C[b0, b1], strided A and B
+    def gemm(self, nodes, a, b, c, nb, M, N, Kd, sa, sb, sc, beta=0.0):
+        """a, b, c: value args; nb (nb0, nb1); sa (sAm, sAk, sA0, sA1); sb (sBk, sBn, sB0,
+        sB1); sc (sC0, sC1)."""
+        args = [["long", nb[0]], ["long", nb[1]], ["long", M], ["long", N], ["long", Kd],
+                ["float", 1.0], ["float", beta], a] + [["long", s] for s in sa] + [b] + \
+            [["long", s] for s in sb] + [c] + [["long", s] for s in sc]
+        if self.device_gemm:
+            name = self._template(T.GEMM)
+            tiles = nb[0] * nb[1] * -(-M // 16) * -(-N // 16)
+            self.launch(name, args, tiles * T.GEMM.block, nodes)
+        else:
+            self.library("gemm", args, nodes, {"flops": 2 * nb[0] * nb[1] * M * N * Kd})
+
+    def _lower_MatMul(self, n, op):
+        g = self.graph
+        a, b = g.args(n)
+        sa_, sb_, so = g.shape(a), g.shape(b), g.shape(n)
+        M, Kd, N = sa_[-2], sa_[-1], sb_[-1]
+        batch = so[:-2]
+        dims = []
+        for d, size in enumerate(batch):
+            da = len(sa_) - 2 - len(batch) + d
+            db = len(sb_) - 2 - len(batch) + d
+            stA = math.prod(sa_[da + 1:]) if da >= 0 and sa_[da] == size and size > 1 else 0
+            stB = math.prod(sb_[db + 1:]) if db >= 0 and sb_[db] == size and size > 1 else 0
+            stC = math.prod(so[d + 1:])
+            if size > 1:
+                dims.append([size, stA, stB, stC])
+        merged = []
+        for d in dims:
+            if merged and all(merged[-1][i] == d[i] * d[0] for i in (1, 2, 3)):
+                merged[-1] = [merged[-1][0] * d[0], d[1], d[2], d[3]]
+            else:
+                merged.append(d)
+        while len(merged) < 2:
+            merged.insert(0, [1, 0, 0, 0])
+        outer, inner = merged[:-2], merged[-2:]
+        for idx in _product([m[0] for m in outer]):
+            oa = sum(i * m[1] for i, m in zip(idx, outer))
+            ob = sum(i * m[2] for i, m in zip(idx, outer))
+            oc = sum(i * m[3] for i, m in zip(idx, outer))
+            self.gemm([n], self.r(a, oa), self.r(b, ob), self.w(n, oc),
+                      (inner[0][0], inner[1][0]), M, N, Kd,
+                      (Kd, 1, inner[0][1], inner[1][1]), (N, 1, inner[0][2], inner[1][2]),
+                      (inner[0][3], inner[1][3]))
+
+    def _conv_dims(self, p, x_shape, k_hw, out_hw):
+        return [["long", v] for v in (x_shape[1], x_shape[2], x_shape[3], k_hw[0], k_hw[1],
+                                      p.pad[0], p.pad[1], p.stride[0], p.stride[1],
+                                      p.dilation[0], p.dilation[1], out_hw[0], out_hw[1])]
+
+    def _is_pointwise(self, p, k_hw):
+        return tuple(k_hw) == (1, 1) and p.stride == (1, 1) and p.pad == (0, 0)
+
+    def _im2col(self, n, x, p, k_hw, out_hw):
+        """A value holding x as columns (N, C*kh*kw, oh*ow), or x itself for 1x1 kernels."""
+        xs = self.graph.shape(x)
+        if self._is_pointwise(p, k_hw):
+            return ["val", self.value(x), 0, "r"]
+        size = xs[0] * xs[1] * k_hw[0] * k_hw[1] * out_hw[0] * out_hw[1]
+        col = self.new_value(size, "temp", "col")
+        name = self._template(T.IM2COL)
+        self.launch(name, [["long", size], self.r(x), ["val", col, 0, "w"]] +
+                    self._conv_dims(p, xs, k_hw, out_hw), size, [n])
+        return ["val", col, 0, "r"]
+
+    def _lower_Conv2d(self, n, op):
+        g = self.graph
+        x, w = g.args(n)
+        (N, C, _, _), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
+        G, P, Kd = op.p.group, oh * ow, Cg * kh * kw
+        col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
+        M = O // G
+        self.gemm([n], self.r(w), col, self.w(n), (N, G), M, P, Kd,
+                  (Kd, 1, 0, M * Kd), (P, 1, G * Kd * P, Kd * P), (O * P, M * P))
+
+    def _lower_ConvTranspose2d(self, n, op):
+        g = self.graph
+        x, w = g.args(n)
+        (N, Ci, h, wd), (_, Og, kh, kw), (_, Co, H, W) = g.shape(x), g.shape(w), g.shape(n)
+        G, P = op.p.group, h * wd
+        Kd, M = Ci // G, Og * kh * kw
+        direct = self._is_pointwise(op.p, (kh, kw))
+        col = self.w(n) if direct else ["val", self.new_value(N * G * M * P, "temp", "col"), 0,
+                                         "w"]
+        self.gemm([n], self.r(w), self.r(x), col, (N, G), M, P, Kd,
+                  (1, M, 0, Kd * M), (P, 1, Ci * P, Kd * P), (G * M * P, M * P))
+        if not direct:
+            size = N * Co * H * W
+            name = self._template(T.COL2IM)
+            self.launch(name, [["long", size], ["val", col[1], 0, "r"], self.w(n)] +
+                        self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd)), size, [n])
+
+    def _lower_ConvWeightGrad(self, n, op):
+        g = self.graph
+        x, gy = g.args(n)
+        (N, C, _, _), (_, O, oh, ow) = g.shape(x), g.shape(gy)
+        kh, kw = op.kernel_hw
+        G, P = op.p.group, oh * ow
+        Kd, M = C // G * kh * kw, O // G
+        col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
+        if N == 1:
+            self.gemm([n], self.r(gy), col, self.w(n), (1, G), M, Kd, P,
+                      (P, 1, 0, M * P), (1, P, 0, Kd * P), (0, M * Kd))
+            return
+        tmp = self.new_value(N * G * M * Kd, "temp", "partial")
+        self.gemm([n], self.r(gy), col, ["val", tmp, 0, "w"], (N, G), M, Kd, P,
+                  (P, 1, O * P, M * P), (1, P, G * Kd * P, Kd * P), (G * M * Kd, M * Kd))
+        m = G * M * Kd
+        name = self._template(T.SUM_BATCH)
+        self.launch(name, [["long", m], ["long", N], ["val", tmp, 0, "r"], self.w(n)], m, [n])
+
+    def _pool_dims(self, p, x_shape, out_shape):
+        return [["long", v] for v in (x_shape[2], x_shape[3], out_shape[2], out_shape[3],
+                                      p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],
+                                      p.pad[0], p.pad[1])]
+
+    def _needs_mask(self, x, key):
+        for c in self.graph.nx.successors(x):
+            op = self.graph.op(c)
+            if c in self.pos and isinstance(op, (ops.MaxPoolGrad, ops.MaxPoolSelect)) and \
+                    op.p.as_dict() == key:
+                return True
+        return False
+
+    def _lower_Pool2d(self, n, op):
+        g = self.graph
+        (x,) = g.args(n)
+        size = math.prod(g.shape(n))
+        dims = self._pool_dims(op.p, g.shape(x), g.shape(n))
+        if op.how == "ave":
+            self.launch(self._template(T.AVEPOOL), [["long", size], self.r(x), self.w(n)] + dims,
+                        size, [n])
+            return
+        key = op.p.as_dict()
+        mask = ["null"]
+        if self._needs_mask(x, key):
+            mv = self.new_value(size, "temp", "argmax")
+            self.masks[(x, tuple(sorted(key.items())))] = mv
+            mask = ["val", mv, 0, "w"]
+        self.launch(self._template(T.MAXPOOL), [["long", size], self.r(x), self.w(n), mask] + dims,
+                    size, [n])
+
+    def _mask_for(self, n, x, p):
+        key = (x, tuple(sorted(p.as_dict().items())))
+        if key not in self.masks:
+            xs = self.graph.shape(x)
+            out = (xs[0], xs[1], p.out_len(xs[2], 0), p.out_len(xs[3], 1))
+            size = math.prod(out)
+            y, mv = self.new_value(size, "temp", "pool"), self.new_value(size, "temp", "argmax")
+            self.launch(self._template(T.MAXPOOL), [["long", size], self.r(x),
+                        ["val", y, 0, "w"], ["val", mv, 0, "w"]] + self._pool_dims(p, xs, out),
+                        size, [n])
+            self.masks[key] = mv
+        return ["val", self.masks[key], 0, "r"]
+
+    def _lower_MaxPoolGrad(self, n, op):
+        x, gy = self.graph.args(n)
+        mask = self._mask_for(n, x, op.p)
+        size = math.prod(self.graph.shape(n))
+        dims = self._pool_dims(op.p, self.graph.shape(x), self.graph.shape(gy))
+        self.launch(self._template(T.MAXPOOL_GRAD),
+                    [["long", size], mask, self.r(gy), self.w(n)] + dims, size, [n])
+
+    def _lower_MaxPoolSelect(self, n, op):
+        x, gx = self.graph.args(n)
+        mask = self._mask_for(n, x, op.p)
+        xs, os_ = self.graph.shape(x), self.graph.shape(n)
+        size = math.prod(os_)
+        self.launch(self._template(T.MAXPOOL_SELECT),
+                    [["long", size], mask, self.r(gx), self.w(n)] +
+                    [["long", v] for v in (xs[2], xs[3], os_[2], os_[3])], size, [n])
+
+    def _lower_AvePoolGrad(self, n, op):
+        (gy,) = self.graph.args(n)
+        size = math.prod(op.in_shape)
+        dims = self._pool_dims(op.p, op.in_shape, self.graph.shape(gy))
+        self.launch(self._template(T.AVEPOOL_GRAD), [["long", size], self.r(gy), self.w(n)] + dims,
+                    size, [n])
+
+    def _axis_view(self, shape, axis):
+        return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+    def _lower_WindowSum(self, n, op):
+        (x,) = self.graph.args(n)
+        shape = self.graph.shape(x)
+        _, L, inner = self._axis_view(shape, op.axis)
+        size = math.prod(shape)
+        self.launch(self._template(T.WINDOW_SUM), [["long", size], self.r(x), self.w(n),
+                    ["long", L], ["long", inner], ["long", op.before], ["long", op.after]],
+                    size, [n])
+
+    def _lower_Gather(self, n, op):
+        x, idx = self.graph.args(n)
+        _, L, inner = self._axis_view(self.graph.shape(x), op.axis)
+        Kd = self.graph.shape(idx)[op.axis]
+        size = math.prod(self.graph.shape(n))
+        self.launch(self._template(T.GATHER), [["long", size], self.r(x), self.r(idx), self.w(n),
+                    ["long", L], ["long", Kd], ["long", inner]], size, [n])
+
+    def _lower_GatherGrad(self, n, op):
+        idx, gy = self.graph.args(n)
+        _, L, inner = self._axis_view(op.x_shape, op.axis)
+        Kd = self.graph.shape(idx)[op.axis]
+        size = math.prod(op.x_shape)
+        self.launch(self._template(T.GATHER_GRAD), [["long", size], self.r(idx), self.r(gy),
+                    self.w(n), ["long", L], ["long", Kd], ["long", inner]], size, [n])
+
+    def _lower_ArgTopK(self, n, op):
+        (x,) = self.graph.args(n)
+        outer, L, inner = self._axis_view(self.graph.shape(x), op.axis)
+        size = outer * inner
+        self.launch(self._template(T.ARGTOPK), [["long", size], self.r(x), self.w(n),
+                    ["long", L], ["long", op.k], ["long", inner]], size, [n])
+
+    def _lower_RandomUniform(self, n, op):
+        args = self.graph.args(n)
+        size = math.prod(op.shape)
+        counter = self.r(args[0]) if args else ["null"]
+        self.launch(self._template(T.RANDOM_UNIFORM), [["long", size], self.w(n), counter,
+                    ["long", op.seed & 0xFFFFFFFF], ["long", op.seed >> 32]], size, [n])
+
+    # ------------------------------------------------------------ plan
+    def plan(self) -> Plan:
+        slot_of, slot_size = self._assign_slots()
+        buffers = []
+        buf_of = {}
+        for v in range(len(self.vsize)):
+            if self.vrole[v] != "temp":
+                buf_of[v] = len(buffers)
+                buffers.append(Buffer(len(buffers), self.vsize[v], self.vrole[v], self.vname[v]))
+        first_slot = len(buffers)
+        for s, size in enumerate(slot_size):
+            buffers.append(Buffer(first_slot + s, size, "temp"))
+        for v, s in slot_of.items():
+            buf_of[v] = first_slot + s
+        for st in self.steps:
+            st.args = [["buf", buf_of[a[1]], a[2]] if a[0] == "val" else a for a in st.args]
+            st.attrs.pop("_rw", None)
+        source = self.module_source()
+        return Plan(self.backend, buffers, self.steps, self.kinfo,
+                    [buf_of[v] for v in self.input_values],
+                    [[n, buf_of[v]] for n, v in self.params],
+                    [(buf_of[v], self.graph.shape(o)) for v, o in
+                     zip(self.output_values, self._output_nodes())],
+                    {buf_of[v]: a for v, a in self.constants.items()},
+                    {self.backend: source})
+
+    def _output_nodes(self):
+        return self.part.outputs_in_order
+
+    def _assign_slots(self):
+        start, end = {}, {}
+        for i, st in enumerate(self.steps):
+            for v, mode in st.attrs["_rw"]:
+                if self.vrole[v] != "temp":
+                    continue
+                start.setdefault(v, i)
+                end[v] = i
+        for v in self.output_values:
+            if self.vrole[v] == "temp":
+                start.setdefault(v, 0)
+                end[v] = len(self.steps) + 1
+        slot_of, slot_size, slot_free_at = {}, [], []
+        for v in sorted(start, key=lambda v: (start[v], v)):
+            best = None
+            for s in range(len(slot_size)):
+                if slot_free_at[s] < start[v]:
+                    if best is None or abs(slot_size[s] - self.vsize[v]) < \
+                            abs(slot_size[best] - self.vsize[v]):
+                        best = s
+            if best is None:
+                slot_size.append(self.vsize[v])
+                slot_free_at.append(end[v])
+                best = len(slot_size) - 1
+            slot_size[best] = max(slot_size[best], self.vsize[v])
+            slot_free_at[best] = end[v]
+            slot_of[v] = best
+        return slot_of, slot_size
+
+    def module_source(self) -> str:
+        cuda = self.backend != "cpu"
+        parts = [CUDA_PRELUDE if cuda else C_PRELUDE]
+        for t in self.templates:
+            if t.cuda_only and not cuda:
+                continue
+            parts.append(f"/* library kernel */\n{t.source()}")
+        for _, text in self.sources:
+            parts.append(text)
+        return "\n".join(parts)
+
+
+def _unique(args):
+    seen, out = set(), []
+    for a in args:
+        if a[1] not in seen:
+            seen.add(a[1])
+            out.append(a)
+    return out
+
+
+def _product(sizes):
+    if not sizes:
+        yield ()
+        return
+    for i in range(sizes[0]):
+        for rest in _product(sizes[1:]):
+            yield (i,) + rest
+
+
+def lower(graph, input_ids, output_ids, backend) -> Plan:
+    low = Lowering(graph, input_ids, output_ids, backend)
+    low.part.outputs_in_order = list(output_ids)
+    return low.plan()

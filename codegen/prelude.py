@@ -1,0 +1,93 @@
+"""The preludes that let one kernel text serve CUDA and the CPU.
+
+Kernels use only: ``SN_KERNEL`` (the kernel qualifier), ``SN_FOR(i, n)`` (a grid-
+stride loop on CUDA, an OpenMP ``parallel for simd`` loop on the CPU), the row
+macros of reductions (``SN_ROWS``, ``SN_ROW_LOOP``, ``SN_ROW_LEADER``, and
+``sn_block_sum/max/min``, a shared-memory block reduction on CUDA and the identity on
+the CPU, where one thread owns a whole row), ``SN_ATOMIC_ADD`` and the scalar helpers
+named in ``cprinter.C_FUNCTIONS``.
+"""
+
+# Helpers shared by both preludes, written in the common subset of C and CUDA C++.
+_HELPERS = r"""
+SN_DEVICE float sn_max(float a, float b) { return (a > b || a != a) ? a : b; }
+SN_DEVICE float sn_min(float a, float b) { return (a < b || a != a) ? a : b; }
+SN_DEVICE float sn_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+SN_DEVICE float sn_heaviside(float x, float h) {
+  return x > 0.0f ? 1.0f : (x < 0.0f ? 0.0f : (x == 0.0f ? h : x));
+}
+SN_DEVICE float sn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+SN_DEVICE float sn_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+SN_DEVICE float sn_rsqrt(float x) { return 1.0f / sqrtf(x); }
+/* Philox4x32-10 word 0 for counter (c0, c1, c2, 0) and key (k0, k1), as 24-bit
+   uniform in [0, 1): the same numbers on every backend and in the reference. */
+SN_DEVICE float sn_philox_uniform(uint32_t c0, uint32_t c1, uint32_t c2,
+                                  uint32_t k0, uint32_t k1) {
+  uint32_t c3 = 0;
+  for (int r = 0; r < 10; ++r) {
+    if (r) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+    uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0;
+    uint32_t hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
+    uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0; c1 = lo1; c2 = n2; c3 = lo0;
+  }
+  return (float)(c0 >> 8) * (1.0f / 16777216.0f);
+}
+"""
+
+C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops */
+#include <math.h>
+#include <stdint.h>
+#define SN_KERNEL void
+#define SN_DEVICE static inline
+#define SN_PRAGMA(x) _Pragma(#x)
+#define SN_FOR(i, n) SN_PRAGMA(omp parallel for simd schedule(static)) \
+  for (long i = 0; i < (n); ++i)
+#define SN_ROWS(o, n) SN_PRAGMA(omp parallel for schedule(static) if((n) > 1)) \
+  for (long o = 0; o < (n); ++o)
+#define SN_ROW_LOOP(r, n) for (long r = 0; r < (n); ++r)
+#define SN_ROW_LOOP_SUM(r, n, acc) SN_PRAGMA(omp simd reduction(+:acc)) \
+  for (long r = 0; r < (n); ++r)
+#define SN_ROW_LEADER 1
+#define SN_ATOMIC_ADD(p, v) do { float *sn_p_ = (p); float sn_v_ = (v); \
+  SN_PRAGMA(omp atomic) *sn_p_ += sn_v_; } while (0)
+SN_DEVICE float sn_block_sum(float v) { return v; }
+SN_DEVICE float sn_block_max(float v) { return v; }
+SN_DEVICE float sn_block_min(float v) { return v; }
+""" + _HELPERS
+
+CUDA_BLOCK = 128          # threads per block for every launch (a power of two)
+CUDA_MAX_GRID = 1024      # grid-stride loops cover the rest
+
+CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops and shared-memory block reductions */
+#include <stdint.h>
+#define SN_KERNEL extern "C" __global__ void
+#define SN_DEVICE static __device__ __forceinline__
+#define SN_BLOCK %(block)d
+#define SN_FOR(i, n) \
+  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+       i += (long)blockDim.x * gridDim.x)
+#define SN_ROWS(o, n) for (long o = blockIdx.x; o < (n); o += gridDim.x)
+#define SN_ROW_LOOP(r, n) for (long r = threadIdx.x; r < (n); r += blockDim.x)
+#define SN_ROW_LOOP_SUM(r, n, acc) SN_ROW_LOOP(r, n)
+#define SN_ROW_LEADER (threadIdx.x == 0)
+#define SN_ATOMIC_ADD(p, v) atomicAdd((p), (v))
+#define SN_BLOCK_REDUCE(NAME, COMBINE) \
+  static __device__ float NAME(float v) { \
+    __shared__ float sn_sh[SN_BLOCK]; \
+    unsigned t = threadIdx.x; \
+    sn_sh[t] = v; \
+    __syncthreads(); \
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) { \
+      if (t < s) { float a = sn_sh[t], b = sn_sh[t + s]; sn_sh[t] = COMBINE; } \
+      __syncthreads(); \
+    } \
+    float r = sn_sh[0]; \
+    __syncthreads(); \
+    return r; \
+  }
+SN_BLOCK_REDUCE(sn_block_sum, a + b)
+SN_BLOCK_REDUCE(sn_block_max, ((a > b || a != a) ? a : b))
+SN_BLOCK_REDUCE(sn_block_min, ((a < b || a != a) ? a : b))
+""" % {"block": CUDA_BLOCK} + _HELPERS

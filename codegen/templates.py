@@ -1,0 +1,269 @@
+"""Library kernels for the non-elementwise families, as kernel text shared by CUDA and
+the CPU (through the prelude), with their sizes passed at launch.
+
+Each template is (name, parameter signature, body). Parameter types: ``p`` a float
+pointer, ``l`` a long, ``f`` a float. ``CUDA_ONLY`` templates (the tiled GEMM) are
+emitted only in CUDA modules; the CPU calls BLAS through NumPy instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    params: tuple      # ((type, name), ...)
+    body: str
+    cuda_only: bool = False
+    block: int = 128
+
+    def signature(self) -> str:
+        ctype = {"p": "float* __restrict__", "c": "const float* __restrict__",
+                 "l": "long", "f": "float"}
+        return ", ".join(f"{ctype[t]} {n}" for t, n in self.params)
+
+    def arg_types(self) -> str:
+        return "".join("p" if t in "pc" else t for t, _ in self.params)
+
+    def source(self) -> str:
+        return f"SN_KERNEL {self.name}({self.signature()}) {{\n{self.body.strip(chr(10))}\n}}\n"
+
+
+_CONV = (("l", "C"), ("l", "H"), ("l", "W"), ("l", "kh"), ("l", "kw"), ("l", "ph"),
+         ("l", "pw"), ("l", "sh"), ("l", "sw"), ("l", "dh"), ("l", "dw"), ("l", "oh"),
+         ("l", "ow"))
+
+# col is (N, C*kh*kw, oh*ow): the layout a GEMM with (out, C*kh*kw) weights reads.
+IM2COL = Template("sn_im2col", (("l", "n"), ("c", "x"), ("p", "col")) + _CONV, r"""
+  SN_FOR(i, n) {
+    long q = i % (oh * ow), row = i / (oh * ow);
+    long y = q / ow, xx = q % ow;
+    long kj = row % kw, ki = (row / kw) % kh, c = (row / (kw * kh)) % C, b = row / (kw * kh * C);
+    long h = y * sh - ph + ki * dh, w = xx * sw - pw + kj * dw;
+    col[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((b * C + c) * H + h) * W + w] : 0.0f;
+  }
+""")
+
+# The adjoint of im2col, as a gather over the windows that cover each pixel (no atomics).
+COL2IM = Template("sn_col2im", (("l", "n"), ("c", "col"), ("p", "x")) + _CONV, r"""
+  SN_FOR(i, n) {
+    long w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, b = i / (W * H * C);
+    float acc = 0.0f;
+    for (long ki = 0; ki < kh; ++ki) {
+      long ty = h + ph - ki * dh;
+      if (ty < 0 || ty % sh) continue;
+      long y = ty / sh;
+      if (y >= oh) continue;
+      for (long kj = 0; kj < kw; ++kj) {
+        long tx = w + pw - kj * dw;
+        if (tx < 0 || tx % sw) continue;
+        long xx = tx / sw;
+        if (xx >= ow) continue;
+        acc += col[((b * C + c) * kh * kw + ki * kw + kj) * oh * ow + y * ow + xx];
+      }
+    }
+    x[i] = acc;
+  }
+""")
+
+# out[j] = sum over b of src[b * m + j]: folds a batch of partial results.
+SUM_BATCH = Template("sn_sum_batch", (("l", "m"), ("l", "nb"), ("c", "src"), ("p", "out")), r"""
+  SN_FOR(j, m) {
+    float acc = 0.0f;
+    for (long b = 0; b < nb; ++b) acc += src[b * m + j];
+    out[j] = acc;
+  }
+""")
+
+_POOL = (("l", "H"), ("l", "W"), ("l", "oh"), ("l", "ow"), ("l", "kh"), ("l", "kw"),
+         ("l", "sh"), ("l", "sw"), ("l", "ph"), ("l", "pw"))
+
+# Caffe's max pooling; mask (may be null) records the flat h*W+w of the first maximum.
+MAXPOOL = Template("sn_maxpool", (("l", "n"), ("c", "x"), ("p", "y"), ("p", "mask")) + _POOL, r"""
+  SN_FOR(i, n) {
+    long xx = i % ow, yy = (i / ow) % oh, plane = i / (ow * oh);
+    long hs = yy * sh - ph, ws = xx * sw - pw;
+    long he = hs + kh < H ? hs + kh : H, we = ws + kw < W ? ws + kw : W;
+    hs = hs > 0 ? hs : 0; ws = ws > 0 ? ws : 0;
+    const float* src = x + plane * H * W;
+    float best = src[hs * W + ws];
+    long arg = hs * W + ws;
+    for (long h = hs; h < he; ++h)
+      for (long w = ws; w < we; ++w) {
+        float v = src[h * W + w];
+        if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
+      }
+    y[i] = best;
+    if (mask) mask[i] = (float)arg;
+  }
+""")
+
+# Caffe's average pooling: the divisor counts the window clipped to the padded image.
+AVEPOOL = Template("sn_avepool", (("l", "n"), ("c", "x"), ("p", "y")) + _POOL, r"""
+  SN_FOR(i, n) {
+    long xx = i % ow, yy = (i / ow) % oh, plane = i / (ow * oh);
+    long hs = yy * sh - ph, ws = xx * sw - pw;
+    long he = hs + kh < H + ph ? hs + kh : H + ph, we = ws + kw < W + pw ? ws + kw : W + pw;
+    float area = (float)((he - hs) * (we - ws));
+    hs = hs > 0 ? hs : 0; ws = ws > 0 ? ws : 0;
+    he = he < H ? he : H; we = we < W ? we : W;
+    const float* src = x + plane * H * W;
+    float acc = 0.0f;
+    for (long h = hs; h < he; ++h)
+      for (long w = ws; w < we; ++w) acc += src[h * W + w];
+    y[i] = acc / area;
+  }
+""")
+
+
+def _covering(body):
+    """Loop over the pooled cells whose window covers pixel (h, w) of a plane."""
+    return r"""
+  SN_FOR(i, n) {
+    long w = i % W, h = (i / W) % H, plane = i / (W * H);
+    long y0 = (h + ph - kh) / sh + 1, x0 = (w + pw - kw) / sw + 1;
+    if (h + ph < kh) y0 = 0;
+    if (w + pw < kw) x0 = 0;
+    long y1 = (h + ph) / sh + 1, x1 = (w + pw) / sw + 1;
+    if (y1 > oh) y1 = oh;
+    if (x1 > ow) x1 = ow;
+    float acc = 0.0f;
+    for (long yy = y0; yy < y1; ++yy)
+      for (long xx = x0; xx < x1; ++xx) {
+""" + body + r"""
+      }
+    dx[i] = acc;
+  }
+"""
+
+
+# Max pooling's input gradient from the forward mask: a gather, no atomics.
+MAXPOOL_GRAD = Template("sn_maxpool_grad", (("l", "n"), ("c", "mask"), ("c", "g"), ("p", "dx"))
+                        + _POOL, _covering(r"""
+        long o = (plane * oh + yy) * ow + xx;
+        if ((long)mask[o] == h * W + w) acc += g[o];"""))
+
+AVEPOOL_GRAD = Template("sn_avepool_grad", (("l", "n"), ("c", "g"), ("p", "dx")) + _POOL,
+                        _covering(r"""
+        long hs = yy * sh - ph, ws = xx * sw - pw;
+        long he = hs + kh < H + ph ? hs + kh : H + ph, we = ws + kw < W + pw ? ws + kw : W + pw;
+        acc += g[(plane * oh + yy) * ow + xx] / (float)((he - hs) * (we - ws));"""))
+
+# G read at each window's recorded maximum (the adjoint of MAXPOOL_GRAD in g).
+MAXPOOL_SELECT = Template("sn_maxpool_select", (("l", "n"), ("c", "mask"), ("c", "gx"),
+                                                ("p", "y"), ("l", "H"), ("l", "W"),
+                                                ("l", "oh"), ("l", "ow")), r"""
+  SN_FOR(i, n) {
+    long plane = i / (oh * ow);
+    y[i] = gx[plane * H * W + (long)mask[i]];
+  }
+""")
+
+# Sum over a window [c - before, c + after] of axis of length L; x viewed (outer, L, inner).
+WINDOW_SUM = Template("sn_window_sum", (("l", "n"), ("c", "x"), ("p", "y"), ("l", "L"),
+                                        ("l", "inner"), ("l", "before"), ("l", "after")), r"""
+  SN_FOR(i, n) {
+    long in_ = i % inner, c = (i / inner) % L, outer = i / (inner * L);
+    long lo = c - before > 0 ? c - before : 0, hi = c + after < L - 1 ? c + after : L - 1;
+    float acc = 0.0f;
+    for (long j = lo; j <= hi; ++j) acc += x[(outer * L + j) * inner + in_];
+    y[i] = acc;
+  }
+""")
+
+# out (outer, K, inner) = x (outer, L, inner) at idx; an index outside [0, L) gives 0.
+GATHER = Template("sn_gather", (("l", "n"), ("c", "x"), ("c", "idx"), ("p", "y"), ("l", "L"),
+                                ("l", "K"), ("l", "inner")), r"""
+  SN_FOR(i, n) {
+    long in_ = i % inner, outer = i / (inner * K);
+    float f = idx[i];
+    long j = (long)f;
+    y[i] = (f >= 0.0f && j < L) ? x[(outer * L + j) * inner + in_] : 0.0f;
+  }
+""")
+
+# dx (outer, L, inner) = sum of g (outer, K, inner) over the k whose index is this position.
+GATHER_GRAD = Template("sn_gather_grad", (("l", "n"), ("c", "idx"), ("c", "g"), ("p", "dx"),
+                                          ("l", "L"), ("l", "K"), ("l", "inner")), r"""
+  SN_FOR(i, n) {
+    long in_ = i % inner, c = (i / inner) % L, outer = i / (inner * L);
+    float acc = 0.0f;
+    for (long k = 0; k < K; ++k) {
+      long o = (outer * K + k) * inner + in_;
+      float f = idx[o];
+      if (f >= 0.0f && (long)f == c) acc += g[o];
+    }
+    dx[i] = acc;
+  }
+""")
+
+# Indices of the K largest along L (largest first, ties to the lower index).
+ARGTOPK = Template("sn_argtopk", (("l", "n"), ("c", "x"), ("p", "y"), ("l", "L"), ("l", "K"),
+                                  ("l", "inner")), r"""
+  SN_FOR(i, n) {
+    long in_ = i % inner, outer = i / inner;
+    const float* row = x + outer * L * inner + in_;
+    long prev = -1;
+    float pv = 0.0f;
+    for (long k = 0; k < K; ++k) {
+      long best = -1;
+      float bv = 0.0f;
+      for (long j = 0; j < L; ++j) {
+        float v = row[j * inner];
+        int after_prev = prev < 0 || v < pv || (v == pv && j > prev);
+        if (after_prev && (best < 0 || v > bv)) { best = j; bv = v; }
+      }
+      y[(outer * K + k) * inner + in_] = (float)best;
+      prev = best; pv = bv;
+    }
+  }
+""")
+
+RANDOM_UNIFORM = Template("sn_random_uniform", (("l", "n"), ("p", "y"), ("c", "counter"),
+                                                ("l", "seed_lo"), ("l", "seed_hi")), r"""
+  uint32_t off = counter ? (uint32_t)(long)counter[0] : 0u;
+  SN_FOR(i, n) {
+    y[i] = sn_philox_uniform((uint32_t)i, (uint32_t)(i >> 32), off,
+                             (uint32_t)seed_lo, (uint32_t)seed_hi);
+  }
+""")
+
+# C[b] = alpha * A[b] B[b] + beta * C[b] for strided A (M x K) and B (K x N); C is
+# contiguous (M x N) per batch. Batch index b = (b0, b1) over nb0 x nb1. 16x16 tiles in
+# shared memory; a 256-thread block walks tiles with a grid-stride loop.
+GEMM = Template("sn_gemm", (
+    ("l", "nb0"), ("l", "nb1"), ("l", "M"), ("l", "N"), ("l", "K"), ("f", "alpha"),
+    ("f", "beta"), ("c", "A"), ("l", "sAm"), ("l", "sAk"), ("l", "sA0"), ("l", "sA1"),
+    ("c", "B"), ("l", "sBk"), ("l", "sBn"), ("l", "sB0"), ("l", "sB1"), ("p", "Cm"),
+    ("l", "sC0"), ("l", "sC1")), r"""
+  __shared__ float As[16][17];
+  __shared__ float Bs[16][17];
+  long tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  long tm = (M + 15) / 16, tn = (N + 15) / 16;
+  long tiles = nb0 * nb1 * tm * tn;
+  for (long t = blockIdx.x; t < tiles; t += gridDim.x) {
+    long bn = t % tn, bm = (t / tn) % tm, b1 = (t / (tn * tm)) % nb1, b0 = t / (tn * tm * nb1);
+    const float* a = A + b0 * sA0 + b1 * sA1;
+    const float* bb = B + b0 * sB0 + b1 * sB1;
+    float* c = Cm + b0 * sC0 + b1 * sC1;
+    long m = bm * 16 + ty, col = bn * 16 + tx;
+    float acc = 0.0f;
+    for (long k0 = 0; k0 < K; k0 += 16) {
+      long ka = k0 + tx, kb = k0 + ty;
+      As[ty][tx] = (m < M && ka < K) ? a[m * sAm + ka * sAk] : 0.0f;
+      Bs[ty][tx] = (kb < K && col < N) ? bb[kb * sBk + col * sBn] : 0.0f;
+      __syncthreads();
+      for (int kk = 0; kk < 16; ++kk) acc += As[ty][kk] * Bs[kk][tx];
+      __syncthreads();
+    }
+    if (m < M && col < N) {
+      float prev = beta != 0.0f ? beta * c[m * N + col] : 0.0f;
+      c[m * N + col] = alpha * acc + prev;
+    }
+  }
+""", cuda_only=True, block=256)
+
+ALL = {t.name: t for t in (IM2COL, COL2IM, SUM_BATCH, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
+                           AVEPOOL_GRAD, MAXPOOL_SELECT, WINDOW_SUM, GATHER, GATHER_GRAD,
+                           ARGTOPK, RANDOM_UNIFORM, GEMM)}

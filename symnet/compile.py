@@ -1,0 +1,31 @@
+"""Glue between the front end, codegen and the runtime for one compiled function."""
+from __future__ import annotations
+
+from .codegen import lower
+from .codegen.report import report_rows, report_table
+from .runtime.executor import Executor
+
+
+class CompiledFunction:
+    """A Plan for one backend and the executor that runs it."""
+
+    def __init__(self, graph, input_ids, output_ids, backend, name):
+        self.graph = graph
+        self.plan = lower.lower(graph, input_ids, output_ids, backend)
+        self.sources = dict(self.plan.sources)
+        self.executor = Executor(self.plan)
+        self.param_ops = [graph.op(n) for n, _ in self.plan.params]
+
+    def run(self, feeds, out=None, timed=False):
+        params = [op.get_value() for op in self.param_ops]
+        return self.executor.run(feeds, params, out, timed)
+
+    def report(self):
+        return report_rows(self.plan)
+
+    def report_text(self):
+        return report_table(self.plan)
+
+
+def compile_function(graph, input_ids, output_ids, backend, name):
+    return CompiledFunction(graph, input_ids, output_ids, backend, name)
