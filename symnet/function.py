@@ -75,7 +75,7 @@ class Function:
                              f"{len(self.inputs)} inputs {[t.name for t in self.inputs]}")
         feeds = []
         for t, a in zip(self.inputs, arrays):
-            a = np.ascontiguousarray(a, dtype=np.float32)
+            a = np.asarray(a, dtype=np.float32, order="C")
             if a.shape != t.shape:
                 raise ShapeError(f"function '{self.name}': input '{t.name}' got shape "
                                  f"{a.shape}, expected {t.shape}")

@@ -83,17 +83,18 @@ def elementwise_expr(expr, args, label=None, shape=None) -> Tensor:
     node only reads what its expression uses.
     """
     expr = sp.sympify(expr)
+    g = graph_of(*args)
     free = expr.free_symbols
     keep = [i for i in range(len(args)) if scalar.arg_symbol(i) in free]
     if len(keep) != len(args):
         mapping = {scalar.arg_symbol(i): scalar.arg_symbol(j) for j, i in enumerate(keep)}
         expr = expr.xreplace(mapping)
         if shape is None:
-            shape = np.broadcast_shapes(*[a.shape for a in args]) if args else ()
+            shape = ops.elementwise.broadcast_shapes(
+                [a.shape for a in args], f"elementwise '{label or 'ew'}' [{expr}]")
         args = [args[i] for i in keep]
     if not args and shape is None:
         shape = ()
-    g = graph_of(*args)
     return g.add(ops.Elementwise(expr, len(args), label, shape), args)
 
 
@@ -231,6 +232,9 @@ def mean(x, axis=None, keepdims=False):
     x = as_tensor(x)
     axes = _axes(axis, x.ndim, "mean")
     n = math.prod(x.shape[a] for a in axes)
+    if n == 0:
+        raise ShapeError(f"mean of {x.label()}: axes {axes} of shape {x.shape} hold no "
+                         "elements")
     return sum(x, axes, keepdims) * (1.0 / n)
 
 
@@ -300,6 +304,8 @@ def getitem(x, index) -> Tensor:
             out_shape.append(1)
             continue
         n = x.shape[axis]
+        if isinstance(i, (bool, np.bool_)):
+            raise GraphError(f"indexing {x.label()}: boolean index {i!r} is not supported")
         if isinstance(i, slice):
             start, stop, step = i.indices(n)
             slices.append((start, stop, step))
@@ -325,11 +331,13 @@ def concat(tensors, axis=0) -> Tensor:
     tensors = list(tensors)
     if not tensors:
         raise GraphError("concat: no tensors given")
+    g = graph_of(*tensors)
+    tensors = [as_tensor(t, g) for t in tensors]
     ndim = tensors[0].ndim
     axis = _axes(axis, ndim, "concat")[0]
     if len(tensors) == 1:
         return tensors[0]
-    return graph_of(*tensors).add(ops.Concat(axis), tensors)
+    return g.add(ops.Concat(axis), tensors)
 
 
 def split(x, sections, axis=0) -> list:
@@ -372,6 +380,7 @@ def matmul(a, b) -> Tensor:
 
 def conv2d(x, w, stride=1, pad=0, dilation=1, group=1) -> Tensor:
     """2-D convolution (cross-correlation, as Caffe), NCHW; w is (out, in/group, kh, kw)."""
+    w = as_tensor(w, x.graph)
     return x.graph.add(ops.Conv2d(ops.ConvParams(stride, pad, dilation, group)), [x, w])
 
 
@@ -380,11 +389,15 @@ def conv_transpose2d(x, w, stride=1, pad=0, dilation=1, group=1, output_padding=
     """Transposed convolution (Caffe's Deconvolution); w is (in, out/group, kh, kw).
     Output size (h-1)*s - 2p + d(k-1) + 1 + output_padding, or ``output_size``."""
     p = ops.ConvParams(stride, pad, dilation, group)
+    w = as_tensor(w, x.graph)
     if x.ndim != 4 or w.ndim != 4:
         raise ShapeError(f"conv_transpose2d: got shapes {x.shape} and {w.shape}, expected "
                          "4-d input (N, C, H, W) and weights (in, out/group, kh, kw)")
     if output_size is None:
         op_ = ops.contraction._pair(output_padding, "output_padding")
+        if any(not 0 <= o < st for o, st in zip(op_, p.stride)):
+            raise ShapeError(f"conv_transpose2d of {x.label()}: output_padding {op_} must "
+                             f"be >= 0 and smaller than the stride {p.stride}")
         output_size = tuple((n - 1) * s - 2 * pp + d * (k - 1) + 1 + o for n, s, pp, d, k, o in
                             zip(x.shape[2:], p.stride, p.pad, p.dilation, w.shape[2:], op_))
     return x.graph.add(ops.ConvTranspose2d(p, output_size), [x, w])

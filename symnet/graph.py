@@ -32,7 +32,14 @@ class Graph:
                 raise GraphError(
                     f"{op.describe()}: argument {t.label()} belongs to another graph; "
                     "tensors of different graphs cannot be combined")
-        shape = op.infer_shape([t.shape for t in inputs])
+        try:
+            shape = op.infer_shape([t.shape for t in inputs])
+        except ShapeError as e:
+            # name the tensors too: they carry the user's (or Caffe's) names
+            where = f" building '{name}'" if name else ""
+            labels = ", ".join(f"{t.label()} {t.shape}" for t in inputs)
+            raise ShapeError(f"{e}{where} [arguments: {labels}]" if inputs else
+                             f"{e}{where}") from None
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ShapeError(f"{op.describe()}: inferred a negative size in shape {shape} "

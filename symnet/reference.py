@@ -35,4 +35,6 @@ def evaluate(graph, output_ids, feeds: dict, dtype=np.float32, overrides=None) -
             raise ShapeError(f"{op.describe()} (node {n}): reference produced shape "
                              f"{v.shape}, expected {shape}")
         values[n] = v
-    return [values[o] for o in output_ids]
+    # outputs are fresh, writable, C-contiguous arrays: never views of a feed, a param's
+    # storage or a read-only broadcast
+    return [np.array(values[o], dtype=dtype, order="C", copy=True) for o in output_ids]

@@ -111,9 +111,24 @@ def apply_kink_conventions(expr):
     takes one side at a kink: ReLU's gradient at 0 is its negative slope (so
     d max(x, 0)/dx at 0 is 0) and AbsVal's gradient at 0 is sign(0) = 0. So here
     Heaviside(0) is overridden to 0 and DiracDelta to 0.
+
+    One exception: a Heaviside whose argument involves two or more arguments comes
+    from a tie between tensors (``maximum(x, y)`` at x == y). With 0 there neither
+    side would get the gradient (``maximum(x, x)`` would have gradient 0), so such
+    ties share it, Heaviside(0) = 1/2, as the max/min reductions do.
     """
-    expr = expr.replace(sp.Heaviside, lambda x, *h: sp.Heaviside(x, 0))
+    def heaviside(x, *h):
+        tie = len(x.free_symbols) >= 2
+        return sp.Heaviside(x, sp.Rational(1, 2) if tie else sp.S.Zero)
+
+    expr = expr.replace(sp.Heaviside, heaviside)
     expr = expr.replace(sp.DiracDelta, lambda *args: sp.S.Zero)
+    # floor and ceiling are piecewise constant; sympy leaves their derivatives
+    # unevaluated (inside a Subs when differentiated through the chain rule)
+    expr = expr.replace(
+        lambda e: isinstance(e, sp.Derivative) and isinstance(e.expr, (sp.floor, sp.ceiling)),
+        lambda e: sp.S.Zero)
+    expr = expr.replace(lambda e: isinstance(e, sp.Subs) and e.expr == 0, lambda e: sp.S.Zero)
     return expr
 
 

@@ -30,8 +30,11 @@ class MatMul(Op):
     def infer_shape(self, shapes):
         self.check_arity(shapes)
         a, b = shapes
-        if len(a) < 2 or len(b) < 2 or a[-1] != b[-2]:
-            raise self.shape_error(shapes, "(..., m, k) and (..., k, n) with equal k")
+        if len(a) < 2 or len(b) < 2:
+            raise self.shape_error(shapes, "(..., m, k) and (..., k, n), both at least 2-d")
+        if a[-1] != b[-2]:
+            raise self.shape_error(shapes, f"(..., m, k) and (..., k, n) with equal k, but "
+                                   f"k is {a[-1]} on the left and {b[-2]} on the right")
         try:
             batch = np.broadcast_shapes(a[:-2], b[:-2])
         except ValueError:

@@ -59,12 +59,43 @@ class Transpose(Op):
         return np.ascontiguousarray(np.transpose(arrays[0], self.perm))
 
 
+def _slice_range(s, n) -> range:
+    """The indices a (start, stop, step) triple selects on an axis of size ``n``.
+
+    Triples have ``range`` semantics (what ``slice.indices`` returns): indices are
+    explicit and never wrap, so a negative step may end at stop = -1 (x[::-1] on 5
+    elements is (4, -1, -1)). Every selected index must lie in [0, n).
+    """
+    start, stop, step = (int(v) for v in s)
+    if step == 0:
+        raise ValueError(f"slice {tuple(s)}: step must not be zero")
+    r = range(start, stop, step)
+    if len(r) and not (0 <= r[0] < n and 0 <= r[-1] < n):
+        raise ValueError(f"slice {tuple(s)} selects indices outside [0, {n})")
+    return r
+
+
 def _slice_len(s, n):
-    return len(range(*slice(*s).indices(n)))
+    return len(_slice_range(s, n))
+
+
+def _np_slices(slices):
+    """NumPy basic-indexing slices for range-semantics triples (stop -1 means None)."""
+    return tuple(slice(a, b if b >= 0 else None, c) for a, b, c in slices)
+
+
+def _slice_shape(op, shapes, slices, in_shape):
+    if len(slices) != len(in_shape):
+        raise op.shape_error(shapes, f"a {len(slices)}-d tensor for slices {slices}")
+    try:
+        return tuple(_slice_len(sl, n) for sl, n in zip(slices, in_shape))
+    except ValueError as e:
+        raise op.shape_error(shapes, f"slices inside the tensor ({e})") from None
 
 
 class Slice(Op):
-    """x[start:stop:step, ...] with one (start, stop, step) triple per axis."""
+    """x[start:stop:step, ...] with one (start, stop, step) triple per axis, read with
+    ``range`` semantics (see ``_slice_range``)."""
     kind = "slice"
     nargs = 1
 
@@ -76,17 +107,14 @@ class Slice(Op):
 
     def infer_shape(self, shapes):
         self.check_arity(shapes)
-        (s,) = shapes
-        if len(self.slices) != len(s):
-            raise self.shape_error(shapes, f"a {len(self.slices)}-d tensor")
-        return tuple(_slice_len(sl, n) for sl, n in zip(self.slices, s))
+        return _slice_shape(self, shapes, self.slices, shapes[0])
 
     def vjp(self, args, out, g):
         from .. import functions as F
         return [F.graph_of(g).add(SliceGrad(self.slices, args[0].shape), [g])]
 
     def reference(self, arrays, shape):
-        return arrays[0][tuple(slice(*s) for s in self.slices)]
+        return arrays[0][_np_slices(self.slices)]
 
 
 class SliceGrad(Op):
@@ -103,7 +131,7 @@ class SliceGrad(Op):
 
     def infer_shape(self, shapes):
         self.check_arity(shapes)
-        expected = tuple(_slice_len(sl, n) for sl, n in zip(self.slices, self.in_shape))
+        expected = _slice_shape(self, shapes, self.slices, self.in_shape)
         if tuple(shapes[0]) != expected:
             raise self.shape_error(shapes, f"[{expected}]")
         return self.in_shape
@@ -114,7 +142,7 @@ class SliceGrad(Op):
 
     def reference(self, arrays, shape):
         out = np.zeros(shape, dtype=arrays[0].dtype)
-        out[tuple(slice(*s) for s in self.slices)] = arrays[0]
+        out[_np_slices(self.slices)] = arrays[0]
         return out
 
 

@@ -101,6 +101,15 @@ class Pool2d(_PoolBase):
         if out[2] < 1 or out[3] < 1:
             raise self.shape_error(shapes, f"an image at least as large as kernel {self.p.kernel}"
                                    f" minus padding")
+        for axis, (n, o) in enumerate(zip(shapes[0][2:], out[2:])):
+            last = (o - 1) * self.p.stride[axis] - self.p.pad[axis]
+            if last >= n:
+                # ceil rounding with stride > kernel and no padding: Caffe would pool an
+                # empty window (-FLT_MAX for MAX, 0/0 for AVE)
+                raise self.shape_error(
+                    shapes, f"every window to overlap the image, but the last window along "
+                    f"axis {axis + 2} starts at {last} of {n}; use ceil_mode=False, a kernel "
+                    f">= the stride, or padding")
         return out
 
     def vjp(self, args, out, g):
