@@ -8,7 +8,8 @@
   it recomputes, so ``sum(exp(x - m))`` reads x and m and writes only the sum.
   A reduction whose prologue reads another reduction of the same space and axes joins
   that reduction's kernel as a later stage (softmax's max then sum: one kernel).
-- Reshape aliases its argument's memory. Every other op is a library kernel.
+- Reshape aliases its argument's memory; a transpose of the last two axes that only
+  matmuls read is a strided view for the GEMM. Every other op is a library kernel.
 - Only values read by another kernel, or requested as outputs, are stored; an
   elementwise group with nothing to store disappears.
 """
@@ -47,10 +48,23 @@ class Partition:
         self.outputs = list(dict.fromkeys(output_ids))
         self.order = graph.ancestors(self.outputs)
         self.pos = {n: i for i, n in enumerate(self.order)}
+        self.consts = {}
+        for n in self.order:
+            if self._const_expr(n) is not None:
+                self.consts[n] = self._const_expr(n)
+        self.prologues = {n: self._prologue(n) for n in self.order
+                          if isinstance(graph.op(n), ops.Reduce)}
+        # Kernel-level ancestry: a reduction depends on its prologue's loads, not on the
+        # prologue nodes it recomputes, so a consumer of the reduction may still fuse
+        # with those nodes (softmax: exp(x - m) / sum(exp(x - m)) is one kernel).
         self.anc = {}
         for n in self.order:
+            if n in self.prologues and self.prologues[n]:
+                srcs = self._loads_of(self.prologues[n])
+            else:
+                srcs = graph.args(n)
             bits = 0
-            for a in graph.args(n):
+            for a in srcs:
                 bits |= self.anc[a] | (1 << self.pos[a])
             self.anc[n] = bits
         self.consumers = {n: [c for c in graph.nx.successors(n) if c in self.pos]
@@ -108,6 +122,16 @@ class Partition:
                 next_id += 1
 
     # ------------------------------------------------------------ kernels
+    def _const_expr(self, n):
+        """The expression of a constant node (elementwise without arguments, or a
+        reshape of one), which kernels inline instead of loading; else None."""
+        op = self.graph.op(n)
+        if isinstance(op, ops.Elementwise) and op.n == 0:
+            return op.expr
+        if isinstance(op, ops.Reshape):
+            return self.consts.get(self.graph.args(n)[0])
+        return None
+
     def _prologue(self, r):
         """Elementwise nodes of the reduced space feeding reduction r (recomputed)."""
         g = self.graph
@@ -126,7 +150,8 @@ class Partition:
         loads = []
         for m in sorted(members, key=self.pos.get):
             for a in self.graph.args(m):
-                if a not in members and a not in exclude and a not in loads:
+                if a not in members and a not in exclude and a not in loads and \
+                        a not in self.consts:
                     loads.append(a)
         return loads
 
@@ -138,7 +163,7 @@ class Partition:
         for n in self.order:
             op = g.op(n)
             if isinstance(op, ops.Reduce):
-                pro = self._prologue(n)
+                pro = self.prologues[n]
                 loads = self._loads_of(pro) if pro else list(g.args(n))
                 target = self._chain_target(n, loads, reduce_kernel)
                 if target is not None:
@@ -152,12 +177,27 @@ class Partition:
                     reduce_kernel[n] = k
             elif isinstance(op, ops.Reshape):
                 kernels.append(Kernel("alias", [n], loads=list(g.args(n))))
+            elif self._is_matmul_view(n):
+                kernels.append(Kernel("view", [n], loads=list(g.args(n))))
             elif not isinstance(op, (ops.Elementwise, ops.Leaf)):
                 kernels.append(Kernel("library", [n], loads=list(g.args(n))))
         for k in kernels:
             if k.kind == "reduce":
                 k.loads = self._reduce_loads(k)
         return kernels
+
+    def _is_matmul_view(self, n):
+        """A transpose of the last two axes read only by matmuls: GEMM reads it through
+        strides, nothing is copied."""
+        op = self.graph.op(n)
+        if not isinstance(op, ops.Transpose) or len(op.perm) < 2:
+            return False
+        ident = tuple(range(len(op.perm) - 2))
+        if op.perm != ident + (len(op.perm) - 1, len(op.perm) - 2):
+            return False
+        cons = self.consumers.get(n, [])
+        return bool(cons) and n not in self.outputs and all(
+            isinstance(self.graph.op(c), ops.MatMul) for c in cons)
 
     def _reduce_loads(self, k):
         loads = []

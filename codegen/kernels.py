@@ -39,15 +39,17 @@ def _load_symbol(j):
     return sp.Symbol(f"x{j}", real=True)
 
 
-def _compose(graph, nodes, leaf_symbol):
-    """sympy expression of each node in ``nodes`` (topological), leaves via leaf_symbol."""
-    exprs = {}
+def _compose(graph, nodes, leaf_symbol, consts):
+    """sympy expression of each node in ``nodes`` (topological), leaves via leaf_symbol;
+    constant nodes are inlined."""
+    exprs = dict(consts)
     inside = set(nodes)
     for n in nodes:
         op = graph.op(n)
         subs = {}
         for k, a in enumerate(graph.args(n)):
-            subs[scalar.arg_symbol(k)] = exprs[a] if a in inside else leaf_symbol(a)
+            subs[scalar.arg_symbol(k)] = exprs[a] if a in inside or a in consts else \
+                leaf_symbol(a)
         exprs[n] = op.expr.xreplace(subs)
     return exprs
 
@@ -82,11 +84,11 @@ def _describe(graph, nodes, pos):
     return ", ".join(f"{graph.op(n).describe()} #{pos[n]}" for n in nodes)
 
 
-def elementwise_kernel(graph, k, pos) -> KernelText:
+def elementwise_kernel(graph, k, pos, consts) -> KernelText:
     space = graph.shape(k.stored[0])
     loads = k.loads
     index = {a: j for j, a in enumerate(loads)}
-    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]))
+    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]), consts)
     out_exprs = [exprs[s] for s in k.stored]
     lines, reduced = _cse_lines(out_exprs, "    ")
     sp_ = Space(space, ["i"] * len(space), [graph.shape(a) for a in loads])
@@ -110,7 +112,7 @@ _REDUCE = {
 }
 
 
-def reduce_kernel(graph, k, pos) -> KernelText:
+def reduce_kernel(graph, k, pos, consts) -> KernelText:
     first = k.stages[0]
     x_shape = graph.shape(graph.args(first)[0])
     axes = graph.op(first).axes
@@ -130,7 +132,10 @@ def reduce_kernel(graph, k, pos) -> KernelText:
             return stage_sym[a] if a in stage_sym else _load_symbol(index[a])
 
         (x,) = graph.args(s)
-        value = _compose(graph, order, leaf)[x] if pro else leaf(x)
+        if pro:
+            value = _compose(graph, order, leaf, consts)[x]
+        else:
+            value = consts[x] if x in consts else leaf(x)
         lines, (v,) = _cse_lines([value], "      ")
         used = value.free_symbols
         loop = "SN_ROW_LOOP_SUM(r, n_red, acc%d)" % j if op.how == "sum" else \

@@ -36,8 +36,8 @@ class Lowering:
         self.texts = {}         # kernel text key -> name
         self.sources = []       # (name, text)
         self.kinfo = {}
-        self.templates = []
         self.masks = {}         # (x node, pool key) -> mask value
+        self.views = {}         # transpose node -> the node a GEMM reads through strides
         self.constants = {}
         self.params = []
         self._leaves(input_ids)
@@ -92,14 +92,25 @@ class Lowering:
         self.kinfo[name] = KernelInfo(name, text.arg_types(), text.block)
         return name
 
-    def _template(self, t: T.Template):
-        if t.name not in self.kinfo:
-            self.templates.append(t)
-            self.kinfo[t.name] = KernelInfo(t.name, t.arg_types(), t.block)
-        return t.name
+    def _template(self, t: T.Template) -> K.KernelText:
+        return K.KernelText(t.name, t.params, t.body.strip("\n") + "\n", "library kernel",
+                            t.block)
 
-    def launch(self, name, args, extent, nodes, grid=None, block=None, boundary=""):
-        block = block or self.kinfo[name].block
+    def launch(self, spec: K.KernelText, args, extent, nodes, grid=None, boundary=""):
+        """Launch ``spec`` with ``args``; its sizes (long parameters) are baked into the
+        kernel text as constants, so index arithmetic divides by literals."""
+        consts, params, kept = [], [], []
+        for (t, pname), a in zip(spec.params, args):
+            if t == "l":
+                consts.append(f"  const long {pname} = {int(a[1])}L;")
+            else:
+                params.append((t, pname))
+                kept.append(a)
+        text = K.KernelText(spec.base_name, tuple(params), "\n".join(consts + [spec.body]),
+                            spec.comment, spec.block)
+        name = self._kernel_name(text)
+        block = spec.block
+        args = kept
         reads = [a for a in args if a[0] == "val" and a[3] == "r"]
         writes = [a for a in args if a[0] == "val" and a[3] == "w"]
         step = Step("kernel", name, [a[:3] if a[0] == "val" else a for a in args],
@@ -145,21 +156,23 @@ class Lowering:
             (n,) = k.members
             self.values[n] = self.value(g.args(n)[0])
             return
+        if k.kind == "view":
+            (n,) = k.members
+            self.views[n] = g.args(n)[0]
+            return
         if k.kind == "elementwise":
-            text = K.elementwise_kernel(g, k, self.pos)
-            name = self._kernel_name(text)
+            text = K.elementwise_kernel(g, k, self.pos, self.part.consts)
             n = math.prod(g.shape(k.stored[0]))
             args = [["long", n]] + [self.w(s) for s in k.stored] + [self.r(a) for a in k.loads]
-            self.launch(name, args, n, k.needed, boundary=self._boundary(k))
+            self.launch(text, args, n, k.needed, boundary=self._boundary(k))
             return
         if k.kind == "reduce":
-            text = K.reduce_kernel(g, k, self.pos)
-            name = self._kernel_name(text)
+            text = K.reduce_kernel(g, k, self.pos, self.part.consts)
             n_out, n_red = K.reduce_sizes(g, k)
             args = [["long", n_out], ["long", n_red]] + [self.w(s) for s in k.stored] + \
                 [self.r(a) for a in k.loads]
             nodes = sorted(set().union(*k.prologue.values()), key=self.pos.get) + k.stages
-            self.launch(name, args, n_out, nodes, grid=min(max(n_out, 1), CUDA_MAX_GRID),
+            self.launch(text, args, n_out, nodes, grid=min(max(n_out, 1), CUDA_MAX_GRID),
                         boundary=self._boundary(k))
             return
         (n,) = k.members
@@ -173,10 +186,9 @@ class Lowering:
     def _copy(self, n, op):
         args = self.graph.args(n)
         for text, which, extent in K.copy_kernel(self.graph, n, self.pos):
-            name = self._kernel_name(text)
             size = math.prod(self.graph.shape(args[which[0]])) if extent == "arg" else \
                 math.prod(self.graph.shape(n))
-            self.launch(name, [["long", size], self.w(n), self.r(args[which[0]])], size, [n])
+            self.launch(text, [["long", size], self.w(n), self.r(args[which[0]])], size, [n])
 
     _lower_Transpose = _lower_Slice = _lower_Pad = _lower_SliceGrad = _lower_Concat = _copy
 
@@ -188,9 +200,8 @@ class Lowering:
                 ["float", 1.0], ["float", beta], a] + [["long", s] for s in sa] + [b] + \
             [["long", s] for s in sb] + [c] + [["long", s] for s in sc]
         if self.device_gemm:
-            name = self._template(T.GEMM)
             tiles = nb[0] * nb[1] * -(-M // 16) * -(-N // 16)
-            self.launch(name, args, tiles * T.GEMM.block, nodes)
+            self.launch(self._template(T.GEMM), args, tiles * T.GEMM.block, nodes)
         else:
             self.library("gemm", args, nodes, {"flops": 2 * nb[0] * nb[1] * M * N * Kd})
 
@@ -218,13 +229,16 @@ class Lowering:
         while len(merged) < 2:
             merged.insert(0, [1, 0, 0, 0])
         outer, inner = merged[:-2], merged[-2:]
+        # operands that are transposes of the last two axes are read with swapped strides
+        a_src, sa_mk = (self.views[a], (1, M)) if a in self.views else (a, (Kd, 1))
+        b_src, sb_kn = (self.views[b], (1, Kd)) if b in self.views else (b, (N, 1))
         for idx in _product([m[0] for m in outer]):
             oa = sum(i * m[1] for i, m in zip(idx, outer))
             ob = sum(i * m[2] for i, m in zip(idx, outer))
             oc = sum(i * m[3] for i, m in zip(idx, outer))
-            self.gemm([n], self.r(a, oa), self.r(b, ob), self.w(n, oc),
+            self.gemm([n], self.r(a_src, oa), self.r(b_src, ob), self.w(n, oc),
                       (inner[0][0], inner[1][0]), M, N, Kd,
-                      (Kd, 1, inner[0][1], inner[1][1]), (N, 1, inner[0][2], inner[1][2]),
+                      sa_mk + (inner[0][1], inner[1][1]), sb_kn + (inner[0][2], inner[1][2]),
                       (inner[0][3], inner[1][3]))
 
     def _conv_dims(self, p, x_shape, k_hw, out_hw):
@@ -242,8 +256,7 @@ class Lowering:
             return ["val", self.value(x), 0, "r"]
         size = xs[0] * xs[1] * k_hw[0] * k_hw[1] * out_hw[0] * out_hw[1]
         col = self.new_value(size, "temp", "col")
-        name = self._template(T.IM2COL)
-        self.launch(name, [["long", size], self.r(x), ["val", col, 0, "w"]] +
+        self.launch(self._template(T.IM2COL), [["long", size], self.r(x), ["val", col, 0, "w"]] +
                     self._conv_dims(p, xs, k_hw, out_hw), size, [n])
         return ["val", col, 0, "r"]
 
@@ -270,8 +283,7 @@ class Lowering:
                   (1, M, 0, Kd * M), (P, 1, Ci * P, Kd * P), (G * M * P, M * P))
         if not direct:
             size = N * Co * H * W
-            name = self._template(T.COL2IM)
-            self.launch(name, [["long", size], ["val", col[1], 0, "r"], self.w(n)] +
+            self.launch(self._template(T.COL2IM), [["long", size], ["val", col[1], 0, "r"], self.w(n)] +
                         self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd)), size, [n])
 
     def _lower_ConvWeightGrad(self, n, op):
@@ -290,8 +302,7 @@ class Lowering:
         self.gemm([n], self.r(gy), col, ["val", tmp, 0, "w"], (N, G), M, Kd, P,
                   (P, 1, O * P, M * P), (1, P, G * Kd * P, Kd * P), (G * M * Kd, M * Kd))
         m = G * M * Kd
-        name = self._template(T.SUM_BATCH)
-        self.launch(name, [["long", m], ["long", N], ["val", tmp, 0, "r"], self.w(n)], m, [n])
+        self.launch(self._template(T.SUM_BATCH), [["long", m], ["long", N], ["val", tmp, 0, "r"], self.w(n)], m, [n])
 
     def _pool_dims(self, p, x_shape, out_shape):
         return [["long", v] for v in (x_shape[2], x_shape[3], out_shape[2], out_shape[3],
@@ -408,6 +419,11 @@ class Lowering:
         slot_of, slot_size = self._assign_slots()
         buffers = []
         buf_of = {}
+        # each computed output gets a buffer of its own, which the runtime binds to the
+        # caller's array (out=) so kernels write results in place
+        for v in dict.fromkeys(self.output_values):
+            if self.vrole[v] == "temp":
+                self.vrole[v] = "output"
         for v in range(len(self.vsize)):
             if self.vrole[v] != "temp":
                 buf_of[v] = len(buffers)
@@ -440,12 +456,11 @@ class Lowering:
                     continue
                 start.setdefault(v, i)
                 end[v] = i
-        for v in self.output_values:
-            if self.vrole[v] == "temp":
-                start.setdefault(v, 0)
-                end[v] = len(self.steps) + 1
+        dedicated = {v for v in self.output_values if self.vrole[v] == "temp"}
         slot_of, slot_size, slot_free_at = {}, [], []
         for v in sorted(start, key=lambda v: (start[v], v)):
+            if v in dedicated:
+                continue
             best = None
             for s in range(len(slot_size)):
                 if slot_free_at[s] < start[v]:
@@ -462,14 +477,8 @@ class Lowering:
         return slot_of, slot_size
 
     def module_source(self) -> str:
-        cuda = self.backend != "cpu"
-        parts = [CUDA_PRELUDE if cuda else C_PRELUDE]
-        for t in self.templates:
-            if t.cuda_only and not cuda:
-                continue
-            parts.append(f"/* library kernel */\n{t.source()}")
-        for _, text in self.sources:
-            parts.append(text)
+        parts = [CUDA_PRELUDE if self.backend != "cpu" else C_PRELUDE]
+        parts.extend(text for _, text in self.sources)
         return "\n".join(parts)
 
 
@@ -491,7 +500,15 @@ def _product(sizes):
             yield (i,) + rest
 
 
+# Callbacks called with (backend, source) for every module emitted; the test suite
+# registers one to compile every emitted CUDA module with nvcc.
+module_listeners = []
+
+
 def lower(graph, input_ids, output_ids, backend) -> Plan:
     low = Lowering(graph, input_ids, output_ids, backend)
     low.part.outputs_in_order = list(output_ids)
-    return low.plan()
+    plan = low.plan()
+    for listener in module_listeners:
+        listener(backend, plan.sources[backend])
+    return plan

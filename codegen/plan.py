@@ -18,7 +18,7 @@ import numpy as np
 class Buffer:
     id: int
     size: int                 # in float32 elements
-    role: str                 # "input", "param", "constant", "temp"
+    role: str                 # "input", "param", "constant", "output", "temp"
     name: str = ""
 
 

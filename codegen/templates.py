@@ -1,9 +1,9 @@
 """Library kernels for the non-elementwise families, as kernel text shared by CUDA and
-the CPU (through the prelude), with their sizes passed at launch.
+the CPU (through the prelude); lowering bakes their sizes into the text as constants.
 
 Each template is (name, parameter signature, body). Parameter types: ``p`` a float
-pointer, ``l`` a long, ``f`` a float. ``CUDA_ONLY`` templates (the tiled GEMM) are
-emitted only in CUDA modules; the CPU calls BLAS through NumPy instead.
+pointer, ``c`` a read-only float pointer, ``l`` a long, ``f`` a float. The tiled GEMM
+is launched only on the CUDA backends; the CPU calls BLAS through NumPy instead.
 """
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ class Template:
     name: str
     params: tuple      # ((type, name), ...)
     body: str
-    cuda_only: bool = False
     block: int = 128
 
     def signature(self) -> str:
@@ -262,7 +261,7 @@ GEMM = Template("sn_gemm", (
       c[m * N + col] = alpha * acc + prev;
     }
   }
-""", cuda_only=True, block=256)
+""", block=256)
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, SUM_BATCH, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            AVEPOOL_GRAD, MAXPOOL_SELECT, WINDOW_SUM, GATHER, GATHER_GRAD,

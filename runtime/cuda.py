@@ -59,6 +59,13 @@ class CudaBackend:
         self.fns[step.name].prepared_call((step.grid, 1), (step.block, 1, 1),
                                           *[v for _, v in packed])
 
+    def bind_output(self, bid, array):
+        mem = self.device.get(bid)
+        if mem is None or mem[1] != array.nbytes:
+            mem = (self.drv.mem_alloc(array.nbytes), array.nbytes)
+            self.device[bid] = mem
+        return mem[0]
+
     def download(self, buffer, dst):
         self.drv.memcpy_dtoh(dst, buffer)
 

@@ -46,6 +46,13 @@ class Executor:
             self.buffers[bid] = be.bind(bid, array)
         for (_, bid), array in zip(plan.params, params):
             self.buffers[bid] = be.bind(bid, array)
+        dests = []
+        for k, (bid, shape) in enumerate(plan.outputs):
+            dst = out[k] if out is not None else np.empty(shape, dtype=np.float32)
+            dests.append(dst)
+            if plan.buffers[bid].role == "output" and all(
+                    plan.outputs[j][0] != bid for j in range(k)):
+                self.buffers[bid] = be.bind_output(bid, dst)
         ptrs = be.pointers(self.buffers)
         for i, step in enumerate(plan.steps):
             t0 = time.perf_counter() if timed else 0.0
@@ -60,12 +67,9 @@ class Executor:
                 self.step_times[i] += time.perf_counter() - t0
         if timed:
             self.timed_calls += 1
-        results = []
-        for k, (bid, shape) in enumerate(plan.outputs):
-            dst = out[k] if out is not None else np.empty(shape, dtype=np.float32)
-            be.download(self.buffers[bid], dst)
-            results.append(dst)
-        return results
+        for k, (bid, _) in enumerate(plan.outputs):
+            be.download(self.buffers[bid], dests[k])
+        return dests
 
 
 def pack_args(args, ptrs):
