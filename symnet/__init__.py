@@ -15,9 +15,12 @@ from .functions import (abs, add, argmax, as_tensor, avg_pool2d, broadcast_to, c
                         eq, erf, exp, flatten, gather, ge, gt, input, le, log, lt, matmul,
                         max, max_pool2d, maximum, mean, min, minimum, mul, ne, neg, ones,
                         pad, param, pool2d, pow, reshape, rsqrt, set_seed, sigmoid, sign, sin,
-                        softplus, split, sqrt, sub, sum, sum_to_shape, tanh, topk, transpose,
+                        softplus, split, sqrt, stop_gradient, sub, sum, sum_to_shape, tanh, topk, transpose,
                         uniform, where, window_sum, zeros)
 from .gradcheck import gradcheck
 from .graph import Graph, Tensor, default_graph, graph_scope
+from .layers import context as layer_context
+from .layers import layer, layer_param, state_update
+from .net import TEST, TRAIN, Net
 
 __version__ = "0.1.0"

@@ -451,3 +451,8 @@ def uniform(shape, seed=0, counter=None) -> Tensor:
     shape = _shape(shape, "uniform")
     args = [] if counter is None else [as_tensor(counter)]
     return graph_of(*args).add(ops.RandomUniform(shape, seed), args)
+
+
+def stop_gradient(x) -> Tensor:
+    """x, with no gradient flowing back through this use of it."""
+    return x.graph.add(ops.StopGradient(), [x])

@@ -72,6 +72,26 @@ class Graph:
         sub = self.nx.subgraph(needed)
         return list(nx.lexicographical_topological_sort(sub))
 
+    def clone(self, outputs, replace) -> list:
+        """Theano's clone: ``outputs`` recomputed with some nodes replaced.
+
+        ``replace`` maps Tensors of this graph to Tensors that stand in for them (new
+        inputs, say). Nodes not depending on a replaced one are shared, not copied.
+        Returns the new output Tensors.
+        """
+        mapping = {old.id: new.id for old, new in replace.items()}
+        outs = [o.id for o in outputs]
+        for n in self.ancestors(outs):
+            if n in mapping:
+                continue
+            args = self.args(n)
+            new_args = [mapping.get(a, a) for a in args]
+            if new_args != args:
+                node = self.nx.nodes[n]
+                mapping[n] = self.add(node["op"], [Tensor(self, a) for a in new_args],
+                                      name=node["name"]).id
+        return [Tensor(self, mapping.get(o, o)) for o in outs]
+
     def verify(self, nids=None):
         """Re-infer every shape and check arguments; raises ShapeError on mismatch."""
         nodes = self.ancestors(nids) if nids is not None else list(self.nx.nodes)

@@ -2,14 +2,14 @@
 from .base import Op, Input, Param, Constant, Leaf
 from .elementwise import Elementwise
 from .reduce import Reduce
-from .layout import Reshape, Transpose, Slice, SliceGrad, Concat, Pad
+from .layout import Reshape, Transpose, Slice, SliceGrad, Concat, Pad, StopGradient
 from .contraction import MatMul, ConvParams, Conv2d, ConvTranspose2d, ConvWeightGrad
 from .window import PoolParams, Pool2d, MaxPoolGrad, MaxPoolSelect, AvePoolGrad, WindowSum
 from .index import Gather, GatherGrad, ArgTopK, RandomUniform
 
 __all__ = [
     "Op", "Input", "Param", "Constant", "Leaf", "Elementwise", "Reduce", "Reshape",
-    "Transpose", "Slice", "SliceGrad", "Concat", "Pad", "MatMul", "ConvParams", "Conv2d",
+    "Transpose", "Slice", "SliceGrad", "Concat", "Pad", "StopGradient", "MatMul", "ConvParams", "Conv2d",
     "ConvTranspose2d", "ConvWeightGrad", "PoolParams", "Pool2d", "MaxPoolGrad",
     "MaxPoolSelect", "AvePoolGrad", "WindowSum", "Gather", "GatherGrad", "ArgTopK",
     "RandomUniform",

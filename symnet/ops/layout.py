@@ -210,3 +210,19 @@ class Pad(Op):
 
     def reference(self, arrays, shape):
         return np.pad(arrays[0], self.pads, constant_values=self.value)
+
+
+class StopGradient(Op):
+    """Identity whose gradient is zero (Caffe's propagate_down: false)."""
+    kind = "stop_gradient"
+    nargs = 1
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        return tuple(shapes[0])
+
+    def vjp(self, args, out, g):
+        return [None]
+
+    def reference(self, arrays, shape):
+        return arrays[0]

@@ -1,0 +1,122 @@
+"""Convolution, Pooling and InnerProduct, with Caffe's parameters and blob layouts."""
+from __future__ import annotations
+
+import math
+
+from .. import functions as F
+from ..errors import ShapeError
+from .registry import layer, layer_param
+from ._util import canonical_axis, spatial
+
+
+def _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w, pad, pad_h,
+                   pad_w, dilation):
+    k = spatial("kernel", kernel_size, kernel_h, kernel_w)
+    s = spatial("stride", stride, stride_h, stride_w, default=1)
+    p = spatial("pad", pad, pad_h, pad_w, default=0)
+    d = spatial("dilation", dilation, default=1)
+    return k, s, p, d
+
+
+def _check_nchw(x, what):
+    if x.ndim != 4:
+        raise ShapeError(f"bottom {x.label()} has {x.ndim} axes {x.shape}, expected 4 "
+                         f"(N, C, H, W) for {what}")
+
+
+@layer("Convolution")
+def convolution(x, num_output=None, bias_term=True, kernel_size=(), kernel_h=None,
+                kernel_w=None, stride=(), stride_h=None, stride_w=None, pad=(), pad_h=None,
+                pad_w=None, dilation=(), group=1, weight_filler=None, bias_filler=None,
+                axis=1):
+    """y = conv2d(x, W; stride, pad, dilation, group) + b[c];
+    W is [num_output, C/group, kh, kw], b is [num_output]."""
+    if not num_output:
+        raise ValueError("convolution_param.num_output is required")
+    if axis not in (1, -3):
+        raise ValueError(f"axis {axis}: only channel axis 1 of NCHW blobs is supported")
+    _check_nchw(x, "Convolution")
+    k, s, p, d = _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w,
+                                pad, pad_h, pad_w, dilation)
+    c = x.shape[1]
+    if c % group or num_output % group:
+        raise ShapeError(f"channels {c} and num_output {num_output} must be divisible by "
+                         f"group {group}")
+    w = layer_param((num_output, c // group) + k, weight_filler)
+    y = F.conv2d(x, w, stride=s, pad=p, dilation=d, group=group)
+    if bias_term:
+        b = layer_param((num_output,), bias_filler)
+        y = y + F.reshape(b, (1, num_output, 1, 1))
+    return y
+
+
+@layer("Deconvolution", params="convolution_param")
+def deconvolution(x, num_output=None, bias_term=True, kernel_size=(), kernel_h=None,
+                  kernel_w=None, stride=(), stride_h=None, stride_w=None, pad=(), pad_h=None,
+                  pad_w=None, dilation=(), group=1, weight_filler=None, bias_filler=None,
+                  axis=1):
+    """y = conv_transpose2d(x, W) + b; W is [C, num_output/group, kh, kw]; output size
+    (H - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1."""
+    if not num_output:
+        raise ValueError("convolution_param.num_output is required")
+    if axis not in (1, -3):
+        raise ValueError(f"axis {axis}: only channel axis 1 of NCHW blobs is supported")
+    _check_nchw(x, "Deconvolution")
+    k, s, p, d = _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w,
+                                pad, pad_h, pad_w, dilation)
+    c = x.shape[1]
+    if c % group or num_output % group:
+        raise ShapeError(f"channels {c} and num_output {num_output} must be divisible by "
+                         f"group {group}")
+    w = layer_param((c, num_output // group) + k, weight_filler)
+    y = F.conv_transpose2d(x, w, stride=s, pad=p, dilation=d, group=group)
+    if bias_term:
+        b = layer_param((num_output,), bias_filler)
+        y = y + F.reshape(b, (1, num_output, 1, 1))
+    return y
+
+
+@layer("Pooling")
+def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, stride=1,
+            stride_h=None, stride_w=None, pad=0, pad_h=None, pad_w=None,
+            global_pooling=False, round_mode="CEIL"):
+    """MAX or AVE pooling; output size ceil((H + 2p - k) / s) + 1 (FLOOR: floor), a last
+    window starting in the padding dropped; global_pooling pools the whole plane."""
+    _check_nchw(x, "Pooling")
+    if global_pooling:
+        if kernel_size or kernel_h or kernel_w:
+            raise ValueError("global_pooling and a kernel size are mutually exclusive")
+        k, s, p = x.shape[2:], (1, 1), (0, 0)
+    else:
+        k = spatial("kernel", [kernel_size] if kernel_size else [], kernel_h, kernel_w)
+        s = spatial("stride", [stride] if stride is not None else [], stride_h, stride_w,
+                    default=1)
+        p = spatial("pad", [pad] if pad is not None else [], pad_h, pad_w, default=0)
+    if pool == "STOCHASTIC":
+        raise ValueError("STOCHASTIC pooling draws from Caffe's own generator and is not "
+                         "supported; use MAX or AVE")
+    method = {"MAX": "max", "AVE": "ave"}.get(pool)
+    if method is None:
+        raise ValueError(f"pool {pool!r}: expected MAX or AVE")
+    return F.pool2d(x, k, s, p, method, ceil_mode=(round_mode != "FLOOR"))
+
+
+@layer("InnerProduct")
+def inner_product(x, num_output=None, bias_term=True, weight_filler=None, bias_filler=None,
+                  axis=1, transpose=False):
+    """y = x' W^T + b, with x' the blob flattened from ``axis`` on: (M, K);
+    W is [num_output, K] ([K, num_output] when transpose), b is [num_output]."""
+    if not num_output:
+        raise ValueError("inner_product_param.num_output is required")
+    axis = canonical_axis(axis, x.ndim, "InnerProduct")
+    m, kdim = math.prod(x.shape[:axis]), math.prod(x.shape[axis:])
+    flat = F.reshape(x, (m, kdim))
+    if transpose:
+        w = layer_param((kdim, num_output), weight_filler)
+        y = F.matmul(flat, w)
+    else:
+        w = layer_param((num_output, kdim), weight_filler)
+        y = F.matmul(flat, F.transpose(w))
+    if bias_term:
+        y = y + layer_param((num_output,), bias_filler)
+    return F.reshape(y, x.shape[:axis] + (num_output,))

@@ -1,0 +1,516 @@
+"""Net: a Caffe network built as one symnet graph, compiled by codegen, with pycaffe's
+API on Caffe-compatible blobs.
+
+Every layer's tops are graph tensors ("versions" of a blob: an in-place layer makes a
+new version of its bottom's blob). Forward stores every version (the last one in the
+blob's ``data``, earlier ones privately), so backward starts from stored values and
+only recomputes work inside a layer. Fusion still crosses layer boundaries: a fused
+kernel writes the layer outputs it passes through as extra outputs.
+"""
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import fillers
+from . import functions as F
+from . import ops
+from .autodiff import vjp
+from .function import Function, default_backend
+from .graph import Graph, graph_scope
+from .layers import registry
+from .runtime.blob import Blob
+
+TRAIN, TEST = 0, 1
+_PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
+
+
+class BlobParam(ops.Param):
+    """A Param whose value is a Blob's data (so net surgery and solvers act in place)."""
+
+    def __init__(self, name, blob):
+        self.blob = blob
+        super().__init__(name, blob.shape, blob.data)
+
+    def get_value(self):
+        return self.blob.data
+
+    def set_value(self, array, shape):
+        if hasattr(self, "blob"):
+            self.blob.data[...] = array
+
+
+@dataclass
+class Layer:
+    """pycaffe's view of a layer: ``type`` and learnable ``blobs``."""
+    name: str
+    type: str
+    bottoms: list
+    tops: list
+    blobs: list = field(default_factory=list)
+    lr_mult: list = field(default_factory=list)
+    decay_mult: list = field(default_factory=list)
+    loss_weights: list = field(default_factory=list)
+    source: object = None          # the LayerParameter
+    top_tensors: list = field(default_factory=list, repr=False)
+    params: list = field(default_factory=list, repr=False)     # Param Tensors
+    updates: list = field(default_factory=list, repr=False)    # (Param Tensor, value)
+
+
+def state_meets_rule(rule, phase, level, stages) -> bool:
+    """Caffe's NetStateRule: phase, min_level, max_level, stage, not_stage."""
+    if rule.HasField("phase") and rule.phase != phase:
+        return False
+    if rule.HasField("min_level") and level < rule.min_level:
+        return False
+    if rule.HasField("max_level") and level > rule.max_level:
+        return False
+    if any(s not in stages for s in rule.stage):
+        return False
+    if any(s in stages for s in rule.not_stage):
+        return False
+    return True
+
+
+def layer_included(lp, phase, level, stages) -> bool:
+    included = len(lp.include) == 0
+    for rule in lp.exclude:
+        if state_meets_rule(rule, phase, level, stages):
+            included = False
+    for rule in lp.include:
+        if state_meets_rule(rule, phase, level, stages):
+            included = True
+    return included
+
+
+def _is_repeated(fd) -> bool:
+    rep = getattr(fd, "is_repeated", None)     # protobuf >= 5; ``label`` before
+    return rep if rep is not None else fd.label == fd.LABEL_REPEATED
+
+
+def message_kwargs(msg) -> dict:
+    """A layer's parameter message as keyword arguments: the fields set in the file
+    (the layer function's own defaults are Caffe's); enums by name, sub-messages as
+    dicts, repeated fields as lists."""
+    out = {}
+    for fd in msg.DESCRIPTOR.fields:
+        name = fd.name
+        if _is_repeated(fd):
+            values = list(getattr(msg, name))
+            if fd.message_type is not None:
+                values = [message_dict(v) for v in values]
+            elif fd.enum_type is not None:
+                values = [fd.enum_type.values_by_number[v].name for v in values]
+            out[name] = values
+            continue
+        if not msg.HasField(name):
+            continue
+        value = getattr(msg, name)
+        if fd.message_type is not None:
+            value = message_dict(value)
+        elif fd.enum_type is not None:
+            value = fd.enum_type.values_by_number[value].name
+        out[name] = value
+    return out
+
+
+def message_dict(msg) -> dict:
+    return message_kwargs(msg)
+
+
+class Net:
+    """A Caffe network. ``Net(model, phase)``, ``Net(model, weights, phase)`` or keyword
+    arguments ``phase=, weights=, stages=, level=, backend=, layer_modules=``;
+    ``input_shapes={blob: shape}`` stands in Input layers for data layers."""
+
+    def __init__(self, model, *args, phase=None, weights=None, stages=(), level=0,
+                 backend=None, layer_modules=(), input_shapes=None):
+        args = list(args)
+        if args and isinstance(args[0], (str, os.PathLike)):
+            weights = args.pop(0)
+        if args:
+            phase = args.pop(0)
+        if args:
+            raise TypeError(f"Net: unexpected positional arguments {args}")
+        if phase is None:
+            raise TypeError("Net: phase is required (symnet.TRAIN or symnet.TEST)")
+        if phase not in _PHASES:
+            raise ValueError(f"Net: phase {phase!r}, expected TRAIN (0) or TEST (1)")
+        from .caffe import prototxt, upgrade
+        from . import layers as _builtin   # noqa: F401 - registers Caffe's layers
+        for mod in layer_modules:
+            __import__(mod)
+        self.phase = TRAIN if _PHASES[phase] == "TRAIN" else TEST
+        self.stages, self.level = list(stages), int(level)
+        self.backend = backend or default_backend()
+        if isinstance(model, (str, os.PathLike)) and os.path.exists(model):
+            self.filename = os.fspath(model)
+            param = prototxt.parse_net(self.filename)
+        elif isinstance(model, str) and "{" in model:
+            self.filename = "<string>"
+            param = prototxt.parse_net(model, filename="<string>")
+        elif isinstance(model, (str, os.PathLike)):
+            raise FileNotFoundError(f"Net: no prototxt file '{model}'")
+        else:
+            self.filename = "<message>"
+            param = model
+        self.param, self.upgrade_notes = upgrade.upgrade_net(param)
+        self.name = self.param.name
+        self._input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+        self._param_blobs = {}
+        self._filler_rng = np.random.default_rng(0)
+        self.blobs = collections.OrderedDict()
+        self.iteration = 0
+        self._build()
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ------------------------------------------------------------------ building
+    def _build(self):
+        p = self.param
+        stages = list(self.stages) + list(p.state.stage)
+        level = self.level or p.state.level
+        self.graph = Graph()
+        self.layers, self._layer_names = [], []
+        self.params = collections.OrderedDict()
+        self.inputs = []
+        self._current = {}           # blob name -> latest version (Tensor)
+        self._version_ids = set()
+        self._shared = {}            # param share name -> (Tensor, Blob)
+        self._fns = {}
+        self.force_backward = bool(p.force_backward)
+        old_blobs, self.blobs = self.blobs, collections.OrderedDict()
+        self._old_blobs = old_blobs
+        with graph_scope(self.graph):
+            self._counter = F.input("__iteration", ())
+            for lp in p.layer:
+                if layer_included(lp, self.phase, level, stages):
+                    self._build_layer(lp)
+        consumed = {b for l in self.layers for b in l.bottoms}
+        self.outputs = [b for b in self.blobs if b not in consumed and b not in self.inputs]
+        del self._old_blobs
+
+    def _where(self, lp):
+        return f"layer '{lp.name}' ({lp.type}) in {self.filename}"
+
+    def _blob(self, name, shape):
+        blob = self.blobs.get(name) or self._old_blobs.get(name) or Blob(shape, name)
+        blob.reshape(shape)
+        self.blobs[name] = blob
+        return blob
+
+    def _add_version(self, layer, name, t):
+        if t.id in self._version_ids or isinstance(t.op, (ops.Param, ops.Constant)):
+            # a layer passing a bottom through (Dropout at test, Split) makes a new version
+            t = F.elementwise(lambda a: a, t, label="identity")
+        self._version_ids.add(t.id)
+        t.name = name
+        layer.top_tensors.append(t)
+        self._current[name] = t
+        return self._blob(name, t.shape)
+
+    def _build_layer(self, lp):
+        if lp.type == "Input" or any(t in self._input_shapes for t in lp.top):
+            self._build_input(lp)
+            return
+        spec = registry.get(lp.type)
+        bottoms = []
+        for j, b in enumerate(lp.bottom):
+            if b not in self._current:
+                raise registry.LayerError(
+                    f"{self._where(lp)}: bottom '{b}' is not produced by an earlier layer; "
+                    f"known blobs: {', '.join(self._current) or 'none'}")
+            t = self._current[b]
+            if j < len(lp.propagate_down) and not lp.propagate_down[j]:
+                t = F.stop_gradient(t)
+            bottoms.append(t)
+        kwargs = {}
+        for pname in spec.params:
+            if pname in lp.DESCRIPTOR.fields_by_name:
+                kwargs.update(message_kwargs(getattr(lp, pname)))
+        specs = [message_kwargs(ps) for ps in lp.param]
+        layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp)
+        ctx = registry.LayerContext(lp.name, lp.type, _PHASES[self.phase], len(lp.top), specs,
+                                    lambda c, i, shape, filler: self._make_param(
+                                        layer, c, i, shape, filler),
+                                    counter=self._counter)
+        ctx.where = self._where(lp)
+        tops = registry.call(spec, ctx, bottoms, kwargs)
+        if len(tops) < len(lp.top):
+            raise registry.LayerError(f"{self._where(lp)}: the layer gives {len(tops)} tops, "
+                                      f"the prototxt names {len(lp.top)}")
+        layer.lr_mult = [d.lr_mult for d in ctx.params]
+        layer.decay_mult = [d.decay_mult for d in ctx.params]
+        layer.params = [d.tensor for d in ctx.params]
+        layer.updates = list(ctx.updates)
+        weights = list(lp.loss_weight) or [1.0 if (spec.loss and k == 0) else 0.0
+                                           for k in range(len(lp.top))]
+        layer.loss_weights = weights + [0.0] * (len(lp.top) - len(weights))
+        for k, (name, t) in enumerate(zip(lp.top, tops)):
+            blob = self._add_version(layer, name, t)
+            if layer.loss_weights[k]:
+                blob.diff[...] = layer.loss_weights[k]
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+        if layer.blobs:
+            self.params[lp.name] = layer.blobs
+
+    def _build_input(self, lp):
+        layer = Layer(lp.name, lp.type, [], list(lp.top), source=lp)
+        for name, shape in zip(lp.top, self._input_layer_shapes(lp)):
+            self._add_version(layer, name, F.input(name, shape))
+            self.inputs.append(name)
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+
+    def _input_layer_shapes(self, lp):
+        tops = list(lp.top)
+        if all(t in self._input_shapes for t in tops):
+            return [self._input_shapes[t] for t in tops]
+        if lp.type != "Input":
+            missing = [t for t in tops if t not in self._input_shapes]
+            raise registry.LayerError(f"{self._where(lp)}: give the shapes of tops {missing} "
+                                      "with input_shapes= to stand in this data layer")
+        shapes = [tuple(int(d) for d in s.dim) for s in lp.input_param.shape]
+        if len(shapes) == 1 and len(tops) > 1:
+            shapes = shapes * len(tops)
+        if len(shapes) != len(tops):
+            raise registry.LayerError(f"{self._where(lp)}: input_param has {len(shapes)} "
+                                      f"shapes for {len(tops)} tops")
+        return shapes
+
+    def _make_param(self, layer, ctx, index, shape, filler):
+        share = ctx.param_specs[index].get("name", "") if index < len(ctx.param_specs) else ""
+        if share and share in self._shared:
+            t, blob = self._shared[share]
+            if t.shape != shape:
+                raise registry.LayerError(
+                    f"layer '{ctx.name}' ({ctx.type}): param '{share}' is shared with shape "
+                    f"{t.shape}, this layer needs {shape}")
+            layer.blobs.append(blob)
+            return t
+        key = (ctx.name, index)
+        blob = self._param_blobs.get(key)
+        if blob is None or blob.shape != shape:
+            blob = Blob(shape, f"{ctx.name}[{index}]")
+            blob.data[...] = fillers.get(filler)(shape, self._filler_rng)
+            self._param_blobs[key] = blob
+        t = self.graph.add(BlobParam(f"{ctx.name}_{index}", blob), [],
+                           name=f"{ctx.name}_{index}")
+        if share:
+            self._shared[share] = (t, blob)
+        layer.blobs.append(blob)
+        return t
+
+    # ------------------------------------------------------------------ storage
+    def _is_final(self, t):
+        cur = self._current.get(t.name)
+        return cur is not None and cur.id == t.id
+
+    def _store(self, t):
+        """The array holding version t: its blob's data if it is the blob's latest
+        version, else a private array (an in-place layer's earlier value)."""
+        if t.id == self._counter.id:
+            return np.array(self._counter_value, dtype=np.float32)
+        if self._is_final(t):
+            return self.blobs[t.name].data
+        arr = self._private.get(t.id)
+        if arr is None or arr.shape != t.shape:
+            arr = self._private[t.id] = np.zeros(t.shape, dtype=np.float32)
+        return arr
+
+    @property
+    def _private(self):
+        return self.__dict__.setdefault("_private_arrays", {})
+
+    def _layer_index(self, name, default):
+        if name is None:
+            return default
+        try:
+            return self._layer_names.index(name)
+        except ValueError:
+            raise KeyError(f"no layer named '{name}' in the net") from None
+
+    def _compile(self, key, outputs, cut):
+        """A Function computing ``outputs`` from the stored values of ``cut`` tensors."""
+        if key in self._fns:
+            return self._fns[key]
+        needed = set(self.graph.ancestors([t.id for t in outputs]))
+        feeds = [t for t in cut if t.id in needed]
+        with graph_scope(self.graph):
+            replace = {t: F.input(f"{t.name}_stored", t.shape) for t in feeds
+                       if not isinstance(t.op, ops.Input)}
+            new_out = self.graph.clone(outputs, replace) if replace else list(outputs)
+        inputs = [replace.get(t, t) for t in feeds]
+        fn = Function(inputs, new_out, backend=self.backend, name=f"{self.name or 'net'}_{key[0]}")
+        self._fns[key] = (fn, feeds)
+        return self._fns[key]
+
+    def _all_versions(self):
+        return [t for l in self.layers for t in l.top_tensors] + [self._counter]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run layers start..end (names, inclusive); keyword arrays set input blobs.
+        Returns {blob: data} for the outputs (and the blobs named in ``blobs``)."""
+        for name, array in kwargs.items():
+            if name not in self.blobs:
+                raise KeyError(f"forward: no blob named '{name}'")
+            if self.blobs[name].shape != np.shape(array):
+                raise ValueError(f"forward: '{name}' got shape {np.shape(array)}, the blob has "
+                                 f"{self.blobs[name].shape}; reshape the blob and call "
+                                 "net.reshape() first")
+            self.blobs[name].data[...] = array
+        s = self._layer_index(start, 0)
+        e = self._layer_index(end, len(self.layers) - 1)
+        rng = self.layers[s:e + 1]
+        made = {t.id for l in rng for t in l.top_tensors}
+        outputs = [t for l in rng for t in l.top_tensors if not isinstance(t.op, ops.Input)]
+        updates = [(p, v) for l in rng for p, v in l.updates]
+        outputs += [v for _, v in updates]
+        cut = [t for t in self._all_versions()
+               if t.id not in made or isinstance(t.op, ops.Input)]
+        self._counter_value = self.iteration
+        fn, feeds = self._compile(("forward", s, e), outputs, cut)
+        n_blob = len(outputs) - len(updates)
+        outs = [self._store(t) for t in outputs[:n_blob]] + \
+            [np.empty(v.shape, np.float32) for _, v in updates]
+        if outputs:
+            fn(*[self._store(t) for t in feeds], out=outs)
+        for (param, _), arr in zip(updates, outs[n_blob:]):
+            param.op.blob.data[...] = arr
+        self._last_counter = self.iteration
+        if self.phase == TRAIN:
+            self.iteration += 1
+        names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        return {b: self.blobs[b].data for b in names}
+
+    # ------------------------------------------------------------------ backward
+    def _needs_backward(self):
+        """Caffe's rule: a layer needs backward if a bottom does or it learns a param
+        (lr_mult != 0), or force_backward; its tops then need backward too."""
+        need = {}
+        for l in self.layers:
+            if not l.bottoms:
+                n = self.force_backward
+            else:
+                n = self.force_backward or any(need.get(b, False) for b in l.bottoms) or \
+                    any(m != 0 for m in l.lr_mult)
+            for b in l.tops:
+                need[b] = need.get(b, False) or n
+        return need
+
+    def _backward_parts(self):
+        sinks, seen = [], set()
+        for l in self.layers:
+            for t, w in zip(l.top_tensors, l.loss_weights):
+                if w and t.id not in seen:
+                    sinks.append(t)
+                    seen.add(t.id)
+        if self.force_backward:
+            for b in self.outputs:
+                t = self._current[b]
+                if t.id not in seen:
+                    sinks.append(t)
+                    seen.add(t.id)
+        need = self._needs_backward()
+        firsts, seen_b = [], set()
+        for l in self.layers:
+            for name, t in zip(l.tops, l.top_tensors):
+                if name not in seen_b and need.get(name) and \
+                        (l.bottoms or self.force_backward):
+                    firsts.append((name, t))
+                seen_b.add(name)
+        params, seen_p = [], set()
+        for l in self.layers:
+            for t, blob, m in zip(l.params, l.blobs, l.lr_mult):
+                if m != 0 and t.id not in seen_p:
+                    params.append((t, blob))
+                    seen_p.add(t.id)
+        return sinks, firsts, params
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Back-propagate from the loss (and output blobs' diffs, set by keyword arrays):
+        bottom blobs get their diffs, parameter diffs accumulate, as in Caffe."""
+        if start is not None or end is not None:
+            raise NotImplementedError("backward over a layer range is not supported; "
+                                      "call backward() for the whole net")
+        if not hasattr(self, "_last_counter"):
+            raise RuntimeError("backward: call forward() first")
+        for name, array in kwargs.items():
+            if name not in self.outputs:
+                raise KeyError(f"backward: '{name}' is not an output blob {self.outputs}")
+            self.blobs[name].diff[...] = array
+        sinks, firsts, params = self._backward_parts()
+        if not sinks or not (firsts or params):
+            return {b: self.blobs[b].diff for b in (diffs or [])}
+        if "backward" not in self._fns:
+            with graph_scope(self.graph):
+                cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
+                grads = vjp(sinks, cots, [t for _, t in firsts] + [t for t, _ in params])
+            self._compile_backward(grads, cots)
+        fn, feeds, cot_feeds = self._fns["backward"]
+        self._counter_value = self._last_counter
+        arrays = [self._store(t) for t in feeds] + [self.blobs[t.name].diff for t in cot_feeds]
+        outs = [self.blobs[name].diff for name, _ in firsts] + \
+            [np.empty(t.shape, np.float32) for t, _ in params]
+        fn(*arrays, out=outs)
+        for (_, blob), g in zip(params, outs[len(firsts):]):
+            blob.diff[...] += g
+        return {b: self.blobs[b].diff for b in (diffs or [])}
+
+    def _compile_backward(self, grads, cots):
+        cut = self._all_versions()
+        needed = set(self.graph.ancestors([g.id for g in grads]))
+        feeds = [t for t in cut if t.id in needed]
+        with graph_scope(self.graph):
+            replace = {t: F.input(f"{t.name}_stored", t.shape) for t in feeds
+                       if not isinstance(t.op, ops.Input)}
+            new_out = self.graph.clone(grads, replace) if replace else list(grads)
+        sinks, _, _ = self._backward_parts()
+        cot_feeds = [s for s, c in zip(sinks, cots) if c.id in needed]
+        used_cots = [c for c in cots if c.id in needed]
+        inputs = [replace.get(t, t) for t in feeds] + used_cots
+        fn = Function(inputs, new_out, backend=self.backend, name=f"{self.name or 'net'}_bwd")
+        self._fns["backward"] = (fn, feeds, cot_feeds)
+
+    def clear_param_diffs(self):
+        for blobs in self.params.values():
+            for b in blobs:
+                b.diff[...] = 0
+
+    def reshape(self):
+        """Rebuild after input blobs were reshaped; compiled modules come from the cache."""
+        for b in self.inputs:
+            self._input_shapes[b] = self.blobs[b].shape
+        self._build()
+
+    # ------------------------------------------------------------------ weights
+    def copy_from(self, path):
+        """Load a .caffemodel: blobs matched to layers by name as Caffe does; layers
+        missing from the file keep their fillers; a shape mismatch is an error."""
+        from .caffe import weights
+        weights.copy_trained_layers(self, path)
+
+    def save(self, path):
+        from .caffe import weights
+        weights.save_net(self, path)
+
+    @property
+    def layer_dict(self):
+        return collections.OrderedDict(zip(self._layer_names, self.layers))
+
+    @property
+    def top_names(self):
+        return collections.OrderedDict((l.name, list(l.tops)) for l in self.layers)
+
+    @property
+    def bottom_names(self):
+        return collections.OrderedDict((l.name, list(l.bottoms)) for l in self.layers)
+
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
