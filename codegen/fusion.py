@@ -43,7 +43,7 @@ def _is_ew(graph, n):
 
 
 class Partition:
-    def __init__(self, graph, output_ids):
+    def __init__(self, graph, output_ids, chain_reductions=True):
         self.graph = graph
         self.outputs = list(dict.fromkeys(output_ids))
         self.order = graph.ancestors(self.outputs)
@@ -71,6 +71,7 @@ class Partition:
                           for n in self.order}
         self.group_of = {}
         self.groups = {}
+        self.chain_reductions = chain_reductions
         self._group_elementwise()
         self.kernels = self._build_kernels()
         self._select_stored()
@@ -128,13 +129,21 @@ class Partition:
         op = self.graph.op(n)
         if isinstance(op, ops.Elementwise) and op.n == 0:
             return op.expr
-        if isinstance(op, ops.Reshape):
+        if isinstance(op, (ops.Reshape, ops.StopGradient)):
             return self.consts.get(self.graph.args(n)[0])
         return None
 
     def _prologue(self, r):
-        """Elementwise nodes of the reduced space feeding reduction r (recomputed)."""
+        """Elementwise nodes of the reduced space feeding reduction r (recomputed).
+
+        Only sums take a prologue: the gradient of max/min compares the input with the
+        result (x == max(x)), which needs the very values the reduction saw; values
+        recomputed in another kernel may round differently (another association or
+        contraction), so a max/min reads its input from memory.
+        """
         g = self.graph
+        if g.op(r).how != "sum":
+            return set()
         (x,) = g.args(r)
         space = g.shape(x)
         members, stack = set(), [x]
@@ -165,7 +174,8 @@ class Partition:
             if isinstance(op, ops.Reduce):
                 pro = self.prologues[n]
                 loads = self._loads_of(pro) if pro else list(g.args(n))
-                target = self._chain_target(n, loads, reduce_kernel)
+                target = self._chain_target(n, loads, reduce_kernel) \
+                    if self.chain_reductions else None
                 if target is not None:
                     target.stages.append(n)
                     target.members.append(n)
@@ -175,7 +185,7 @@ class Partition:
                     k = Kernel("reduce", [n], stages=[n], prologue={n: pro})
                     kernels.append(k)
                     reduce_kernel[n] = k
-            elif isinstance(op, ops.Reshape):
+            elif isinstance(op, (ops.Reshape, ops.StopGradient)):
                 kernels.append(Kernel("alias", [n], loads=list(g.args(n))))
             elif self._is_matmul_view(n):
                 kernels.append(Kernel("view", [n], loads=list(g.args(n))))
@@ -223,9 +233,21 @@ class Partition:
             stage_bits = 0
             for s in k.stages:
                 stage_bits |= 1 << self.pos[s]
-            if all(o in k.stages or not (self.anc[o] & stage_bits) for o in loads):
+            if all(o in k.stages or not (self._kernel_anc(o, reduce_kernel) & stage_bits)
+                   for o in loads):
                 return k
         return None
+
+    def _kernel_anc(self, n, reduce_kernel):
+        """Ancestry of n at kernel level: a stage of a chained reduction kernel depends
+        on everything any stage of that kernel depends on."""
+        k = reduce_kernel.get(n)
+        if k is None:
+            return self.anc[n]
+        bits = 0
+        for s in k.stages:
+            bits |= self.anc[s] | (1 << self.pos[s])
+        return bits
 
     # ------------------------------------------------------------ stored values
     def _kernel_dag(self):
@@ -320,4 +342,9 @@ class Partition:
 
 
 def partition(graph, output_ids) -> Partition:
-    return Partition(graph, output_ids)
+    try:
+        return Partition(graph, output_ids)
+    except nx.NetworkXUnfeasible:
+        # a chain of reductions closed a cycle between kernels the checks above did
+        # not foresee: partition again with every reduction in a kernel of its own
+        return Partition(graph, output_ids, chain_reductions=False)

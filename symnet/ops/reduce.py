@@ -46,7 +46,9 @@ class Reduce(Op):
         # max/min: the gradient is shared equally among the tied extreme elements
         mask = F.eq(x, F.reshape(out, kshape))
         count = F.sum(mask, self.axes, keepdims=True)
-        return [mask * gk / count]
+        # count >= 1 whenever x is finite; a NaN input leaves no element equal to the
+        # result, and then no gradient (rather than 0/0) flows
+        return [mask * gk / F.maximum(count, 1.0)]
 
     def reference(self, arrays, shape):
         (x,) = arrays
