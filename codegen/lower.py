@@ -14,7 +14,7 @@ from . import kernels as K
 from . import templates as T
 from .fusion import partition
 from .plan import Buffer, KernelInfo, Plan, Step
-from .prelude import C_PRELUDE, CUDA_BLOCK, CUDA_MAX_GRID, CUDA_PRELUDE
+from .prelude import C_PRELUDE, CUDA_MAX_GRID, CUDA_PRELUDE
 
 
 def _grid(extent, block):
@@ -263,7 +263,7 @@ class Lowering:
     def _lower_Conv2d(self, n, op):
         g = self.graph
         x, w = g.args(n)
-        (N, C, _, _), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
+        (N, _, _, _), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
         G, P, Kd = op.p.group, oh * ow, Cg * kh * kw
         col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
         M = O // G

@@ -1,7 +1,9 @@
 """Caffe's layer catalogue as symbolic layers, and the machinery to declare more."""
-from .registry import (LayerContext, LayerError, context, get, layer, layer_param,
+from .registry import (LayerContext, LayerError, apply, context, get, layer, layer_param,
                        registered, state_update)
 from . import activation, loss, vision  # noqa: F401 - register Caffe's layers
+from . import neuron  # noqa: F401 - ELU ... Swish, Eltwise
+from . import norm  # noqa: F401 - PReLU, BatchNorm, Scale, Bias, MVN, LRN, Embed
 
-__all__ = ["LayerContext", "LayerError", "context", "get", "layer", "layer_param",
+__all__ = ["LayerContext", "LayerError", "apply", "context", "get", "layer", "layer_param",
            "registered", "state_update"]

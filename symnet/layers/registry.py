@@ -174,3 +174,14 @@ def call(spec: LayerSpec, ctx: LayerContext, bottoms, kwargs):
     if not isinstance(tops, (tuple, list)):
         tops = (tops,)
     return list(tops)
+
+
+def apply(type_name, *bottoms, name=None, phase="TEST", ntop=1, param_specs=(),
+          counter=None, **params):
+    """Build one layer outside a Net on Tensors ``bottoms`` with prototxt-style keyword
+    parameters (as the layer function takes them). Returns (tops, context); learnable
+    blobs are Params named ``<name>_<index>``."""
+    spec = get(type_name)
+    ctx = LayerContext(name or type_name.lower(), type_name, phase, ntop,
+                       [dict(p) for p in param_specs], None, counter=counter)
+    return call(spec, ctx, list(bottoms), params), ctx

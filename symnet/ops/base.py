@@ -108,7 +108,7 @@ class Param(Leaf):
         if array.shape != tuple(shape):
             raise ShapeError(f"param '{self.name}': value has shape {array.shape}, "
                              f"expected {tuple(shape)}")
-        self._value = np.ascontiguousarray(array)
+        self._value = np.array(array, dtype=np.float32, order="C")
 
     def vjp(self, args, out, g):
         return []
@@ -119,7 +119,7 @@ class Constant(Leaf):
     kind = "constant"
 
     def __init__(self, value):
-        value = np.ascontiguousarray(np.asarray(value, dtype=np.float32))
+        value = np.array(value, dtype=np.float32, order="C")
         super().__init__(value.shape)
         self._value = value
         self._value.setflags(write=False)
