@@ -74,6 +74,7 @@ class Partition:
         self.chain_reductions = chain_reductions
         self._group_elementwise()
         self.kernels = self._build_kernels()
+        self._break_cycles()
         self._select_stored()
 
     # ------------------------------------------------------------ elementwise groups
@@ -261,19 +262,66 @@ class Partition:
                     producer[s] = i
         return producer
 
-    def _select_stored(self):
+    def _kernel_graph(self):
+        """The DAG of kernels (edges producer -> consumer) and, per edge into an
+        elementwise kernel, the members that read the producer."""
         g = self.graph
         producer = self._kernel_dag()
         dag = nx.DiGraph()
         dag.add_nodes_from(range(len(self.kernels)))
+        readers = {}
         for i, k in enumerate(self.kernels):
             if k.kind == "elementwise":
-                srcs = [a for m in k.members for a in g.args(m) if a not in k.members]
+                members = set(k.members)
+                pairs = [(m, a) for m in k.members for a in g.args(m)
+                         if a not in members and a not in self.consts]
             else:
-                srcs = k.loads
-            for a in srcs:
-                if a in producer and producer[a] != i:
-                    dag.add_edge(producer[a], i)
+                pairs = [(None, a) for a in k.loads]
+            for m, a in pairs:
+                p = producer.get(a)
+                if p is not None and p != i:
+                    dag.add_edge(p, i)
+                    readers.setdefault((p, i), []).append(m)
+        return dag, readers
+
+    def _break_cycles(self):
+        """Convex groups can still depend on each other both ways (A reads B's early
+        member, B reads A's early member). Split a group on such a cycle into the
+        members that do not read the other kernel and those that do, until the kernel
+        graph is acyclic."""
+        for _ in range(len(self.order) + 1):
+            dag, readers = self._kernel_graph()
+            try:
+                cycle = nx.find_cycle(dag)
+            except nx.NetworkXNoCycle:
+                return
+            for p, i in cycle:
+                k = self.kernels[i]
+                if k.kind == "elementwise" and self._split_group(k, readers[(p, i)]):
+                    break
+            else:
+                raise nx.NetworkXUnfeasible(f"kernel cycle {cycle} cannot be split")
+            self.kernels = self._build_kernels()
+
+    def _split_group(self, k, readers):
+        gid = self.group_of[k.members[0]]
+        members = self.groups[gid]
+        late = set(m for m in readers if m is not None)
+        for m in sorted(members, key=self.pos.get):
+            if any(a in late for a in self.graph.args(m)):
+                late.add(m)
+        early = members - late
+        if not early or not late:
+            return False
+        new = max(self.groups) + 1
+        self.groups[gid] = early
+        self.groups[new] = late
+        for m in late:
+            self.group_of[m] = new
+        return True
+
+    def _select_stored(self):
+        dag, _ = self._kernel_graph()
         order = list(nx.lexicographical_topological_sort(
             dag, key=lambda i: self.pos[self.kernels[i].anchor]))
         stored = set(self.outputs)

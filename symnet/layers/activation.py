@@ -5,7 +5,7 @@ from .. import functions as F
 from .registry import context, layer
 
 
-@layer("ReLU")
+@layer("ReLU", params="relu_param")   # not "re_lu_param"
 def relu(x, negative_slope=0.0):
     """y = x for x > 0, negative_slope * x otherwise (gradient at 0: negative_slope,
     as Caffe, which tests x > 0)."""

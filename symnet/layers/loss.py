@@ -1,8 +1,8 @@
 """Softmax, SoftmaxWithLoss and Accuracy (other loss layers live in losses.py)."""
 from __future__ import annotations
 
-
 import numpy as np
+import sympy as sp
 
 from .. import functions as F
 from ..errors import ShapeError
@@ -29,12 +29,46 @@ def softmax(x, axis=1):
     return F.reshape(e / F.sum(e, 1, keepdims=True), x.shape)
 
 
+def int_label(label):
+    """Caffe reads a label as static_cast<int>(value): truncation toward zero. The
+    result has no gradient (Caffe's loss layers cannot back-propagate to labels)."""
+    def trunc(a):
+        return sp.Piecewise((sp.floor(a), a >= 0), (sp.ceiling(a), True))
+    return F.elementwise(trunc, F.stop_gradient(label), label="trunc")
+
+
+def clamp_value_only(v, lo):
+    """max(v, lo) in value, with the gradient of v: Caffe clamps a probability (or
+    its log) before taking the log in forward, but its hand-written backward uses
+    the unclamped formula (prob - 1, or -1 / max(prob, lo))."""
+    return v + F.stop_gradient(F.maximum(v, lo) - v)
+
+
+def valid_mask(lab, ignore_label):
+    """1 where an (integer) label is not ignore_label, else 0; a constant for autodiff.
+    (The stop also keeps codegen's fusion from putting the forward's and the
+    backward's uses of the mask in one elementwise kernel: with the forward's
+    reduction between them that made a cycle of kernels, NetworkXUnfeasible in
+    fusion._select_stored.)"""
+    return F.stop_gradient(F.ne(lab, float(ignore_label)))
+
+
 def _labels(label, outer, inner, what):
     if label.size != outer * inner:
         raise ShapeError(f"{what}: label blob {label.label()} has {label.size} elements "
                          f"{label.shape}, expected outer * inner = {outer * inner} "
                          "(one label per prediction)")
-    return F.reshape(label, (outer, 1, inner))
+    return F.reshape(int_label(label), (outer, 1, inner))
+
+
+def resolve_normalization(normalization, normalize, default="VALID"):
+    """Caffe's LossParameter: ``normalization`` if set, else the deprecated bool
+    ``normalize`` (true: VALID, false: BATCH_SIZE), else ``default``."""
+    if normalization is not None:
+        return normalization
+    if normalize is not None:
+        return "VALID" if normalize else "BATCH_SIZE"
+    return default
 
 
 def normalizer(mode, outer, inner, valid_count):
@@ -42,7 +76,14 @@ def normalizer(mode, outer, inner, valid_count):
     if mode == "FULL":
         return float(outer * inner)
     if mode == "VALID":
-        return F.maximum(valid_count, 1.0)
+        if isinstance(valid_count, (int, float)):
+            # a Python number stays one: F.maximum of two numbers would make a
+            # 0-input graph node (which could also trip codegen's fusion into a
+            # kernel cycle)
+            return float(max(valid_count, 1))
+        # the count depends on labels only: no gradient flows through it (the stop
+        # also keeps codegen's fusion from a kernel cycle, as in valid_mask)
+        return F.stop_gradient(F.maximum(valid_count, 1.0))
     if mode == "BATCH_SIZE":
         return float(outer)
     if mode == "NONE":
@@ -51,20 +92,24 @@ def normalizer(mode, outer, inner, valid_count):
 
 
 @layer("SoftmaxWithLoss", params=("softmax_param", "loss_param"), loss=True)
-def softmax_with_loss(x, label, axis=1, ignore_label=None, normalization="VALID",
+def softmax_with_loss(x, label, axis=1, ignore_label=None, normalization=None,
                       normalize=None):
     """loss = -sum over predictions of log(max(softmax(x)[label], FLT_MIN)) / normalizer;
-    predictions whose label is ignore_label count for nothing. A second top gives the
-    softmax probabilities."""
+    predictions whose label is ignore_label count for nothing. The normalizer is
+    max(1, count) for FULL (all predictions), VALID (default: the non-ignored ones),
+    BATCH_SIZE (outer) or NONE (1); the deprecated ``normalize`` picks VALID or
+    BATCH_SIZE when ``normalization`` is not set. A second top gives the softmax.
+    The gradient is Caffe's (softmax - onehot) / normalizer, also where the FLT_MIN
+    clamp is active."""
     axis = canonical_axis(axis, x.ndim, "SoftmaxWithLoss")
     outer, c, inner = split_at(x.shape, axis)
-    if normalize is not None:      # deprecated bool of old prototxt files
-        normalization = "VALID" if normalize else "BATCH_SIZE"
+    # Caffe: the deprecated bool only counts when normalization is not set
+    normalization = resolve_normalization(normalization, normalize)
     logp = _log_softmax(F.reshape(x, (outer, c, inner)))
     lab = _labels(label, outer, inner, "SoftmaxWithLoss")
-    picked = F.maximum(F.gather(logp, lab, 1), LOG_FLT_MIN)
+    picked = clamp_value_only(F.gather(logp, lab, 1), LOG_FLT_MIN)
     if ignore_label is not None:
-        valid = F.ne(lab, float(ignore_label))
+        valid = valid_mask(lab, ignore_label)
         picked = picked * valid
         count = F.sum(valid)
     else:
@@ -86,7 +131,7 @@ def accuracy(x, label, top_k=1, axis=1, ignore_label=None):
     lab = _labels(label, outer, inner, "Accuracy")
     true = F.gather(x3, lab, 1)
     better = F.sum(F.ge(x3, true), 1, keepdims=True) - 1.0
-    valid = F.ne(lab, float(ignore_label)) if ignore_label is not None else F.ones(lab.shape)
+    valid = valid_mask(lab, ignore_label) if ignore_label is not None else F.ones(lab.shape)
     correct = F.lt(better, float(top_k)) * valid
     n = F.sum(valid)
     acc = F.where(F.gt(n, 0.0), F.sum(correct) / F.maximum(n, 1.0), 0.0)

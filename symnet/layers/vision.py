@@ -13,8 +13,17 @@ def _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w, 
                    pad_w, dilation):
     k = spatial("kernel", kernel_size, kernel_h, kernel_w)
     s = spatial("stride", stride, stride_h, stride_w, default=1)
+    if (pad_h is None) != (pad_w is None):
+        # Caffe reads pad_h() and pad_w() as soon as either is set, and both default
+        # to 0 in the proto, so one of them alone is valid (the other is 0). kernel
+        # and stride have no such default (Caffe rejects a 0 kernel or stride).
+        pad_h, pad_w = pad_h or 0, pad_w or 0
     p = spatial("pad", pad, pad_h, pad_w, default=0)
     d = spatial("dilation", dilation, default=1)
+    if min(k) < 1:
+        raise ValueError(f"kernel {k}: filter dimensions must be nonzero")
+    if min(s) < 1:
+        raise ValueError(f"stride {s}: stride dimensions must be nonzero")
     return k, s, p, d
 
 
@@ -77,21 +86,43 @@ def deconvolution(x, num_output=None, bias_term=True, kernel_size=(), kernel_h=N
 
 
 @layer("Pooling")
-def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, stride=1,
-            stride_h=None, stride_w=None, pad=0, pad_h=None, pad_w=None,
+def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, stride=None,
+            stride_h=None, stride_w=None, pad=None, pad_h=None, pad_w=None,
             global_pooling=False, round_mode="CEIL"):
-    """MAX or AVE pooling; output size ceil((H + 2p - k) / s) + 1 (FLOOR: floor), a last
-    window starting in the padding dropped; global_pooling pools the whole plane."""
+    """MAX or AVE pooling; output size ceil((H + 2p - k) / s) + 1 (FLOOR: floor), then,
+    when padding, a last window starting in the bottom/right padding is dropped (in
+    both round modes, as Caffe). AVE divides by the window clipped to the padded
+    image (padding counts, the part beyond it does not). A MAX tie goes to the first
+    position in row-major order. global_pooling pools the whole plane.
+
+    stride and pad default to 1 and 0 (Caffe's proto defaults); kernel_size or both
+    kernel_h and kernel_w, pad or both pad_h and pad_w, stride or both stride_h and
+    stride_w."""
     _check_nchw(x, "Pooling")
+    if stride is not None and (stride_h is not None or stride_w is not None):
+        raise ValueError("stride is stride OR stride_h and stride_w")
+    if pad is not None and (pad_h is not None or pad_w is not None):
+        raise ValueError("pad is pad OR pad_h and pad_w")
+    s = spatial("stride", [stride] if stride is not None else [], stride_h, stride_w,
+                default=1)
+    p = spatial("pad", [pad] if pad is not None else [], pad_h, pad_w, default=0)
     if global_pooling:
         if kernel_size or kernel_h or kernel_w:
-            raise ValueError("global_pooling and a kernel size are mutually exclusive")
-        k, s, p = x.shape[2:], (1, 1), (0, 0)
+            raise ValueError("with global_pooling the kernel size cannot be specified")
+        if s != (1, 1) or p != (0, 0):
+            raise ValueError("with global_pooling only pad = 0 and stride = 1 are allowed")
+        k = x.shape[2:]
     else:
-        k = spatial("kernel", [kernel_size] if kernel_size else [], kernel_h, kernel_w)
-        s = spatial("stride", [stride] if stride is not None else [], stride_h, stride_w,
-                    default=1)
-        p = spatial("pad", [pad] if pad is not None else [], pad_h, pad_w, default=0)
+        if kernel_size is not None and (kernel_h is not None or kernel_w is not None):
+            raise ValueError("kernel is kernel_size OR kernel_h and kernel_w; not both")
+        k = spatial("kernel", [kernel_size] if kernel_size is not None else [], kernel_h,
+                    kernel_w)
+    if min(k) < 1:
+        raise ValueError(f"kernel {k}: filter dimensions cannot be zero")
+    if min(s) < 1:
+        raise ValueError(f"stride {s} must be positive")
+    if p[0] >= k[0] or p[1] >= k[1]:
+        raise ValueError(f"pad {p} must be smaller than the kernel {k}")
     if pool == "STOCHASTIC":
         raise ValueError("STOCHASTIC pooling draws from Caffe's own generator and is not "
                          "supported; use MAX or AVE")
