@@ -373,7 +373,10 @@ class Partition:
                     if c in k.members:
                         continue
                     if isinstance(cop, ops.Elementwise):
-                        if g.shape(c) != g.shape(s):
+                        if k.kind == "reduce":
+                            reasons.append(f"consumer {cop.label} #{c} reads a reduction's "
+                                           "result (reductions take no epilogue)")
+                        elif g.shape(c) != g.shape(s):
                             reasons.append(f"consumer {cop.label} #{c} iterates {g.shape(c)}, "
                                            f"not {g.shape(s)}")
                         elif self.group_of.get(c) != self.group_of.get(s):

@@ -11,6 +11,7 @@ import math
 from symnet import ops
 
 from . import kernels as K
+from .kernels import _ident
 from . import templates as T
 from .fusion import partition
 from .plan import Buffer, KernelInfo, Plan, Step
@@ -38,6 +39,8 @@ class Lowering:
         self.kinfo = {}
         self.masks = {}         # (x node, pool key) -> mask value
         self.views = {}         # transpose node -> the node a GEMM reads through strides
+        self.callbacks = {}     # host step name -> callable(list of flat arrays)
+        self._host_done = set()
         self.constants = {}
         self.params = []
         self._leaves(input_ids)
@@ -414,6 +417,69 @@ class Lowering:
         self.launch(self._template(T.RANDOM_UNIFORM), [["long", size], self.w(n), counter,
                     ["long", op.seed & 0xFFFFFFFF], ["long", op.seed >> 32]], size, [n])
 
+    # Caffe Python layers: host steps calling the layer once for all its tops
+    def host(self, name, args, nodes, callback):
+        self.callbacks[name] = callback
+        modes = [a[3] for a in args]
+        sizes = [self.vsize[a[1]] for a in args]
+        reads = [a for a in args if a[3] == "r"]
+        writes = [a for a in args if a[3] == "w"]
+        step = Step("host", name, [a[:3] for a in args], ops=[self._op_name(n) for n in nodes],
+                    bytes_read=4 * sum(self.vsize[a[1]] for a in _unique(reads)),
+                    bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
+                    boundary="a Python layer runs on the host",
+                    attrs={"modes": modes, "sizes": sizes})
+        step.attrs["_rw"] = [[a[1], a[3]] for a in args]
+        self.steps.append(step)
+
+    def _value_or_scratch(self, n, shape, name):
+        if n is not None and n in self.pos:
+            return self.w(n)
+        return ["val", self.new_value(math.prod(shape), "temp", name), 0, "w"]
+
+    def _lower_PythonTop(self, n, op):
+        runner = op.runner
+        if ("fwd", id(runner)) in self._host_done:
+            return
+        self._host_done.add(("fwd", id(runner)))
+        args = self.graph.args(n)
+        tops = [t.id for t in runner.top_tensors]
+        writes = [self._value_or_scratch(t, s, "pytop") for t, s in zip(tops, runner.top_shapes)]
+        nb = len(runner.bottom_shapes)
+
+        def call(views, runner=runner, nb=nb, nt=len(tops)):
+            runner.forward_into(views[:nb], views[len(views) - nt:])
+        self.host(f"py_{_ident(runner.name)}_forward", [self.r(a) for a in args[:nb]] + writes,
+                  [t for t in tops if t in self.pos], call)
+
+    def _lower_PythonGrad(self, n, op):
+        runner, k = op.runner, op.k
+        key = ("bwd", id(runner), k)
+        if key in self._host_done:
+            return
+        self._host_done.add(key)
+        args = self.graph.args(n)
+        na = runner.n_args
+        siblings = {}
+        for c in self.graph.nx.successors(args[-1]):
+            cop = self.graph.op(c)
+            if c in self.pos and isinstance(cop, ops.PythonGrad) and cop.runner is runner \
+                    and cop.k == k:
+                siblings[cop.i] = c
+        wanted = sorted(siblings)
+        reads = [self.r(a) for a in args]
+
+        def call(views, runner=runner, k=k, na=na, nt=len(runner.top_shapes), wanted=wanted):
+            arg_views, top_views = views[:na], views[na:na + nt]
+            g = views[na + nt]
+            grads = [None] * na
+            for j, i in enumerate(wanted):
+                grads[i] = views[na + nt + 1 + j]
+            runner.backward_into(arg_views, top_views, k, g, wanted, grads)
+        self.host(f"py_{_ident(runner.name)}_backward_top{k}",
+                  reads + [self.w(siblings[i]) for i in wanted],
+                  [siblings[i] for i in wanted], call)
+
     # ------------------------------------------------------------ plan
     def plan(self) -> Plan:
         slot_of, slot_size = self._assign_slots()
@@ -509,6 +575,7 @@ def lower(graph, input_ids, output_ids, backend) -> Plan:
     low = Lowering(graph, input_ids, output_ids, backend)
     low.part.outputs_in_order = list(output_ids)
     plan = low.plan()
+    plan.callbacks = low.callbacks
     for listener in module_listeners:
         listener(backend, plan.sources[backend])
     return plan

@@ -54,6 +54,8 @@ class Plan:
     outputs: list             # [buffer id, shape] per function output
     constants: dict           # buffer id -> np.ndarray
     sources: dict             # backend -> module source text
+    callbacks: dict = field(default_factory=dict, repr=False, compare=False)
+    # host step name -> callable; not serialised (Python layers live in the process)
 
     def to_json(self) -> str:
         d = {

@@ -82,6 +82,12 @@ class CpuBackend:
     def launch(self, step, packed):
         self.fns[step.name](*[v for _, v in packed])
 
+    def host_view(self, buffer, offset, size):
+        return buffer[offset:offset + size]
+
+    def host_writeback(self, buffer, offset, view):
+        pass      # the view is the buffer
+
     def bind_output(self, bid, array):
         return array.reshape(-1)
 

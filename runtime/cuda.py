@@ -59,6 +59,14 @@ class CudaBackend:
         self.fns[step.name].prepared_call((step.grid, 1), (step.block, 1, 1),
                                           *[v for _, v in packed])
 
+    def host_view(self, buffer, offset, size):
+        host = np.empty(size, dtype=np.float32)
+        self.drv.memcpy_dtoh(host, int(buffer) + 4 * offset)
+        return host
+
+    def host_writeback(self, buffer, offset, view):
+        self.drv.memcpy_htod(int(buffer) + 4 * offset, view)
+
     def bind_output(self, bid, array):
         mem = self.device.get(bid)
         if mem is None or mem[1] != array.nbytes:

@@ -69,6 +69,12 @@ class CudaEmuBackend:
             raise RuntimeError(f"cuda-emu: OpenMP could not start {step.block} threads for a "
                                f"block of kernel {step.name}; raise OMP_THREAD_LIMIT")
 
+    def host_view(self, buffer, offset, size):
+        return buffer[offset:offset + size]
+
+    def host_writeback(self, buffer, offset, view):
+        pass      # the view is the buffer
+
     def bind_output(self, bid, array):
         return array.reshape(-1)
 

@@ -27,8 +27,9 @@ def make_backend(name, plan):
 
 
 class Executor:
-    def __init__(self, plan, backend=None):
+    def __init__(self, plan, backend=None, callbacks=None):
         self.plan = plan
+        self.callbacks = dict(callbacks or {})   # host step name -> callable(arrays)
         self.backend = backend or make_backend(plan.backend, plan)
         self.buffers = [None] * len(plan.buffers)
         for b in plan.buffers:
@@ -60,6 +61,8 @@ class Executor:
                 be.launch(step, pack_args(step.args, ptrs))
             elif step.kind == "library":
                 library.FUNCTIONS[step.name](self.buffers, host_args(step.args), step.attrs)
+            elif step.kind == "host":
+                self._host(step)
             else:
                 raise ValueError(f"plan step {step.name!r}: unknown kind {step.kind!r}")
             if timed:
@@ -70,6 +73,18 @@ class Executor:
         for k, (bid, _) in enumerate(plan.outputs):
             be.download(self.buffers[bid], dests[k])
         return dests
+
+
+    def _host(self, step):
+        """A host callback (a Caffe Python layer): its buffers as host arrays, synced
+        from and back to the device around the call by backends with device memory."""
+        be = self.backend
+        views = [be.host_view(self.buffers[a[1]], a[2], size)
+                 for a, size in zip(step.args, step.attrs["sizes"])]
+        self.callbacks[step.name](views)
+        for a, view, mode in zip(step.args, views, step.attrs["modes"]):
+            if mode == "w":
+                be.host_writeback(self.buffers[a[1]], a[2], view)
 
 
 def pack_args(args, ptrs):

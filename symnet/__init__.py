@@ -17,6 +17,7 @@ from .functions import (abs, add, argmax, as_tensor, avg_pool2d, broadcast_to, c
                         pad, param, pool2d, pow, reshape, rsqrt, set_seed, sigmoid, sign, sin,
                         softplus, split, sqrt, stop_gradient, sub, sum, sum_to_shape, tanh, topk, transpose,
                         uniform, where, window_sum, zeros)
+from .check import check_layer
 from .gradcheck import gradcheck
 from .graph import Graph, Tensor, default_graph, graph_scope
 from .layers import context as layer_context

@@ -13,7 +13,7 @@ class CompiledFunction:
         self.graph = graph
         self.plan = lower.lower(graph, input_ids, output_ids, backend)
         self.sources = dict(self.plan.sources)
-        self.executor = Executor(self.plan)
+        self.executor = Executor(self.plan, callbacks=self.plan.callbacks)
         self.param_ops = [graph.op(n) for n, _ in self.plan.params]
 
     def run(self, feeds, out=None, timed=False):

@@ -10,6 +10,7 @@ kernel writes the layer outputs it passes through as extra outputs.
 from __future__ import annotations
 
 import collections
+import importlib
 import os
 from dataclasses import dataclass, field
 
@@ -21,8 +22,11 @@ from . import ops
 from .autodiff import vjp
 from .function import Function, default_backend
 from .graph import Graph, graph_scope
+from . import data as data_sources
+from . import pylayer
 from .layers import registry
 from .runtime.blob import Blob
+from .runtime.prefetch import Prefetcher
 
 TRAIN, TEST = 0, 1
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
@@ -140,9 +144,10 @@ class Net:
         if phase not in _PHASES:
             raise ValueError(f"Net: phase {phase!r}, expected TRAIN (0) or TEST (1)")
         from .caffe import prototxt, upgrade
-        from . import layers as _builtin   # noqa: F401 - registers Caffe's layers
+        from . import layers
+        layers.load_plugins()
         for mod in layer_modules:
-            __import__(mod)
+            importlib.import_module(mod)
         self.phase = TRAIN if _PHASES[phase] == "TRAIN" else TEST
         self.stages, self.level = list(stages), int(level)
         self.backend = backend or default_backend()
@@ -182,6 +187,8 @@ class Net:
         self._shared = {}            # param share name -> (Tensor, Blob)
         self._fns = {}
         self.force_backward = bool(p.force_backward)
+        self.close()
+        self._feeders = []
         old_blobs, self.blobs = self.blobs, collections.OrderedDict()
         self._old_blobs = old_blobs
         with graph_scope(self.graph):
@@ -216,21 +223,27 @@ class Net:
         if lp.type == "Input" or any(t in self._input_shapes for t in lp.top):
             self._build_input(lp)
             return
-        spec = registry.get(lp.type)
-        bottoms = []
-        for j, b in enumerate(lp.bottom):
-            if b not in self._current:
-                raise registry.LayerError(
-                    f"{self._where(lp)}: bottom '{b}' is not produced by an earlier layer; "
-                    f"known blobs: {', '.join(self._current) or 'none'}")
-            t = self._current[b]
-            if j < len(lp.propagate_down) and not lp.propagate_down[j]:
-                t = F.stop_gradient(t)
-            bottoms.append(t)
+        if data_sources.is_data_layer(lp.type):
+            self._build_data(lp)
+            return
+        if lp.type == "Python":
+            obj = pylayer.load_layer_object(lp.python_param.module, lp.python_param.layer,
+                                            self._base_dir(), self._where(lp))
+            if getattr(obj, "layer_type", None) is None:
+                self._build_python(lp, obj)
+                return
+            # a symbolic layer named from prototxt: compiled, not called
+            spec = registry.get(obj.layer_type)
+            extra = pylayer.parse_param_str(lp.python_param.param_str, self._where(lp))
+        else:
+            spec = registry.get(lp.type)
+            extra = {}
+        bottoms = self._bottoms(lp)
         kwargs = {}
         for pname in spec.params:
             if pname in lp.DESCRIPTOR.fields_by_name:
                 kwargs.update(message_kwargs(getattr(lp, pname)))
+        kwargs.update(extra)
         specs = [message_kwargs(ps) for ps in lp.param]
         layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp)
         ctx = registry.LayerContext(lp.name, lp.type, _PHASES[self.phase], len(lp.top), specs,
@@ -265,6 +278,101 @@ class Net:
             self.inputs.append(name)
         self.layers.append(layer)
         self._layer_names.append(lp.name)
+
+    def _base_dir(self):
+        return os.path.dirname(os.path.abspath(self.filename)) \
+            if os.path.exists(self.filename) else os.getcwd()
+
+    def _bottoms(self, lp):
+        out = []
+        for j, b in enumerate(lp.bottom):
+            if b not in self._current:
+                raise registry.LayerError(
+                    f"{self._where(lp)}: bottom '{b}' is not produced by an earlier layer; "
+                    f"known blobs: {', '.join(self._current) or 'none'}")
+            t = self._current[b]
+            if j < len(lp.propagate_down) and not lp.propagate_down[j]:
+                t = F.stop_gradient(t)
+            out.append(t)
+        return out
+
+    def _build_python(self, lp, cls):
+        """A Caffe Python layer: a host call in the graph (a fusion boundary)."""
+        bottoms = self._bottoms(lp)
+        runner = pylayer.PythonLayerRunner(cls, lp, self.phase, [b.shape for b in bottoms],
+                                           self._where(lp))
+        layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp)
+        specs = [message_kwargs(ps) for ps in lp.param]
+        params = []
+        for i, blob in enumerate(runner.params):
+            params.append(self.graph.add(BlobParam(f"{lp.name}_{i}", blob), [],
+                                         name=f"{lp.name}_{i}"))
+            layer.blobs.append(blob)
+            layer.lr_mult.append(specs[i].get("lr_mult", 1.0) if i < len(specs) else 1.0)
+            layer.decay_mult.append(specs[i].get("decay_mult", 1.0) if i < len(specs) else 1.0)
+        layer.params = params
+        tops = [self.graph.add(ops.PythonTop(runner, k), bottoms + params)
+                for k in range(len(lp.top))]
+        runner.top_tensors = tops
+        weights = list(lp.loss_weight) or [0.0] * len(lp.top)
+        layer.loss_weights = weights + [0.0] * (len(lp.top) - len(weights))
+        for k, (name, t) in enumerate(zip(lp.top, tops)):
+            t.name = name
+            self._version_ids.add(t.id)
+            layer.top_tensors.append(t)
+            self._current[name] = t
+            blob = self._blob(name, t.shape)
+            if layer.loss_weights[k]:
+                blob.diff[...] = layer.loss_weights[k]
+        layer.runner = runner
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+        if layer.blobs:
+            self.params[lp.name] = layer.blobs
+
+    def _build_data(self, lp):
+        """A data layer: its source (run on a prefetch thread) fills the tops, which are
+        inputs of the compiled graph, before each forward."""
+        base = self._base_dir()
+        try:
+            source = data_sources.create(lp, _PHASES[self.phase], base)
+        except registry.LayerError:
+            raise
+        except Exception as e:
+            raise registry.LayerError(f"{self._where(lp)}: {e}") from e
+        shapes = source.top_shapes()
+        if len(shapes) < len(lp.top):
+            raise registry.LayerError(f"{self._where(lp)}: the source gives {len(shapes)} "
+                                      f"tops, the prototxt names {len(lp.top)}")
+        layer = Layer(lp.name, lp.type, [], list(lp.top), source=lp)
+        for name, shape in zip(lp.top, shapes):
+            self._add_version(layer, name, F.input(name, shape))
+        layer.data_source = source
+        self._feeders.append((layer, Prefetcher(source, data_sources.prefetch_depth(lp),
+                                                name=f"{lp.name} ({lp.type})")))
+        self.layers.append(layer)
+        self._layer_names.append(lp.name)
+
+    def _feed_data(self, given):
+        for layer, feeder in self._feeders:
+            if all(t in given for t in layer.tops):
+                continue
+            batch = feeder.get()
+            for name, array in zip(layer.tops, batch):
+                if name not in given:
+                    self.blobs[name].data[...] = array
+
+    def close(self):
+        """Stop the data layers' prefetch threads (also done when the Net is released)."""
+        for _, feeder in getattr(self, "_feeders", []):
+            feeder.close()
+        self._feeders = []
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:   # interpreter shutdown: nothing left to stop
+            pass
 
     def _input_layer_shapes(self, lp):
         tops = list(lp.top)
@@ -366,6 +474,8 @@ class Net:
             self.blobs[name].data[...] = array
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
+        if s == 0:
+            self._feed_data(kwargs)
         rng = self.layers[s:e + 1]
         made = {t.id for l in rng for t in l.top_tensors}
         outputs = [t for l in rng for t in l.top_tensors if not isinstance(t.op, ops.Input)]

@@ -42,6 +42,29 @@ def set_random_seed(seed):
     functions.set_seed(seed)
 
 
+class Layer:
+    """Base class of Caffe Python layers (pycaffe's ``caffe.Layer``): built with the
+    LayerParameter; ``param_str``, ``phase`` and ``blobs`` are set for it."""
+
+    def __init__(self, param=None):
+        from ..pylayer import BlobVec
+        self.param_str = param.python_param.param_str if param is not None else ""
+        self.phase = TEST
+        self.blobs = BlobVec()
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        pass
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
 class Net(_Net):
     """pycaffe's Net: ``Net(model, phase)``, ``Net(model, weights, phase)`` or
     ``Net(model, phase, weights=..., level=..., stages=[...])``."""
@@ -51,6 +74,6 @@ class Net(_Net):
         super().__init__(model, *args, **kwargs)
 
 
-__all__ = ["Net", "Blob", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
+__all__ = ["Net", "Layer", "Blob", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
            "set_random_seed", "NetSpec", "layers", "params", "to_proto", "io", "proto",
            "caffe_pb2", "BACKENDS"]

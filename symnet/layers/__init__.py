@@ -9,3 +9,21 @@ from . import losses  # noqa: F401 - SigmoidCrossEntropyLoss, EuclideanLoss, Hin
 
 __all__ = ["LayerContext", "LayerError", "apply", "context", "get", "layer", "layer_param",
            "registered", "state_update"]
+
+_plugins_loaded = False
+
+
+def load_plugins():
+    """Import the layer modules installed packages declare in the ``symnet.layers``
+    entry-point group (once per process)."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    from importlib.metadata import entry_points
+    for ep in entry_points(group="symnet.layers"):
+        try:
+            ep.load()
+        except Exception as e:
+            raise LayerError(f"layer plugin '{ep.name}' ({ep.value}) failed to load: "
+                             f"{type(e).__name__}: {e}") from e

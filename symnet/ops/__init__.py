@@ -6,11 +6,12 @@ from .layout import Reshape, Transpose, Slice, SliceGrad, Concat, Pad, StopGradi
 from .contraction import MatMul, ConvParams, Conv2d, ConvTranspose2d, ConvWeightGrad
 from .window import PoolParams, Pool2d, MaxPoolGrad, MaxPoolSelect, AvePoolGrad, WindowSum
 from .index import Gather, GatherGrad, ArgTopK, RandomUniform
+from .python import PythonTop, PythonGrad
 
 __all__ = [
     "Op", "Input", "Param", "Constant", "Leaf", "Elementwise", "Reduce", "Reshape",
     "Transpose", "Slice", "SliceGrad", "Concat", "Pad", "StopGradient", "MatMul", "ConvParams", "Conv2d",
     "ConvTranspose2d", "ConvWeightGrad", "PoolParams", "Pool2d", "MaxPoolGrad",
     "MaxPoolSelect", "AvePoolGrad", "WindowSum", "Gather", "GatherGrad", "ArgTopK",
-    "RandomUniform",
+    "RandomUniform", "PythonTop", "PythonGrad",
 ]
