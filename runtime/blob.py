@@ -98,3 +98,42 @@ class Blob:
         blob._data = data
         blob._diff = diff if diff is not None else np.zeros_like(data)
         return blob
+
+
+def flatten_blobs(blobs, data=True, diff=True):
+    """Lay the blobs' ``data`` (and ``diff``) end to end in flat float32 arrays, values
+    kept, and make each blob's arrays views into them, so one kernel can update every
+    blob at once (a solver's parameter update). Blob's API is unchanged: ``blob.data``
+    is the view, and writing through it writes the flat array.
+
+    Returns ``(data_flat, diff_flat, offsets)``; a flat array is None when not asked
+    for. ``offsets[i]`` is where blob i starts. A blob whose count later changes
+    (``reshape`` to another size) gets arrays of its own again; check with
+    ``is_view_of``.
+    """
+    sizes = [b.count for b in blobs]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += n
+    flats = []
+    for want, attr in ((data, "_data"), (diff, "_diff")):
+        if not want:
+            flats.append(None)
+            continue
+        flat = np.empty(total, dtype=np.float32)
+        for b, off, n in zip(blobs, offsets, sizes):
+            view = flat[off:off + n]
+            view[...] = getattr(b, attr).reshape(-1)
+            setattr(b, attr, view.reshape(b.shape))
+        flats.append(flat)
+    return flats[0], flats[1], offsets
+
+
+def is_view_of(blob, flat, offset, which="data") -> bool:
+    """True when ``blob.data`` (or ``diff``) still lies in ``flat`` at ``offset``."""
+    arr = blob._data if which == "data" else blob._diff
+    if flat is None or not arr.flags.c_contiguous:
+        return False
+    return (arr.ctypes.data == flat.ctypes.data + 4 * offset
+            and offset + arr.size <= flat.size and arr.base is not None)

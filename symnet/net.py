@@ -362,6 +362,15 @@ class Net:
                 if name not in given:
                     self.blobs[name].data[...] = array
 
+    def set_input_arrays(self, data, labels):
+        """Feed a MemoryData layer (pycaffe's ``net.set_input_arrays``)."""
+        for layer, feeder in self._feeders:
+            if layer.type == "MemoryData":
+                with feeder.paused() as source:
+                    source.set_arrays(data, labels)
+                return
+        raise TypeError("set_input_arrays: the net has no MemoryData layer")
+
     def close(self):
         """Stop the data layers' prefetch threads (also done when the Net is released)."""
         for _, feeder in getattr(self, "_feeders", []):

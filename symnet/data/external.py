@@ -1,0 +1,305 @@
+"""``ExternalData``: data sources outside symnet, in Python or in a shared library.
+
+Both are named by the layer's ``python_param`` (the message Caffe's Python layers use):
+
+Python::
+
+    layer { name: "data" type: "ExternalData" top: "data" top: "label"
+            python_param { module: "my_sources" layer: "CsvSource"
+                           param_str: "path=train.csv batch=32" } }
+
+``module`` is imported (from ``sys.path``; when that fails, ``<module>.py`` -- or a
+module path ending in ``.py`` -- is loaded from the prototxt's folder), ``layer`` is the
+class. It is instantiated with the keyword arguments its ``__init__`` accepts among
+``param_str``, ``phase`` ("TRAIN"/"TEST"), ``seed`` (int: seed every random generator
+from it), ``base_dir`` (the prototxt's folder) and ``name`` (the layer's name); the
+instance implements
+
+* ``top_shapes() -> list of shape tuples`` (one per top, fixed),
+* ``next_batch() -> list of arrays`` (one per top, of those shapes; fresh arrays:
+  several batches are queued), called on the prefetch thread,
+* optionally ``state() -> dict`` / ``set_state(dict)`` (its position, JSON-serialisable,
+  for solver snapshots; ``state`` is called after every batch, keep it cheap),
+  ``reseed(seed)`` and ``close()``.
+
+Shared library: ``module: "lib:<path to .so/.dylib/.dll>"``, ``param_str`` is passed
+to its create function, and ``layer`` (optional) is the prefix of its exported symbols
+(default ``symnet_data``). The C ABI is declared and documented in ``symnet_data.h``,
+in :func:`include_dir`.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+
+import numpy as np
+
+from . import register
+from .base import DataError, layer_seed, resolve_path, search_bases
+
+LIB_PREFIX = "lib:"
+ABI_VERSION = 1
+MAX_AXES = 32
+_LIB_SUFFIXES = (".so", ".dylib", ".dll")
+
+
+def include_dir() -> str:
+    """The folder holding ``symnet_data.h`` (what ``symnet include-dir`` prints)."""
+    from .. import runtime
+    return os.path.join(os.path.dirname(os.path.abspath(runtime.__file__)), "include")
+
+
+def header_path() -> str:
+    return os.path.join(include_dir(), "symnet_data.h")
+
+
+# ----------------------------------------------------------------------------- Python
+
+class PythonSource:
+    """Wraps a user's source object: checks what it returns and passes the rest on."""
+
+    def __init__(self, impl, what):
+        self.impl, self.what = impl, what
+        for method in ("top_shapes", "next_batch"):
+            if not callable(getattr(impl, method, None)):
+                raise DataError(f"{what} has no method {method}(); a source implements "
+                                "top_shapes() and next_batch()")
+        try:
+            shapes = [tuple(int(d) for d in s) for s in impl.top_shapes()]
+        except Exception as e:
+            raise DataError(f"{what}.top_shapes() did not give a list of shape tuples: "
+                            f"{type(e).__name__}: {e}") from e
+        if not shapes:
+            raise DataError(f"{what}.top_shapes() gave no tops")
+        self._shapes = shapes
+
+    def top_shapes(self):
+        return list(self._shapes)
+
+    def next_batch(self):
+        batch = self.impl.next_batch()
+        if isinstance(batch, np.ndarray) or not hasattr(batch, "__len__"):
+            raise DataError(f"{self.what}.next_batch() returned {type(batch).__name__}; "
+                            "expected a list with one array per top")
+        if len(batch) != len(self._shapes):
+            raise DataError(f"{self.what}.next_batch() returned {len(batch)} arrays, "
+                            f"top_shapes() declares {len(self._shapes)} tops")
+        out = []
+        for i, (a, shape) in enumerate(zip(batch, self._shapes)):
+            a = np.asarray(a, dtype=np.float32)
+            if a.shape != shape:
+                raise DataError(f"{self.what}.next_batch(): top {i} has shape {list(a.shape)}, "
+                                f"top_shapes() declares {list(shape)}")
+            out.append(np.ascontiguousarray(a))
+        return out
+
+    def __getattr__(self, name):        # state, set_state, reseed, close, set_arrays...
+        if name.startswith("_") or name == "impl":
+            raise AttributeError(name)
+        return getattr(self.impl, name)
+
+
+def _load_module(module, base_dir):
+    bases = search_bases(base_dir)
+    if module.endswith(".py") or os.sep in module or "/" in module:
+        path = resolve_path(module, bases, "python_param.module", directory=False)
+        return _module_from_file(path)
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+            raise
+        rel = module.replace(".", os.sep) + ".py"
+        for b in bases:
+            path = os.path.join(b, rel)
+            if os.path.isfile(path):
+                return _module_from_file(path)
+        raise DataError(f"python_param.module '{module}' cannot be imported (not on "
+                        f"sys.path, and no {rel} next to the prototxt)") from None
+
+
+def _module_from_file(path):
+    name = "symnet_external_" + os.path.splitext(os.path.basename(path))[0]
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def python_source(module, cls_name, param_str="", phase="TRAIN", seed=None, base_dir=".",
+                  name="data"):
+    mod = _load_module(module, base_dir)
+    cls = getattr(mod, cls_name, None)
+    if cls is None:
+        raise DataError(f"python_param.layer: module '{module}' has no class '{cls_name}'")
+    offered = {"param_str": param_str, "phase": phase, "seed": seed, "base_dir": base_dir,
+               "name": name}
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = offered
+    else:
+        kwargs = {k: v for k, v in offered.items() if k in params}
+    impl = cls(**kwargs)
+    return PythonSource(impl, f"ExternalData source {module}.{cls_name}")
+
+
+# ----------------------------------------------------------------------------- C library
+
+class SharedLibrarySource:
+    """A source in a shared library with the C ABI of ``symnet_data.h``."""
+
+    type_name = "ExternalData"
+
+    def __init__(self, path, param_str="", phase="TRAIN", seed=0, prefix="symnet_data"):
+        self.path, self.prefix, self._handle = path, prefix or "symnet_data", None
+        try:
+            self.lib = ctypes.CDLL(path)
+        except OSError as e:
+            raise DataError(f"cannot load the shared library '{path}': {e}") from None
+        required = {
+            "create": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
+                                         ctypes.c_char_p, ctypes.c_size_t]),
+            "num_tops": (ctypes.c_int, [ctypes.c_void_p]),
+            "top_shape": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int,
+                                         ctypes.POINTER(ctypes.c_int64), ctypes.c_int]),
+            "next": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+            "error": (ctypes.c_char_p, [ctypes.c_void_p]),
+            "destroy": (None, [ctypes.c_void_p]),
+        }
+        optional = {
+            "abi_version": (ctypes.c_int, []),
+            "get_state": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
+            "set_state": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
+        }
+        self.fn, missing = {}, []
+        for table, needed in ((required, True), (optional, False)):
+            for short, (restype, argtypes) in table.items():
+                f = getattr(self.lib, f"{self.prefix}_{short}", None)
+                if f is None:
+                    if needed:
+                        missing.append(f"{self.prefix}_{short}")
+                    continue
+                f.restype, f.argtypes = restype, argtypes
+                self.fn[short] = f
+        if missing:
+            raise DataError(f"the shared library '{path}' does not export "
+                            f"{', '.join(missing)} (see {header_path()})")
+        if "abi_version" in self.fn and self.fn["abi_version"]() != ABI_VERSION:
+            raise DataError(f"the shared library '{path}' was built for symnet_data ABI "
+                            f"version {self.fn['abi_version']()}; this symnet has version "
+                            f"{ABI_VERSION}")
+        err = ctypes.create_string_buffer(2048)
+        handle = self.fn["create"](str(param_str).encode("utf-8"), str(phase).encode(),
+                                   ctypes.c_uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), err,
+                                   len(err))
+        if not handle:
+            msg = err.value.decode("utf-8", "replace") or "no message"
+            raise DataError(f"{self.prefix}_create failed: {msg}")
+        self._handle = handle
+        n = self.fn["num_tops"](handle)
+        if n < 1:
+            self._fail("num_tops", f"gave {n} tops")
+        self._shapes = []
+        dims = (ctypes.c_int64 * MAX_AXES)()
+        for i in range(n):
+            nd = self.fn["top_shape"](handle, i, dims, MAX_AXES)
+            if nd < 0 or nd > MAX_AXES:
+                self._fail("top_shape", f"gave {nd} axes for top {i}")
+            shape = tuple(int(dims[k]) for k in range(nd))
+            if any(d < 1 for d in shape):
+                self._fail("top_shape", f"gave shape {list(shape)} for top {i}")
+            self._shapes.append(shape)
+
+    def _message(self):
+        if not self._handle:
+            return ""
+        msg = self.fn["error"](self._handle)
+        return msg.decode("utf-8", "replace") if msg else ""
+
+    def _fail(self, short, what):
+        msg = self._message()
+        self.close()
+        raise DataError(f"{self.prefix}_{short} {what}" + (f": {msg}" if msg else ""))
+
+    def top_shapes(self):
+        return list(self._shapes)
+
+    def next_batch(self):
+        if not self._handle:
+            raise DataError(f"the source of '{self.path}' is closed")
+        out = [np.empty(s, dtype=np.float32) for s in self._shapes]
+        ptrs = (ctypes.c_void_p * len(out))(*[a.ctypes.data for a in out])
+        rc = self.fn["next"](self._handle, ptrs)
+        if rc != 0:
+            raise DataError(f"{self.prefix}_next failed ({rc}): "
+                            f"{self._message() or 'no message'}")
+        return out
+
+    def state(self):
+        f = self.fn.get("get_state")
+        if f is None or not self._handle:
+            return None
+        n = f(self._handle, None, 0)
+        if n < 0:
+            raise DataError(f"{self.prefix}_get_state failed: {self._message()}")
+        buf = ctypes.create_string_buffer(int(n) + 1)      # room for snprintf's NUL
+        if f(self._handle, buf, int(n) + 1) != n:
+            raise DataError(f"{self.prefix}_get_state gave two different lengths")
+        return {"type": self.type_name, "library": os.path.basename(self.path),
+                "state": buf.raw[:n].hex()}
+
+    def set_state(self, state):
+        f = self.fn.get("set_state")
+        if f is None:
+            raise DataError(f"the shared library '{self.path}' does not export "
+                            f"{self.prefix}_set_state; its position cannot be restored")
+        if not isinstance(state, dict) or state.get("type") != self.type_name:
+            raise DataError("not the position of an ExternalData shared-library source")
+        raw = bytes.fromhex(state["state"])
+        if f(self._handle, raw, len(raw)) != 0:
+            raise DataError(f"{self.prefix}_set_state failed: {self._message()}")
+
+    def close(self):
+        handle, self._handle = self._handle, None
+        if handle:
+            self.fn["destroy"](handle)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def library_source(path, param_str="", phase="TRAIN", seed=0, prefix="", base_dir="."):
+    path = resolve_path(path, search_bases(base_dir), "python_param.module (lib:)",
+                        directory=False)
+    return SharedLibrarySource(path, param_str, phase, seed, prefix or "symnet_data")
+
+
+@register("ExternalData")
+def _external_data(lp, phase, base_dir, seed=None):
+    p = lp.python_param
+    seed = layer_seed(lp.name, phase) if seed is None else int(seed)
+    if not p.module:
+        raise DataError('ExternalData needs python_param { module: "pkg.module" layer: '
+                        '"ClassName" param_str: "..." } for a Python source, or module: '
+                        '"lib:path/to/libsource.so" for a shared library')
+    if p.module.startswith(LIB_PREFIX):
+        return library_source(p.module[len(LIB_PREFIX):], p.param_str, phase, seed, p.layer,
+                              base_dir)
+    if p.module.lower().endswith(_LIB_SUFFIXES):
+        raise DataError(f"python_param.module '{p.module}' looks like a shared library; "
+                        f"write module: \"lib:{p.module}\"")
+    if not p.layer:
+        raise DataError("ExternalData: python_param.layer must name the source class in "
+                        f"module '{p.module}'")
+    return python_source(p.module, p.layer, p.param_str, phase, seed, base_dir, lp.name)
