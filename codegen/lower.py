@@ -123,6 +123,7 @@ class Lowering:
                     bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
                     boundary=boundary)
         step.attrs["_rw"] = [[a[1], a[3]] for a in args if a[0] == "val"]
+        step.attrs["layers"] = self._layers_of(nodes)
         self.steps.append(step)
         return step
 
@@ -135,7 +136,12 @@ class Lowering:
                     bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
                     attrs=dict(attrs))
         step.attrs["_rw"] = [[a[1], a[3]] for a in args if a[0] == "val"]
+        step.attrs["layers"] = self._layers_of(nodes)
         self.steps.append(step)
+
+    def _layers_of(self, nodes):
+        tags = [self.graph.nx.nodes[n].get("layer") for n in nodes]
+        return sorted({t for t in tags if t})
 
     def _op_name(self, n):
         name = self.graph.nx.nodes[n].get("name")
@@ -428,7 +434,7 @@ class Lowering:
                     bytes_read=4 * sum(self.vsize[a[1]] for a in _unique(reads)),
                     bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
                     boundary="a Python layer runs on the host",
-                    attrs={"modes": modes, "sizes": sizes})
+                    attrs={"modes": modes, "sizes": sizes, "layers": self._layers_of(nodes)})
         step.attrs["_rw"] = [[a[1], a[3]] for a in args]
         self.steps.append(step)
 

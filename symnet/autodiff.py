@@ -67,7 +67,11 @@ def vjp(outputs, cotangents, wrt, disconnected="zero"):
         args = [graph.tensor(a) for a in graph.args(n)]
         if not args:
             continue
-        arg_grads = op.vjp(args, graph.tensor(n), g)
+        saved, graph.layer_tag = graph.layer_tag, graph.nx.nodes[n].get("layer")
+        try:
+            arg_grads = op.vjp(args, graph.tensor(n), g)
+        finally:
+            graph.layer_tag = saved
         if len(arg_grads) != len(args):
             raise GradientError(f"{op.describe()}: vjp gave {len(arg_grads)} cotangents "
                                 f"for {len(args)} arguments")

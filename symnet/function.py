@@ -82,7 +82,7 @@ class Function:
             feeds.append(a)
         return feeds
 
-    def __call__(self, *arrays, out=None):
+    def __call__(self, *arrays, out=None, timed=False):
         feeds = self._feeds(arrays)
         if self._impl is None:
             results = reference.evaluate(self.graph, [o.id for o in self.outputs],
@@ -92,7 +92,8 @@ class Function:
                     dst[...] = src
                 results = list(out)
         else:
-            results = self._impl.run(feeds, self._check_out(out) if out is not None else None)
+            results = self._impl.run(feeds, self._check_out(out) if out is not None else None,
+                                     timed=timed)
         return results[0] if self.single else results
 
     def _check_out(self, out):

@@ -22,6 +22,7 @@ class Graph:
     def __init__(self):
         self.nx = nx.MultiDiGraph()
         self._ids = itertools.count()
+        self.layer_tag = None      # the Caffe layer being built (for timing and reports)
 
     def add(self, op, inputs=(), name=None) -> "Tensor":
         inputs = list(inputs)
@@ -45,7 +46,7 @@ class Graph:
             raise ShapeError(f"{op.describe()}: inferred a negative size in shape {shape} "
                              f"from arguments {[t.shape for t in inputs]}")
         nid = next(self._ids)
-        self.nx.add_node(nid, op=op, shape=shape, name=name)
+        self.nx.add_node(nid, op=op, shape=shape, name=name, layer=self.layer_tag)
         for k, t in enumerate(inputs):
             self.nx.add_edge(t.id, nid, key=k)
         return Tensor(self, nid)
@@ -88,8 +89,10 @@ class Graph:
             new_args = [mapping.get(a, a) for a in args]
             if new_args != args:
                 node = self.nx.nodes[n]
+                saved, self.layer_tag = self.layer_tag, node.get("layer")
                 mapping[n] = self.add(node["op"], [Tensor(self, a) for a in new_args],
                                       name=node["name"]).id
+                self.layer_tag = saved
         return [Tensor(self, mapping.get(o, o)) for o in outs]
 
     def verify(self, nids=None):

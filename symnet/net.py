@@ -169,6 +169,7 @@ class Net:
         self._filler_rng = np.random.default_rng(0)
         self.blobs = collections.OrderedDict()
         self.iteration = 0
+        self._timed = False
         self._build()
         if weights is not None:
             self.copy_from(weights)
@@ -251,7 +252,11 @@ class Net:
                                         layer, c, i, shape, filler),
                                     counter=self._counter)
         ctx.where = self._where(lp)
-        tops = registry.call(spec, ctx, bottoms, kwargs)
+        self.graph.layer_tag = lp.name
+        try:
+            tops = registry.call(spec, ctx, bottoms, kwargs)
+        finally:
+            self.graph.layer_tag = None
         if len(tops) < len(lp.top):
             raise registry.LayerError(f"{self._where(lp)}: the layer gives {len(tops)} tops, "
                                       f"the prototxt names {len(lp.top)}")
@@ -311,8 +316,10 @@ class Net:
             layer.lr_mult.append(specs[i].get("lr_mult", 1.0) if i < len(specs) else 1.0)
             layer.decay_mult.append(specs[i].get("decay_mult", 1.0) if i < len(specs) else 1.0)
         layer.params = params
+        self.graph.layer_tag = lp.name
         tops = [self.graph.add(ops.PythonTop(runner, k), bottoms + params)
                 for k in range(len(lp.top))]
+        self.graph.layer_tag = None
         runner.top_tensors = tops
         weights = list(lp.loss_weight) or [0.0] * len(lp.top)
         layer.loss_weights = weights + [0.0] * (len(lp.top) - len(weights))
@@ -498,7 +505,7 @@ class Net:
         outs = [self._store(t) for t in outputs[:n_blob]] + \
             [np.empty(v.shape, np.float32) for _, v in updates]
         if outputs:
-            fn(*[self._store(t) for t in feeds], out=outs)
+            fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
         for (param, _), arr in zip(updates, outs[n_blob:]):
             param.op.blob.data[...] = arr
         self._last_counter = self.iteration
@@ -576,7 +583,7 @@ class Net:
         arrays = [self._store(t) for t in feeds] + [self.blobs[t.name].diff for t in cot_feeds]
         outs = [self.blobs[name].diff for name, _ in firsts] + \
             [np.empty(t.shape, np.float32) for t, _ in params]
-        fn(*arrays, out=outs)
+        fn(*arrays, out=outs, timed=self._timed)
         for (_, blob), g in zip(params, outs[len(firsts):]):
             blob.diff[...] += g
         return {b: self.blobs[b].diff for b in (diffs or [])}
@@ -595,6 +602,47 @@ class Net:
         inputs = [replace.get(t, t) for t in feeds] + used_cots
         fn = Function(inputs, new_out, backend=self.backend, name=f"{self.name or 'net'}_bwd")
         self._fns["backward"] = (fn, feeds, cot_feeds)
+
+    def time(self, iterations=10):
+        """Per-layer forward and backward milliseconds (averaged), attributing a fused
+        kernel's time equally to the layers it contains; also per step of each plan.
+        Returns {"layers": {name: {"forward": ms, "backward": ms}}, "steps": [...]}."""
+        self.forward()
+        has_backward = self._backward_parts()[0] and self.phase == TRAIN
+        if has_backward:
+            self.backward()
+        layers = {name: {"forward": 0.0, "backward": 0.0} for name in self._layer_names}
+        steps = []
+        for key, entry in list(self._fns.items()):
+            fn = entry[0]
+            impl = getattr(fn, "_impl", None)
+            if impl is None:
+                continue
+            ex = impl.executor
+            ex.step_times[:] = 0
+            ex.timed_calls = 0
+        for _ in range(iterations):
+            self._timed = True
+            try:
+                self.forward()
+                if has_backward:
+                    self.backward()
+            finally:
+                self._timed = False
+        for key, entry in self._fns.items():
+            impl = getattr(entry[0], "_impl", None)
+            if impl is None or not impl.executor.timed_calls:
+                continue
+            ex = impl.executor
+            phase = "forward" if key[0] == "forward" else "backward"
+            for step, total in zip(impl.plan.steps, ex.step_times):
+                ms = 1e3 * total / ex.timed_calls
+                steps.append({"phase": phase, "name": step.name, "kind": step.kind,
+                              "layers": list(step.attrs.get("layers", [])), "ms": ms})
+                tags = [t for t in step.attrs.get("layers", []) if t in layers] or []
+                for t in tags:
+                    layers[t][phase] += ms / len(tags)
+        return {"layers": layers, "steps": steps}
 
     def clear_param_diffs(self):
         for blobs in self.params.values():
