@@ -58,6 +58,13 @@ class FloatCPrinter(C99CodePrinter):
     _print_erf = _print_erfc = _print_tanh = _print_sin = _print_cos = _print_Function
     _print_atan2 = _print_Function
 
+    def _print(self, expr, **kwargs):
+        # every function goes through C_FUNCTIONS, none through sympy's own C names
+        if isinstance(expr, sp.core.function.Application) and not isinstance(
+                expr, (sp.Piecewise, sp.logic.boolalg.BooleanFunction)):
+            return self._print_Function(expr)
+        return super()._print(expr, **kwargs)
+
     def _print_Pow(self, expr):
         base, e = expr.base, expr.exp
         b = self.parenthesize(base, sp.printing.precedence.PRECEDENCE["Mul"] + 1)

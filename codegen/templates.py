@@ -176,9 +176,8 @@ GATHER = Template("sn_gather", (("l", "n"), ("c", "x"), ("c", "idx"), ("p", "y")
                                 ("l", "K"), ("l", "inner")), r"""
   SN_FOR(i, n) {
     long in_ = i % inner, outer = i / (inner * K);
-    float f = idx[i];
-    long j = (long)f;
-    y[i] = (f >= 0.0f && j < L) ? x[(outer * L + j) * inner + in_] : 0.0f;
+    long j = (long)idx[i];      /* truncation toward zero, as Caffe's label casts */
+    y[i] = (j >= 0 && j < L) ? x[(outer * L + j) * inner + in_] : 0.0f;
   }
 """)
 
@@ -190,8 +189,7 @@ GATHER_GRAD = Template("sn_gather_grad", (("l", "n"), ("c", "idx"), ("c", "g"), 
     float acc = 0.0f;
     for (long k = 0; k < K; ++k) {
       long o = (outer * K + k) * inner + in_;
-      float f = idx[o];
-      if (f >= 0.0f && (long)f == c) acc += g[o];
+      if ((long)idx[o] == c) acc += g[o];
     }
     dx[i] = acc;
   }

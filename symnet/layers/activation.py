@@ -9,6 +9,10 @@ from .registry import context, layer
 def relu(x, negative_slope=0.0):
     """y = x for x > 0, negative_slope * x otherwise (gradient at 0: negative_slope,
     as Caffe, which tests x > 0)."""
+    if negative_slope == 0:
+        # max(x, 0) keeps NaN a NaN, as Caffe does; where(x > 0, x, 0 * x) would not,
+        # since sympy folds 0 * x to 0. Its derived gradient at 0 is 0, Caffe's too.
+        return F.maximum(x, 0.0)
     return F.where(x > 0, x, x * negative_slope)
 
 
