@@ -4,10 +4,17 @@ tests/conftest.py records every module lowered for ``cuda`` or ``cuda-emu`` (the
 text); this file is collected last, so when the whole suite runs it sees all of them.
 It also lowers a representative set of graphs for ``cuda`` itself, so that it is
 meaningful when run alone. Skips only when nvcc is not installed.
+
+A module is the shared prelude followed by its kernels. nvcc's start-up cost (about a
+second) dominates a module's compile, so the kernels of all recorded modules are
+deduplicated and compiled in a few translation units: the prelude once, then each
+distinct kernel's exact text under a unique symbol name. The representative modules
+are also compiled verbatim, exactly as emitted.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import shutil
 import subprocess
 
@@ -15,6 +22,7 @@ import pytest
 
 import symnet as sn
 from symnet.codegen import lower
+from symnet.codegen.prelude import CUDA_PRELUDE
 
 NVCC = shutil.which("nvcc")
 NVCC_FLAGS = ["-c", "-std=c++17", "-diag-suppress", "177",
@@ -87,25 +95,55 @@ def compile_module(key, source, workdir):
     return key, path, proc
 
 
-def test_nvcc_compiles_every_emitted_cuda_module(emitted_modules, tmp_path):
-    lower_representative()
-    modules = {}
-    for backend in ("cuda-emu", "cuda"):
-        modules.update(emitted_modules.get(backend, {}))
-    assert len(modules) >= len(representative_graphs())
+KERNEL = re.compile(r"SN_KERNEL (\w+)\(")
+UNIT_SIZE = 150
+
+
+def kernels_of(source):
+    """The kernel definitions of a module (each with its comment), after the prelude."""
+    assert source.startswith(CUDA_PRELUDE), "a CUDA module starts with the CUDA prelude"
+    body = source[len(CUDA_PRELUDE):]
+    starts = [m.start() for m in re.finditer(r"(?m)^/\* ", body)] + [len(body)]
+    return [body[a:b] for a, b in zip(starts, starts[1:]) if KERNEL.search(body[a:b])]
+
+
+def compile_all(sources, workdir):
     failures = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        jobs = [pool.submit(compile_module, key, src, tmp_path)
-                for key, src in sorted(modules.items())]
+        jobs = [pool.submit(compile_module, key, src, workdir) for key, src in sources]
         for job in concurrent.futures.as_completed(jobs):
             key, path, proc = job.result()
             if proc.returncode != 0:
                 failures.append(f"--- {path} (exit {proc.returncode})\n{proc.stderr[-4000:]}")
             else:
                 assert (path.parent / f"{key[:16]}.o").stat().st_size > 0
-    assert not failures, f"nvcc failed on {len(failures)} of {len(modules)} modules:\n" + \
-        "\n".join(failures[:5])
+    return failures
 
+
+def test_nvcc_compiles_every_emitted_cuda_module(emitted_modules, tmp_path):
+    representative = {}
+    lower.module_listeners.append(lambda be, src: representative.setdefault(src, be))
+    try:
+        lower_representative()
+    finally:
+        lower.module_listeners.pop()
+    modules = {}
+    for backend in ("cuda-emu", "cuda"):
+        modules.update(emitted_modules.get(backend, {}))
+    assert len(modules) >= len(representative_graphs())
+    distinct = {}
+    for source in modules.values():
+        for text in kernels_of(source):
+            distinct.setdefault(text, len(distinct))
+    renamed = [KERNEL.sub(lambda m, i=i: f"SN_KERNEL {m.group(1)}__{i}(", text, count=1)
+               for text, i in distinct.items()]
+    units = [(f"unit{u:04d}" + "0" * 8, CUDA_PRELUDE + "\n".join(renamed[u:u + UNIT_SIZE]))
+             for u in range(0, len(renamed), UNIT_SIZE)]
+    verbatim = [(f"module{k:03d}" + "0" * 8, src) for k, src in enumerate(representative)]
+    failures = compile_all(units + verbatim, tmp_path)
+    assert not failures, f"nvcc failed on {len(failures)} translation units " \
+        f"({len(distinct)} distinct kernels of {len(modules)} modules):\n" + \
+        "\n".join(failures[:5])
 
 
 def test_nvcc_failure_is_reported(tmp_path):
