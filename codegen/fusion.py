@@ -52,6 +52,12 @@ class Partition:
         for n in self.order:
             if self._const_expr(n) is not None:
                 self.consts[n] = self._const_expr(n)
+        # inputs of max/min reductions are compared with the result in their gradient
+        # (x == max(x)): every kernel must read the very values the reduction saw, so
+        # they are loaded, never recomputed in a prologue (a recomputation may round
+        # differently: another association, a vector lane versus a scalar tail)
+        self.exact = {graph.args(n)[0] for n in self.order
+                      if isinstance(graph.op(n), ops.Reduce) and graph.op(n).how != "sum"}
         self.prologues = {n: self._prologue(n) for n in self.order
                           if isinstance(graph.op(n), ops.Reduce)}
         # Kernel-level ancestry: a reduction depends on its prologue's loads, not on the
@@ -150,7 +156,7 @@ class Partition:
         members, stack = set(), [x]
         while stack:
             n = stack.pop()
-            if n in members or not _is_ew(g, n) or g.shape(n) != space:
+            if n in members or not _is_ew(g, n) or g.shape(n) != space or n in self.exact:
                 continue
             members.add(n)
             stack.extend(g.args(n))

@@ -516,20 +516,12 @@ def test_single_output_returns_array(backend):
 
 
 # ------------------------------------------------------------------- regressions
-# Found by test_random_graphs.py (seeds 212 and 228), reduced by hand.
-TIE_MASK_BUG = ("BUG: the gradient of max/min is mask * g / count with mask = (x == min(x)); "
-                "the mask kernel recomputes x from its inputs instead of loading the stored x "
-                "that the reduction read, and the recomputed value rounds differently, so the "
-                "extreme element is missed and its gradient is lost. ")
-
-
-def test_min_gradient_of_exp_recomputed(backend, request):
-    """softmin-like: tanh(e - min(e)) with e = exp(-(x + c)^2), gradient wrt c."""
-    from symnet.runtime import cpu
-    if backend == "cpu" and cpu.vector_math_header():
-        request.applymarker(pytest.mark.xfail(strict=True, reason=TIE_MASK_BUG + (
-            "Here (cpu with libmvec) e is stored by a vectorised loop (libmvec expf) and "
-            "recomputed by the mask/count kernels with scalar expf; every seed fails.")))
+# Found by test_random_graphs.py (seeds 212 and 228), reduced by hand: the gradient of
+# max/min is mask * g / count with mask = (x == min(x)); the mask and count kernels must
+# read the stored x the reduction saw, not recompute it (which may round differently).
+def test_min_gradient_of_exp_recomputed(backend):
+    """softmin-like: tanh(e - min(e)) with e = exp(-(x + c)^2), gradient wrt c (e stored
+    by a vectorised loop must not be recomputed with scalar expf for the mask)."""
     r = np.random.default_rng(0)
     x = r.standard_normal((2, 3, 4, 5)).astype(np.float32)
     c = r.standard_normal((3, 1, 5)).astype(np.float32)
@@ -541,13 +533,9 @@ def test_min_gradient_of_exp_recomputed(backend, request):
     check(backend, f, [x, c], rtol=5e-5, grad_rtol=1e-4, what="min of exp")
 
 
-def test_min_gradient_of_where_expression(backend, request):
-    if backend != "numpy":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=TIE_MASK_BUG + (
-            "Here v13 = where(x1*x3 > 0.1, m, x1*x3*0.5) + (m - x0), m = minimum(x0, x4), "
-            "is stored as (m + where) - x0 but recomputed in the mask as the Piecewise "
-            "(cond ? 2*m - x0 : m - x0 + 0.5*x1*x3) (sympy folds and reassociates), on cpu "
-            "and cuda-emu: d/dx1[1] is 2.0095 instead of -0.6981.")))
+def test_min_gradient_of_where_expression(backend):
+    """v13 is stored as (m + where) - x0; a recomputation as sympy folds it would
+    round differently and lose the minimum's gradient."""
     shapes = [(2, 3, 4, 5), (2, 1, 1, 1), (4, 5), (5,)]
     r = np.random.default_rng(2)
     arrays = [r.standard_normal(s).astype(np.float32) for s in shapes]

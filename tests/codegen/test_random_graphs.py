@@ -158,18 +158,9 @@ def test_random_graph_forward_backward(compiled_backend, seed):
     run_case(compiled_backend, seed, n_ops=10, n_inputs=4, with_reductions=True)
 
 
-# Seeds that hit known bugs, with the backends they fail on; remove once fixed.
-KNOWN_BUGS = {
-    212: ("cpu",),                   # test_ops.py::test_min_gradient_of_exp_recomputed
-    228: ("cpu", "cuda-emu", "cuda"),  # test_ops.py::test_min_gradient_of_where_expression
-}
-
-
+# Seeds 212 and 228 found the max/min tie-mask recomputation bug (regressions at the
+# end of test_ops.py).
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", SLOW_SEEDS)
-def test_random_graph_forward_backward_more(compiled_backend, seed, request):
-    if compiled_backend in KNOWN_BUGS.get(seed, ()):
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "BUG: max/min gradient tie mask recomputes its input and misses the extreme "
-            "element; see the regressions at the end of test_ops.py")))
+def test_random_graph_forward_backward_more(compiled_backend, seed):
     run_case(compiled_backend, seed, n_ops=16, n_inputs=5, with_reductions=seed % 2 == 0)
