@@ -17,6 +17,8 @@ from ..runtime.blob import Blob
 from . import io, proto  # noqa: F401
 from .net_spec import NetSpec, layers, params, to_proto  # noqa: F401
 from .proto import caffe_pb2  # noqa: F401
+from ..solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver,  # noqa: F401
+                      RMSPropSolver, SGDSolver, get_solver)
 
 _mode = {"backend": None, "device": 0}
 
@@ -76,4 +78,5 @@ class Net(_Net):
 
 __all__ = ["Net", "Layer", "Blob", "TRAIN", "TEST", "set_mode_cpu", "set_mode_gpu", "set_device",
            "set_random_seed", "NetSpec", "layers", "params", "to_proto", "io", "proto",
-           "caffe_pb2", "BACKENDS"]
+           "caffe_pb2", "BACKENDS", "SGDSolver", "NesterovSolver", "AdaGradSolver",
+           "RMSPropSolver", "AdaDeltaSolver", "AdamSolver", "get_solver"]

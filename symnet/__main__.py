@@ -1,0 +1,4 @@
+"""``python -m symnet``: the symnet command line (``symnet.cli``)."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,545 @@
+"""Solvers against NumPy renderings of Caffe's formulas (src/caffe/solvers/*.cpp), lr
+policies against closed forms, snapshots and exact resume, atomic snapshot writes."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+
+import symnet as sn
+import symnet.caffe as caffe
+from symnet import solver as S
+from symnet.caffe.proto import caffe_pb2
+
+N, D, K = 4, 3, 2     # batch, inputs, outputs of the tiny net
+
+NET = """
+name: "tiny"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 4 dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "p"
+  param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 }
+                        bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
+"""
+
+
+def batch(it, sub):
+    """The data of iteration ``it``, sub-batch ``sub`` (deterministic)."""
+    rng = np.random.default_rng(1000 * it + sub)
+    x = rng.normal(size=(N, D)).astype(np.float32)
+    w_true = np.array([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0]], np.float32)
+    y = (x @ w_true.T + rng.normal(scale=0.1, size=(N, K))).astype(np.float32)
+    return x, y
+
+
+def feed(solver, net, sub):
+    x, y = batch(solver.iter, sub)
+    return {"x": x, "y": y}
+
+
+def make_solver(tmp_path, body, backend="cpu", type_=None, **kw):
+    (tmp_path / "net.prototxt").write_text(NET)
+    text = f'net: "{tmp_path / "net.prototxt"}"\n' \
+           f'snapshot_prefix: "{tmp_path / "snap"}"\nsnapshot_after_train: false\n' + body
+    if type_:
+        text += f'type: "{type_}"\n'
+    path = tmp_path / "solver.prototxt"
+    path.write_text(text)
+    return sn.get_solver(str(path), backend=backend, feed=feed, **kw)
+
+
+def grads(W, b, x, y):
+    """InnerProduct + EuclideanLoss: loss and gradients (float64)."""
+    p = x @ W.T + b
+    d = (p - y) / N
+    return float(((p - y) ** 2).sum() / (2 * N)), d.T @ x, d.sum(0)
+
+
+class Ref:
+    """Caffe's ApplyUpdate in NumPy for the tiny net's two params (weight, bias)."""
+
+    def __init__(self, param, W, b):
+        self.p = param
+        self.data = [W.astype(np.float64), b.astype(np.float64)]
+        self.lr_mult, self.decay_mult = [1.0, 2.0], [1.0, 0.0]
+        n_hist = 2 if param.type in ("AdaDelta", "Adam") else 1
+        self.hist = [[np.zeros_like(d) for d in self.data] for _ in range(n_hist)]
+        self.iter, self.step_ = 0, 0
+
+    def step(self):
+        p = self.p
+        diffs = [np.zeros_like(d) for d in self.data]
+        loss = 0.0
+        for sub in range(p.iter_size):
+            x, y = batch(self.iter, sub)
+            l, gW, gb = grads(self.data[0], self.data[1], x.astype(np.float64),
+                              y.astype(np.float64))
+            loss += l
+            diffs[0] += gW
+            diffs[1] += gb
+        rate, self.step_ = S.learning_rate(p, self.iter, self.step_)
+        if p.clip_gradients >= 0:
+            norm = math.sqrt(sum((g ** 2).sum() for g in diffs))
+            if norm > p.clip_gradients:
+                diffs = [g * (p.clip_gradients / norm) for g in diffs]
+        for i, (w, g) in enumerate(zip(self.data, diffs)):
+            g = g / p.iter_size
+            decay = p.weight_decay * self.decay_mult[i]
+            if decay:
+                g = g + decay * (w if p.regularization_type == "L2" else np.sign(w))
+            lr = rate * self.lr_mult[i]
+            h = [hs[i] for hs in self.hist]
+            if p.type == "SGD":
+                h[0][...] = p.momentum * h[0] + lr * g
+                upd = h[0]
+            elif p.type == "Nesterov":
+                old = h[0].copy()
+                h[0][...] = p.momentum * h[0] + lr * g
+                upd = (1 + p.momentum) * h[0] - p.momentum * old
+            elif p.type == "AdaGrad":
+                h[0] += g * g
+                upd = lr * g / (np.sqrt(h[0]) + p.delta)
+            elif p.type == "RMSProp":
+                h[0][...] = p.rms_decay * h[0] + (1 - p.rms_decay) * g * g
+                upd = lr * g / (np.sqrt(h[0]) + p.delta)
+            elif p.type == "AdaDelta":
+                h[0][...] = p.momentum * h[0] + (1 - p.momentum) * g * g
+                u = g * np.sqrt((h[1] + p.delta) / (h[0] + p.delta))
+                h[1][...] = p.momentum * h[1] + (1 - p.momentum) * u * u
+                upd = lr * u
+            elif p.type == "Adam":
+                b1, b2 = p.momentum, p.momentum2
+                h[0][...] = b1 * h[0] + (1 - b1) * g
+                h[1][...] = b2 * h[1] + (1 - b2) * g * g
+                t = self.iter + 1
+                corr = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                upd = lr * corr * h[0] / (np.sqrt(h[1]) + p.delta)
+            w -= upd
+        self.iter += 1
+        return loss / p.iter_size, rate
+
+
+def run_against_reference(tmp_path, body, type_, steps=6, backend="cpu", rtol=2e-5):
+    solver = make_solver(tmp_path, body, backend=backend, type_=type_)
+    ip = solver.net.params["ip"]
+    ref = Ref(solver.param, ip[0].data.copy(), ip[1].data.copy())
+    losses = []
+    solver.listeners.append(lambda e: losses.append(e["loss"])
+                            if e["event"] == "iteration" else None)
+    for k in range(steps):
+        solver.step(1)
+        loss, rate = ref.step()
+        np.testing.assert_allclose(losses[-1], loss, rtol=1e-5, atol=1e-6)
+        assert solver.lr == pytest.approx(rate, rel=1e-6)
+        np.testing.assert_allclose(ip[0].data, ref.data[0], rtol=rtol, atol=1e-6,
+                                   err_msg=f"weights after step {k + 1}")
+        np.testing.assert_allclose(ip[1].data, ref.data[1], rtol=rtol, atol=1e-6,
+                                   err_msg=f"bias after step {k + 1}")
+        for j, hs in enumerate(ref.hist):
+            np.testing.assert_allclose(solver.history[2 * j], hs[0], rtol=1e-4, atol=1e-6)
+            np.testing.assert_allclose(solver.history[2 * j + 1], hs[1], rtol=1e-4,
+                                       atol=1e-6)
+    assert solver.iter == steps
+    return solver
+
+
+BASE = 'base_lr: 0.05\nlr_policy: "fixed"\nmax_iter: 100\n'
+
+SOLVER_CASES = {
+    "SGD": "momentum: 0.9\nweight_decay: 0.01\n",
+    "Nesterov": "momentum: 0.9\nweight_decay: 0.01\n",
+    "AdaGrad": "weight_decay: 0.01\ndelta: 1e-6\n",
+    "RMSProp": "weight_decay: 0.01\nrms_decay: 0.95\ndelta: 1e-6\n",
+    "AdaDelta": "momentum: 0.95\ndelta: 1e-6\nweight_decay: 0.01\nbase_lr: 1.0\n",
+    "Adam": "momentum: 0.9\nmomentum2: 0.999\ndelta: 1e-8\nweight_decay: 0.01\n",
+}
+
+
+@pytest.mark.parametrize("type_", list(SOLVER_CASES))
+def test_solver_update_matches_caffe_formula(tmp_path, type_):
+    body = SOLVER_CASES[type_]
+    if "base_lr" in body:
+        body = body + 'lr_policy: "fixed"\nmax_iter: 100\n'
+    else:
+        body = BASE + body
+    solver = run_against_reference(tmp_path, body, type_)
+    assert type(solver).__name__ == f"{type_}Solver"
+    assert len(solver.history) == (4 if type_ in ("AdaDelta", "Adam") else 2)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cuda-emu"])
+def test_sgd_update_other_backends(tmp_path, backend):
+    run_against_reference(tmp_path, BASE + "momentum: 0.9\nweight_decay: 0.01\n", "SGD",
+                          steps=3, backend=backend)
+
+
+def test_l1_regularization(tmp_path):
+    run_against_reference(tmp_path, BASE + 'momentum: 0.5\nweight_decay: 0.05\n'
+                          'regularization_type: "L1"\n', "SGD")
+
+
+def test_clip_gradients(tmp_path):
+    run_against_reference(tmp_path, BASE + "momentum: 0.9\nclip_gradients: 0.1\n", "SGD")
+    # a bound above the norm changes nothing
+    run_against_reference(tmp_path, BASE + "momentum: 0.9\nclip_gradients: 1e6\n", "Adam")
+
+
+def test_iter_size_accumulates_and_normalizes(tmp_path):
+    run_against_reference(tmp_path, BASE + "momentum: 0.9\niter_size: 3\n"
+                          "weight_decay: 0.001\n", "SGD")
+
+
+def test_lr_mult_and_decay_mult_classes(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\nweight_decay: 0.1\n")
+    classes = sorted((g["lr_mult"], g["decay_mult"]) for g in solver._layout)
+    assert classes == [(1.0, 1.0), (2.0, 0.0)]
+    # each class's blobs are views of its flat buffers
+    for g in solver._layout:
+        for b, off in zip(g["blobs"], g["offsets"]):
+            assert np.shares_memory(b.data, g["data"]) and np.shares_memory(b.diff, g["diff"])
+
+
+def policy_param(**fields):
+    p = caffe_pb2.SolverParameter()
+    p.base_lr = 0.1
+    for k, v in fields.items():
+        if k == "stepvalue":
+            p.stepvalue.extend(v)
+        else:
+            setattr(p, k, v)
+    return p
+
+
+@pytest.mark.parametrize("policy,fields,closed", [
+    ("fixed", {}, lambda it: 0.1),
+    ("step", {"gamma": 0.5, "stepsize": 3}, lambda it: 0.1 * 0.5 ** (it // 3)),
+    ("exp", {"gamma": 0.9}, lambda it: 0.1 * 0.9 ** it),
+    ("inv", {"gamma": 1e-2, "power": 0.75}, lambda it: 0.1 * (1 + 1e-2 * it) ** -0.75),
+    ("multistep", {"gamma": 0.1, "stepvalue": [2, 5, 6]},
+     lambda it: 0.1 * 0.1 ** sum(it >= s for s in (2, 5, 6))),
+    ("poly", {"power": 2.0, "max_iter": 10}, lambda it: 0.1 * (1 - it / 10) ** 2),
+    ("sigmoid", {"gamma": -0.0 + 0.5, "stepsize": 4},
+     lambda it: 0.1 / (1 + math.exp(-0.5 * (it - 4)))),
+])
+def test_lr_policy_closed_form(policy, fields, closed):
+    p = policy_param(lr_policy=policy, **fields)
+    step = 0
+    for it in range(10):
+        rate, step = S.learning_rate(p, it, step)
+        assert rate == pytest.approx(closed(it), rel=1e-6), (policy, it)
+
+
+def test_lr_policy_errors():
+    with pytest.raises(S.SolverError, match="unknown lr_policy"):
+        S.learning_rate(policy_param(lr_policy="cosine"), 0)
+    with pytest.raises(S.SolverError, match="stepsize"):
+        S.learning_rate(policy_param(lr_policy="step", gamma=0.1), 0)
+    with pytest.raises(S.SolverError, match="no lr_policy"):
+        S.learning_rate(policy_param(), 0)
+
+
+def test_solver_uses_policy(tmp_path):
+    solver = run_against_reference(
+        tmp_path, 'base_lr: 0.05\nlr_policy: "multistep"\ngamma: 0.5\nstepvalue: 2\n'
+        'stepvalue: 4\nmax_iter: 100\nmomentum: 0.9\n', "SGD", steps=6)
+    assert solver.current_step == 2
+    assert solver.lr == pytest.approx(0.05 * 0.25)
+
+
+def test_solver_checks(tmp_path):
+    with pytest.raises(S.SolverError, match="Momentum cannot be used with AdaGrad"):
+        make_solver(tmp_path, BASE + "momentum: 0.9\n", type_="AdaGrad")
+    (tmp_path / "bad.prototxt").write_text('base_lr: 0.1\nlr_policy: "fixed"\n')
+    with pytest.raises(S.SolverError, match="exactly one train net"):
+        sn.get_solver(str(tmp_path / "bad.prototxt"))
+    (tmp_path / "bad2.prototxt").write_text('net: "missing.prototxt"\n')
+    with pytest.raises(S.SolverError, match="missing.prototxt' not found"):
+        sn.get_solver(str(tmp_path / "bad2.prototxt"))
+    (tmp_path / "bad3.prototxt").write_text(f'net: "{tmp_path / "net.prototxt"}"\n'
+                                            'type: "Lion"\n')
+    with pytest.raises(S.SolverError, match='unknown solver type "Lion"'):
+        sn.get_solver(str(tmp_path / "bad3.prototxt"))
+
+
+def test_pycaffe_names(tmp_path):
+    make_solver(tmp_path, BASE)
+    path = str(tmp_path / "solver.prototxt")
+    for name in ("SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver",
+                 "AdaDeltaSolver", "AdamSolver"):
+        s = getattr(caffe, name)(path, feed=feed, backend="numpy")
+        assert type(s).__name__ == name
+    assert type(caffe.get_solver(path, feed=feed, backend="numpy")).__name__ == "SGDSolver"
+    assert sn.get_solver is caffe.get_solver
+
+
+def test_solver_type_upgrade(tmp_path):
+    make_solver(tmp_path, BASE)
+    text = (tmp_path / "solver.prototxt").read_text() + "solver_type: NESTEROV\n"
+    (tmp_path / "old.prototxt").write_text(text)
+    s = sn.get_solver(str(tmp_path / "old.prototxt"), feed=feed, backend="numpy")
+    assert isinstance(s, S.NesterovSolver)
+
+
+def test_inline_net_param_and_test_nets(tmp_path):
+    text = f"""
+    net_param {{ {NET} }}
+    test_iter: 3
+    test_interval: 2
+    test_compute_loss: true
+    base_lr: 0.05 lr_policy: "fixed" max_iter: 4 display: 2 momentum: 0.9
+    snapshot_after_train: false
+    """
+    solver = sn.get_solver(text, backend="cpu", feed=feed,
+                           test_feed=lambda s, n, i: dict(zip("xy", batch(99, i))))
+    events = []
+    solver.listeners.append(events.append)
+    solver.solve()
+    tests = [e for e in events if e["event"] == "test"]
+    assert [e["iter"] for e in tests] == [0, 2, 4]
+    assert tests[0]["outputs"][0]["name"] == "loss"
+    assert "loss" in tests[0]
+    # test net shares the train net's weights at test time
+    np.testing.assert_array_equal(solver.test_nets[0].params["ip"][0].data,
+                                  solver.net.params["ip"][0].data)
+    # the test score is the mean of test_iter forward passes with shared weights
+    W, b = (a.data.astype(np.float64) for a in solver.net.params["ip"])
+    mean = np.mean([grads(W, b, *batch(99, i))[0] for i in range(3)])
+    assert tests[-1]["outputs"][0]["value"] == pytest.approx(mean, rel=1e-5)
+    assert len(solver.test_nets) == 1 and solver.test_nets[0].phase == sn.TEST
+
+
+def test_average_loss_smoothing(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\naverage_loss: 3\ndisplay: 1\n")
+    raw, shown = [], []
+    solver.listeners.append(lambda e: raw.append(e["loss"]) if e["event"] == "iteration"
+                            else shown.append(e["loss"]) if e["event"] == "train" else None)
+    solver.step(6)
+    for i in range(6):
+        window = raw[max(0, i - 2):i + 1]
+        assert shown[i] == pytest.approx(np.mean(window), rel=1e-5)
+
+
+def test_loss_goes_down(tmp_path):
+    solver = make_solver(tmp_path, 'base_lr: 0.05\nlr_policy: "inv"\ngamma: 0.01\n'
+                         'power: 0.75\nmomentum: 0.9\nweight_decay: 0.0005\nmax_iter: 60\n')
+    losses = []
+    solver.listeners.append(lambda e: losses.append(e["loss"])
+                            if e["event"] == "iteration" else None)
+    solver.solve()
+    assert solver.iter == 60
+    assert np.mean(losses[-10:]) < 0.2 * np.mean(losses[:5])
+
+
+def test_update_is_a_few_fused_kernels(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\nweight_decay: 0.01\n")
+    fn = solver.update_function()
+    kernels = [r for r in fn.report() if r["kind"] != "alias"]
+    # one elementwise kernel per (lr_mult, decay_mult) class: weights and biases here
+    assert len(kernels) == len(solver._layout) == 2
+    solver = make_solver(tmp_path, BASE + "clip_gradients: 1.0\n", type_="Adam")
+    assert len(solver.update_function().report()) <= 2 * len(solver._layout) + 2
+
+
+def test_lenet_update_kernels():
+    net = "tests/data/models/bvlc_mnist/lenet_train_test.prototxt"
+    param = caffe_pb2.SolverParameter(net=net, base_lr=0.01, lr_policy="fixed",
+                                      momentum=0.9, weight_decay=5e-4)
+    solver = S.SGDSolver(param, backend="cpu",
+                         input_shapes={"data": (2, 1, 28, 28), "label": (2,)})
+    rows = solver.update_function().report()
+    assert len(rows) == 2      # lr_mult 1 (weights) and 2 (biases): 8 params, 2 kernels
+    assert sum(len(r["ops"]) for r in rows) >= 6
+
+
+# --------------------------------------------------------------------------- snapshots
+
+def trajectory(solver, n):
+    losses = []
+    solver.listeners.append(lambda e: losses.append(e["loss"])
+                            if e["event"] == "iteration" else None)
+    solver.step(n)
+    return losses
+
+
+@pytest.mark.parametrize("type_,body", [
+    ("SGD", 'base_lr: 0.05\nlr_policy: "step"\ngamma: 0.5\nstepsize: 3\nmomentum: 0.9\n'
+     "weight_decay: 0.01\nmax_iter: 100\n"),
+    ("Adam", BASE + "momentum: 0.9\nmomentum2: 0.999\n"),
+])
+def test_snapshot_then_resume_equals_uninterrupted(tmp_path, type_, body):
+    full = trajectory(make_solver(tmp_path, body, type_=type_), 10)
+    first = make_solver(tmp_path, body, type_=type_)
+    part1 = trajectory(first, 5)
+    model, state = first.snapshot()
+    assert model == str(tmp_path / "snap_iter_5.caffemodel")
+    assert state == str(tmp_path / "snap_iter_5.solverstate")
+    resumed = make_solver(tmp_path, body, type_=type_)
+    resumed.restore(state)
+    assert resumed.iter == 5
+    part2 = trajectory(resumed, 5)
+    assert part1 + part2 == full
+    for a, b in zip(resumed.history, make_solver_after(tmp_path, body, type_, 10).history):
+        np.testing.assert_array_equal(a, b)
+
+
+def make_solver_after(tmp_path, body, type_, n):
+    s = make_solver(tmp_path, body, type_=type_)
+    s.step(n)
+    return s
+
+
+def test_solverstate_is_caffes_message(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n", type_="Adam")
+    solver.step(3)
+    model, state_path = solver.snapshot()
+    data = open(state_path, "rb").read()
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(data)
+    assert state.iter == 3 and state.learned_net == model and state.current_step == 0
+    assert len(state.history) == 4      # Adam: m for both params, then v for both
+    np.testing.assert_array_equal(
+        np.array(state.history[0].data).reshape(2, 3), solver.history[0])
+    assert list(state.history[0].shape.dim) == [2, 3]
+    # the symnet extra data is an unknown field for Caffe's schema
+    assert S._top_level_field(data, S.EXTRA_FIELD) is not None
+    net = caffe_pb2.NetParameter()
+    net.ParseFromString(open(model, "rb").read())
+    assert [l.name for l in net.layer if len(l.blobs)] == ["ip"]
+
+
+def test_restore_finds_model_next_to_state(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(2)
+    model, state = solver.snapshot()
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    os.replace(model, moved / os.path.basename(model))
+    os.replace(state, moved / os.path.basename(state))
+    other = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    other.restore(str(moved / os.path.basename(state)))
+    np.testing.assert_array_equal(other.net.params["ip"][0].data,
+                                  solver.net.params["ip"][0].data)
+
+
+def test_restore_errors(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(1)
+    _, state = solver.snapshot()
+    adam = make_solver(tmp_path, BASE, type_="Adam")
+    with pytest.raises(S.SolverError, match="history blobs"):
+        adam.restore(state)
+    with pytest.raises(S.SolverError, match="HDF5"):
+        adam.restore("x.solverstate.h5")
+
+
+def test_interrupted_snapshot_keeps_previous(tmp_path, monkeypatch):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(2)
+    model, state = solver.snapshot()
+    before = {p: open(p, "rb").read() for p in (model, state)}
+    solver.step(2)
+    files = sorted(os.listdir(tmp_path))
+
+    def interrupted(fd):             # the write stops midway (Ctrl-C, kill)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        solver.snapshot()
+    solver.iter = 2                  # the same file names as the intact snapshot
+    with pytest.raises(KeyboardInterrupt):
+        solver.snapshot()
+    monkeypatch.undo()
+
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(S.SolverError, match="No space left"):
+        solver.snapshot()
+    monkeypatch.undo()
+    for p, data in before.items():
+        assert open(p, "rb").read() == data
+    assert sorted(os.listdir(tmp_path)) == files      # no partial or temporary files
+    other = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    other.restore(state)
+    assert other.iter == 2
+
+
+def test_snapshot_interval_and_after_train(tmp_path):
+    solver = make_solver(tmp_path, BASE.replace("100", "7") + "snapshot: 3\n")
+    solver.param.snapshot_after_train = True
+    solver.solve()
+    names = sorted(f for f in os.listdir(tmp_path) if f.startswith("snap_iter_"))
+    assert names == [f"snap_iter_{i}.{e}" for i in (3, 6, 7)
+                     for e in ("caffemodel", "solverstate")]
+
+
+def test_snapshot_prefix_defaults(tmp_path):
+    p = caffe_pb2.SolverParameter()
+    assert S._snapshot_prefix(p, str(tmp_path / "lenet_solver.prototxt")) == \
+        str(tmp_path / "lenet_solver")
+    p.snapshot_prefix = str(tmp_path)
+    assert S._snapshot_prefix(p, str(tmp_path / "s.prototxt")) == str(tmp_path / "s")
+
+
+def test_signal_actions(tmp_path):
+    import signal
+    solver = make_solver(tmp_path, BASE.replace("100", "50") + "momentum: 0.9\n")
+    with S.SignalHandler(sigint_effect="stop", sighup_effect="snapshot") as h:
+        solver.action_function = h.requested_action
+        solver.add_callback(on_start=lambda: solver.iter == 3 and
+                            os.kill(os.getpid(), signal.SIGHUP))
+        solver.add_callback(on_start=lambda: solver.iter == 5 and
+                            os.kill(os.getpid(), signal.SIGINT))
+        solver.solve()
+    assert solver.iter == 6 and solver.requested_early_exit
+    assert os.path.exists(tmp_path / "snap_iter_4.solverstate")
+    assert not os.path.exists(tmp_path / "snap_iter_50.solverstate")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_data_layer_state_resume(tmp_path):
+    """A data layer whose source has state()/set_state(): resuming continues with the
+    batch an uninterrupted run would read."""
+    from symnet import data
+    from symnet.runtime import prefetch
+    if not hasattr(prefetch.Prefetcher, "state"):
+        pytest.skip("needs Prefetcher.state()/set_state() (the state after the last batch "
+                    "handed out); the source alone runs ahead by the prefetched batches")
+
+    class Counter:
+        def __init__(self, lp, phase, base):
+            self.i = 0
+
+        def top_shapes(self):
+            return [(N, D), (N, K)]
+
+        def next_batch(self):
+            self.i += 1
+            return list(batch(self.i, 0))
+
+        def state(self):
+            return {"i": self.i}
+
+        def set_state(self, s):
+            self.i = s["i"]
+
+    data.register("SymnetTestCounter")(Counter)
+    net = NET.replace('layer { name: "x" type: "Input" top: "x" input_param '
+                      '{ shape { dim: 4 dim: 3 } } }\n', "").replace(
+        'layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 4 dim: 2 } } }',
+        'layer { name: "d" type: "SymnetTestCounter" top: "x" top: "y" }')
+    (tmp_path / "net.prototxt").write_text(net)
+    text = f'net: "{tmp_path / "net.prototxt"}"\nsnapshot_prefix: "{tmp_path / "s"}"\n' + \
+        BASE + "momentum: 0.9\n"
+    (tmp_path / "solver.prototxt").write_text(text)
+    full = trajectory(sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu"), 8)
+    first = sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu")
+    part1 = trajectory(first, 4)
+    _, state = first.snapshot()
+    resumed = sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu")
+    resumed.restore(state)
+    assert part1 + trajectory(resumed, 4) == full
