@@ -67,9 +67,13 @@ class Graph:
 
     def ancestors(self, nids) -> list:
         """The nodes needed to compute ``nids``, in a deterministic topological order."""
-        needed = set(nids)
-        for n in nids:
-            needed |= nx.ancestors(self.nx, n)
+        needed, stack = set(nids), list(nids)
+        pred = self.nx.pred
+        while stack:                       # one walk from all nodes at once
+            for a in pred[stack.pop()]:
+                if a not in needed:
+                    needed.add(a)
+                    stack.append(a)
         sub = self.nx.subgraph(needed)
         return list(nx.lexicographical_topological_sort(sub))
 
