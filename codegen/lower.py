@@ -263,10 +263,11 @@ class Lowering:
         xs = self.graph.shape(x)
         if self._is_pointwise(p, k_hw):
             return ["val", self.value(x), 0, "r"]
-        size = xs[0] * xs[1] * k_hw[0] * k_hw[1] * out_hw[0] * out_hw[1]
+        rows = xs[0] * xs[1] * k_hw[0] * k_hw[1]
+        size = rows * out_hw[0] * out_hw[1]
         col = self.new_value(size, "temp", "col")
-        self.launch(self._template(T.IM2COL), [["long", size], self.r(x), ["val", col, 0, "w"]] +
-                    self._conv_dims(p, xs, k_hw, out_hw), size, [n])
+        self.launch(self._template(T.IM2COL), [["long", rows], self.r(x), ["val", col, 0, "w"]] +
+                    self._conv_dims(p, xs, k_hw, out_hw), rows, [n])
         return ["val", col, 0, "r"]
 
     def _lower_Conv2d(self, n, op):
@@ -361,6 +362,15 @@ class Lowering:
         x, gy = self.graph.args(n)
         mask = self._mask_for(n, x, op.p)
         size = math.prod(self.graph.shape(n))
+        p = op.p
+        if p.stride[0] >= p.kernel[0] and p.stride[1] >= p.kernel[1]:
+            xs, gs = self.graph.shape(x), self.graph.shape(gy)
+            n_out = math.prod(gs)
+            self.launch(self._template(T.FILL_ZERO), [["long", size], self.w(n)], size, [n])
+            self.launch(self._template(T.MAXPOOL_GRAD_SCATTER),
+                        [["long", n_out], mask, self.r(gy), self.w(n),
+                         ["long", xs[2] * xs[3]], ["long", gs[2] * gs[3]]], n_out, [n])
+            return
         dims = self._pool_dims(op.p, self.graph.shape(x), self.graph.shape(gy))
         self.launch(self._template(T.MAXPOOL_GRAD),
                     [["long", size], mask, self.r(gy), self.w(n)] + dims, size, [n])

@@ -1,7 +1,9 @@
 """The preludes that let one kernel text serve CUDA and the CPU.
 
 Kernels use only: ``SN_KERNEL`` (the kernel qualifier), ``SN_FOR(i, n)`` (a grid-
-stride loop on CUDA, an OpenMP ``parallel for simd`` loop on the CPU), the row
+stride loop on CUDA, an OpenMP ``parallel for simd`` loop on the CPU),
+``SN_FOR_OUTER(i, n)`` (the same over work items that each run inner loops, which the
+CPU vectorises instead of the outer loop), the row
 macros of reductions (``SN_ROWS``, ``SN_ROW_LOOP``, ``SN_ROW_LEADER``, and
 ``sn_block_sum/max/min``, a shared-memory block reduction on CUDA and the identity on
 the CPU, where one thread owns a whole row), ``SN_ATOMIC_ADD`` and the scalar helpers
@@ -46,6 +48,8 @@ C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops */
   for (long i = 0; i < (n); ++i)
 #define SN_ROWS(o, n) SN_PRAGMA(omp parallel for schedule(static) if((n) > 1)) \
   for (long o = 0; o < (n); ++o)
+#define SN_FOR_OUTER(i, n) SN_PRAGMA(omp parallel for schedule(static) if((n) > 1)) \
+  for (long i = 0; i < (n); ++i)
 #define SN_ROW_LOOP(r, n) for (long r = 0; r < (n); ++r)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_PRAGMA(omp simd reduction(+:acc)) \
   for (long r = 0; r < (n); ++r)
@@ -69,6 +73,7 @@ CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops and shared-memory b
   for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
        i += (long)blockDim.x * gridDim.x)
 #define SN_ROWS(o, n) for (long o = blockIdx.x; o < (n); o += gridDim.x)
+#define SN_FOR_OUTER(i, n) SN_FOR(i, n)
 #define SN_ROW_LOOP(r, n) for (long r = threadIdx.x; r < (n); r += blockDim.x)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_ROW_LOOP(r, n)
 #define SN_ROW_LEADER (threadIdx.x == 0)

@@ -34,13 +34,24 @@ _CONV = (("l", "C"), ("l", "H"), ("l", "W"), ("l", "kh"), ("l", "kw"), ("l", "ph
          ("l", "ow"))
 
 # col is (N, C*kh*kw, oh*ow): the layout a GEMM with (out, C*kh*kw) weights reads.
+# One work item per row (b, c, ki, kj) walks the output plane: few divisions, and
+# contiguous writes the CPU vectorises.
 IM2COL = Template("sn_im2col", (("l", "n"), ("c", "x"), ("p", "col")) + _CONV, r"""
-  SN_FOR(i, n) {
-    long q = i % (oh * ow), row = i / (oh * ow);
-    long y = q / ow, xx = q % ow;
+  SN_FOR_OUTER(row, n) {
     long kj = row % kw, ki = (row / kw) % kh, c = (row / (kw * kh)) % C, b = row / (kw * kh * C);
-    long h = y * sh - ph + ki * dh, w = xx * sw - pw + kj * dw;
-    col[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((b * C + c) * H + h) * W + w] : 0.0f;
+    const float* src = x + (b * C + c) * H * W;
+    float* dst = col + row * oh * ow;
+    for (long y = 0; y < oh; ++y) {
+      long h = y * sh - ph + ki * dh;
+      if (h < 0 || h >= H) {
+        for (long xx = 0; xx < ow; ++xx) dst[y * ow + xx] = 0.0f;
+        continue;
+      }
+      for (long xx = 0; xx < ow; ++xx) {
+        long w = xx * sw - pw + kj * dw;
+        dst[y * ow + xx] = (w >= 0 && w < W) ? src[h * W + w] : 0.0f;
+      }
+    }
   }
 """)
 
@@ -79,22 +90,28 @@ _POOL = (("l", "H"), ("l", "W"), ("l", "oh"), ("l", "ow"), ("l", "kh"), ("l", "k
          ("l", "sh"), ("l", "sw"), ("l", "ph"), ("l", "pw"))
 
 # Caffe's max pooling; mask (may be null) records the flat h*W+w of the first maximum.
+# One work item per output row (plane, y).
 MAXPOOL = Template("sn_maxpool", (("l", "n"), ("c", "x"), ("p", "y"), ("p", "mask")) + _POOL, r"""
-  SN_FOR(i, n) {
-    long xx = i % ow, yy = (i / ow) % oh, plane = i / (ow * oh);
-    long hs = yy * sh - ph, ws = xx * sw - pw;
-    long he = hs + kh < H ? hs + kh : H, we = ws + kw < W ? ws + kw : W;
-    hs = hs > 0 ? hs : 0; ws = ws > 0 ? ws : 0;
+  SN_FOR_OUTER(row, n / ow) {
+    long yy = row % oh, plane = row / oh;
+    long hs = yy * sh - ph;
+    long he = hs + kh < H ? hs + kh : H;
+    hs = hs > 0 ? hs : 0;
     const float* src = x + plane * H * W;
-    float best = src[hs * W + ws];
-    long arg = hs * W + ws;
-    for (long h = hs; h < he; ++h)
-      for (long w = ws; w < we; ++w) {
-        float v = src[h * W + w];
-        if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
-      }
-    y[i] = best;
-    if (mask) mask[i] = (float)arg;
+    for (long xx = 0; xx < ow; ++xx) {
+      long ws = xx * sw - pw;
+      long we = ws + kw < W ? ws + kw : W;
+      ws = ws > 0 ? ws : 0;
+      float best = src[hs * W + ws];
+      long arg = hs * W + ws;
+      for (long h = hs; h < he; ++h)
+        for (long w = ws; w < we; ++w) {
+          float v = src[h * W + w];
+          if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
+        }
+      y[row * ow + xx] = best;
+      if (mask) mask[row * ow + xx] = (float)arg;
+    }
   }
 """)
 
@@ -142,6 +159,21 @@ MAXPOOL_GRAD = Template("sn_maxpool_grad", (("l", "n"), ("c", "mask"), ("c", "g"
                         + _POOL, _covering(r"""
         long o = (plane * oh + yy) * ow + xx;
         if ((long)mask[o] == h * W + w) acc += g[o];"""))
+
+# Max pooling's input gradient when windows do not overlap (stride >= kernel): each
+# pixel is the maximum of at most one window, so zero the plane and scatter g.
+FILL_ZERO = Template("sn_fill_zero", (("l", "n"), ("p", "y")), r"""
+  SN_FOR(i, n) {
+    y[i] = 0.0f;
+  }
+""")
+MAXPOOL_GRAD_SCATTER = Template("sn_maxpool_grad_scatter", (("l", "n"), ("c", "mask"), ("c", "g"),
+                                                            ("p", "dx"), ("l", "HW"),
+                                                            ("l", "ohw")), r"""
+  SN_FOR(o, n) {
+    dx[(o / ohw) * HW + (long)mask[o]] = g[o];
+  }
+""")
 
 AVEPOOL_GRAD = Template("sn_avepool_grad", (("l", "n"), ("c", "g"), ("p", "dx")) + _POOL,
                         _covering(r"""
@@ -262,5 +294,6 @@ GEMM = Template("sn_gemm", (
 """, block=256)
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, SUM_BATCH, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
+                           FILL_ZERO, MAXPOOL_GRAD_SCATTER,
                            AVEPOOL_GRAD, MAXPOOL_SELECT, WINDOW_SUM, GATHER, GATHER_GRAD,
                            ARGTOPK, RANDOM_UNIFORM, GEMM)}
