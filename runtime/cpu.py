@@ -6,9 +6,8 @@ import ctypes
 import functools
 import os
 
-import numpy as np
-
 from . import cache
+from .host import HostMemory
 
 CC = os.environ.get("CC", "gcc")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
@@ -53,7 +52,7 @@ def vector_math_header() -> str:
 _CTYPES = {"p": ctypes.c_void_p, "l": ctypes.c_long, "f": ctypes.c_float}
 
 
-class CpuBackend:
+class CpuBackend(HostMemory):
     def __init__(self, plan):
         header = vector_math_header()
         libs = ["-lmvec", "-lm"] if header else ["-lm"]
@@ -67,34 +66,5 @@ class CpuBackend:
             fn.restype = None
             self.fns[name] = fn
 
-    def alloc(self, size):
-        return np.zeros(size, dtype=np.float32)
-
-    def upload(self, array):
-        return np.array(array, dtype=np.float32)
-
-    def bind(self, bid, array):
-        return np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-
-    def pointers(self, buffers):
-        return [b.ctypes.data if b is not None else 0 for b in buffers]
-
     def launch(self, step, packed):
         self.fns[step.name](*[v for _, v in packed])
-
-    def host_view(self, buffer, offset, size):
-        return buffer[offset:offset + size]
-
-    def host_writeback(self, buffer, offset, view):
-        pass      # the view is the buffer
-
-    def bind_output(self, bid, array):
-        return array.reshape(-1)
-
-    def download(self, buffer, dst):
-        flat = dst.reshape(-1)
-        if flat.ctypes.data != buffer.ctypes.data:
-            flat[...] = buffer[:dst.size]
-
-    def synchronize(self):
-        pass

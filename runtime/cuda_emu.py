@@ -7,9 +7,8 @@ import ctypes
 import os
 from pathlib import Path
 
-import numpy as np
-
 from . import cache
+from .host import HostMemory
 
 CXX = os.environ.get("CXX", "g++")
 FLAGS = ["-O2", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-w"]
@@ -36,7 +35,7 @@ def uses_barriers(source, name) -> bool:
     return "__syncthreads" in body or "sn_block_" in body
 
 
-class CudaEmuBackend:
+class CudaEmuBackend(HostMemory):
     def __init__(self, plan):
         module = plan.sources[plan.backend]
         launchers = [launcher_source(k.name, k.arg_types, uses_barriers(module, k.name))
@@ -51,37 +50,8 @@ class CudaEmuBackend:
             fn.restype = ctypes.c_int
             self.fns[name] = fn
 
-    def alloc(self, size):
-        return np.zeros(size, dtype=np.float32)
-
-    def upload(self, array):
-        return np.array(array, dtype=np.float32)
-
-    def bind(self, bid, array):
-        return np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-
-    def pointers(self, buffers):
-        return [b.ctypes.data if b is not None else 0 for b in buffers]
-
     def launch(self, step, packed):
         status = self.fns[step.name](step.grid, step.block, *[v for _, v in packed])
         if status:
             raise RuntimeError(f"cuda-emu: OpenMP could not start {step.block} threads for a "
                                f"block of kernel {step.name}; raise OMP_THREAD_LIMIT")
-
-    def host_view(self, buffer, offset, size):
-        return buffer[offset:offset + size]
-
-    def host_writeback(self, buffer, offset, view):
-        pass      # the view is the buffer
-
-    def bind_output(self, bid, array):
-        return array.reshape(-1)
-
-    def download(self, buffer, dst):
-        flat = dst.reshape(-1)
-        if flat.ctypes.data != buffer.ctypes.data:
-            flat[...] = buffer[:dst.size]
-
-    def synchronize(self):
-        pass

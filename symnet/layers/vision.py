@@ -33,6 +33,31 @@ def _check_nchw(x, what):
                          f"(N, C, H, W) for {what}")
 
 
+def _conv_layer(x, what, transpose, num_output, bias_term, geometry, group, weight_filler,
+                bias_filler, axis):
+    """Convolution and Deconvolution: checks, weights in Caffe's layout, bias."""
+    if not num_output:
+        raise ValueError("convolution_param.num_output is required")
+    if axis not in (1, -3):
+        raise ValueError(f"axis {axis}: only channel axis 1 of NCHW blobs is supported")
+    _check_nchw(x, what)
+    k, s, p, d = _conv_geometry(*geometry)
+    c = x.shape[1]
+    if c % group or num_output % group:
+        raise ShapeError(f"channels {c} and num_output {num_output} must be divisible by "
+                         f"group {group}")
+    if transpose:
+        w = layer_param((c, num_output // group) + k, weight_filler)
+        y = F.conv_transpose2d(x, w, stride=s, pad=p, dilation=d, group=group)
+    else:
+        w = layer_param((num_output, c // group) + k, weight_filler)
+        y = F.conv2d(x, w, stride=s, pad=p, dilation=d, group=group)
+    if bias_term:
+        b = layer_param((num_output,), bias_filler)
+        y = y + F.reshape(b, (1, num_output, 1, 1))
+    return y
+
+
 @layer("Convolution")
 def convolution(x, num_output=None, bias_term=True, kernel_size=(), kernel_h=None,
                 kernel_w=None, stride=(), stride_h=None, stride_w=None, pad=(), pad_h=None,
@@ -40,23 +65,9 @@ def convolution(x, num_output=None, bias_term=True, kernel_size=(), kernel_h=Non
                 axis=1):
     """y = conv2d(x, W; stride, pad, dilation, group) + b[c];
     W is [num_output, C/group, kh, kw], b is [num_output]."""
-    if not num_output:
-        raise ValueError("convolution_param.num_output is required")
-    if axis not in (1, -3):
-        raise ValueError(f"axis {axis}: only channel axis 1 of NCHW blobs is supported")
-    _check_nchw(x, "Convolution")
-    k, s, p, d = _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w,
-                                pad, pad_h, pad_w, dilation)
-    c = x.shape[1]
-    if c % group or num_output % group:
-        raise ShapeError(f"channels {c} and num_output {num_output} must be divisible by "
-                         f"group {group}")
-    w = layer_param((num_output, c // group) + k, weight_filler)
-    y = F.conv2d(x, w, stride=s, pad=p, dilation=d, group=group)
-    if bias_term:
-        b = layer_param((num_output,), bias_filler)
-        y = y + F.reshape(b, (1, num_output, 1, 1))
-    return y
+    return _conv_layer(x, "Convolution", False, num_output, bias_term,
+                       (kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w, pad,
+                        pad_h, pad_w, dilation), group, weight_filler, bias_filler, axis)
 
 
 @layer("Deconvolution", params="convolution_param")
@@ -66,23 +77,9 @@ def deconvolution(x, num_output=None, bias_term=True, kernel_size=(), kernel_h=N
                   axis=1):
     """y = conv_transpose2d(x, W) + b; W is [C, num_output/group, kh, kw]; output size
     (H - 1) * stride - 2 * pad + dilation * (kernel - 1) + 1."""
-    if not num_output:
-        raise ValueError("convolution_param.num_output is required")
-    if axis not in (1, -3):
-        raise ValueError(f"axis {axis}: only channel axis 1 of NCHW blobs is supported")
-    _check_nchw(x, "Deconvolution")
-    k, s, p, d = _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w,
-                                pad, pad_h, pad_w, dilation)
-    c = x.shape[1]
-    if c % group or num_output % group:
-        raise ShapeError(f"channels {c} and num_output {num_output} must be divisible by "
-                         f"group {group}")
-    w = layer_param((c, num_output // group) + k, weight_filler)
-    y = F.conv_transpose2d(x, w, stride=s, pad=p, dilation=d, group=group)
-    if bias_term:
-        b = layer_param((num_output,), bias_filler)
-        y = y + F.reshape(b, (1, num_output, 1, 1))
-    return y
+    return _conv_layer(x, "Deconvolution", True, num_output, bias_term,
+                       (kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w, pad,
+                        pad_h, pad_w, dilation), group, weight_filler, bias_filler, axis)
 
 
 @layer("Pooling")
