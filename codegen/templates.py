@@ -104,11 +104,19 @@ MAXPOOL = Template("sn_maxpool", (("l", "n"), ("c", "x"), ("p", "y"), ("p", "mas
       ws = ws > 0 ? ws : 0;
       float best = src[hs * W + ws];
       long arg = hs * W + ws;
-      for (long h = hs; h < he; ++h)
-        for (long w = ws; w < we; ++w) {
-          float v = src[h * W + w];
-          if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
-        }
+      if (he - hs == kh && we - ws == kw) {      /* a whole window: constant trip counts */
+        for (long i = 0; i < kh; ++i)
+          for (long j = 0; j < kw; ++j) {
+            float v = src[(hs + i) * W + ws + j];
+            if (v > best || (v != v && best == best)) { best = v; arg = (hs + i) * W + ws + j; }
+          }
+      } else {
+        for (long h = hs; h < he; ++h)
+          for (long w = ws; w < we; ++w) {
+            float v = src[h * W + w];
+            if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
+          }
+      }
       y[row * ow + xx] = best;
       if (mask) mask[row * ow + xx] = (float)arg;
     }
