@@ -116,31 +116,10 @@ def _setup_logging(verbose=True):
 
 def build_functions(net):
     """The net's whole forward and backward Functions (compiled for the net's backend;
-    a ``numpy`` net builds the graphs without compiling), without running them.
-
-    Uses the Net's own helpers (``_compile``, ``_backward_parts``, ``_compile_backward``)
-    so the graphs are exactly those forward() and backward() run; graph nodes carry the
-    name of the layer that made them, so each plan step lists its layers."""
-    from . import functions as F
-    from . import ops
-    from .autodiff import vjp
-    from .graph import graph_scope
-    layers = net.layers
-    made = {t.id for l in layers for t in l.top_tensors}
-    outputs = [t for l in layers for t in l.top_tensors if not isinstance(t.op, ops.Input)]
-    outputs += [v for l in layers for _, v in l.updates]
-    cut = [t for t in net._all_versions() if t.id not in made or isinstance(t.op, ops.Input)]
-    fwd = net._compile(("forward", 0, len(layers) - 1), outputs, cut)[0] if outputs else None
-    sinks, firsts, params = net._backward_parts()
-    bwd = None
-    if sinks and (firsts or params):
-        if "backward" not in net._fns:
-            with graph_scope(net.graph):
-                cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
-                grads = vjp(sinks, cots, [t for _, t in firsts] + [t for t, _ in params])
-            net._compile_backward(grads, cots)
-        bwd = net._fns["backward"][0]
-    return fwd, bwd
+    a ``numpy`` net builds the graphs without compiling), without running them: the
+    very graphs forward() and backward() run. Graph nodes carry the name of the layer
+    that made them, so each plan step lists its layers."""
+    return net.functions()
 
 
 # ----------------------------------------------------------------------------- train

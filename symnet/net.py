@@ -105,7 +105,7 @@ def message_kwargs(msg) -> dict:
         if _is_repeated(fd):
             values = list(getattr(msg, name))
             if fd.message_type is not None:
-                values = [message_dict(v) for v in values]
+                values = [message_kwargs(v) for v in values]
             elif fd.enum_type is not None:
                 values = [fd.enum_type.values_by_number[v].name for v in values]
             out[name] = values
@@ -114,15 +114,11 @@ def message_kwargs(msg) -> dict:
             continue
         value = getattr(msg, name)
         if fd.message_type is not None:
-            value = message_dict(value)
+            value = message_kwargs(value)
         elif fd.enum_type is not None:
             value = fd.enum_type.values_by_number[value].name
         out[name] = value
     return out
-
-
-def message_dict(msg) -> dict:
-    return message_kwargs(msg)
 
 
 class Net:
@@ -458,20 +454,57 @@ class Net:
         except ValueError:
             raise KeyError(f"no layer named '{name}' in the net") from None
 
-    def _compile(self, key, outputs, cut):
-        """A Function computing ``outputs`` from the stored values of ``cut`` tensors."""
+    def _compile(self, key, outputs, cut, extra=()):
+        """A Function computing ``outputs`` from the stored values of the ``cut``
+        tensors they need, then the ``extra`` inputs they need (cotangents). Returns
+        (Function, fed cut tensors, indices of the extra inputs used), cached by key."""
         if key in self._fns:
             return self._fns[key]
         needed = set(self.graph.ancestors([t.id for t in outputs]))
         feeds = [t for t in cut if t.id in needed]
+        used = [i for i, t in enumerate(extra) if t.id in needed]
         with graph_scope(self.graph):
             replace = {t: F.input(f"{t.name}_stored", t.shape) for t in feeds
                        if not isinstance(t.op, ops.Input)}
             new_out = self.graph.clone(outputs, replace) if replace else list(outputs)
-        inputs = [replace.get(t, t) for t in feeds]
+        inputs = [replace.get(t, t) for t in feeds] + [extra[i] for i in used]
         fn = Function(inputs, new_out, backend=self.backend, name=f"{self.name or 'net'}_{key[0]}")
-        self._fns[key] = (fn, feeds)
+        self._fns[key] = (fn, feeds, used)
         return self._fns[key]
+
+    def _forward_parts(self, s, e):
+        """Outputs (blob versions, then state updates) of layers s..e and the stored
+        values they start from."""
+        rng = self.layers[s:e + 1]
+        made = {t.id for l in rng for t in l.top_tensors}
+        updates = [(p, v) for l in rng for p, v in l.updates]
+        outputs = [t for l in rng for t in l.top_tensors if not isinstance(t.op, ops.Input)]
+        cut = [t for t in self._all_versions()
+               if t.id not in made or isinstance(t.op, ops.Input)]
+        return outputs + [v for _, v in updates], updates, cut
+
+    def _backward_fn(self):
+        """(Function, fed stored tensors, the sinks whose diffs are its cotangents), or
+        None when nothing needs backward."""
+        sinks, firsts, params = self._backward_parts()
+        if not sinks or not (firsts or params):
+            return None
+        if "backward" not in self._fns:
+            with graph_scope(self.graph):
+                cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
+                grads = vjp(sinks, cots, [t for _, t in firsts] + [t for t, _ in params])
+            self._compile("backward", grads, self._all_versions(), extra=cots)
+        fn, feeds, used = self._fns["backward"]
+        return fn, feeds, [sinks[i] for i in used]
+
+    def functions(self):
+        """The whole net's forward and backward Functions (backward None when nothing
+        needs it), compiled for the net's backend without running them."""
+        outputs, _, cut = self._forward_parts(0, len(self.layers) - 1)
+        fwd = self._compile(("forward", 0, len(self.layers) - 1), outputs, cut)[0] \
+            if outputs else None
+        bwd = self._backward_fn()
+        return fwd, (bwd[0] if bwd else None)
 
     def _all_versions(self):
         return [t for l in self.layers for t in l.top_tensors] + [self._counter]
@@ -492,19 +525,13 @@ class Net:
         e = self._layer_index(end, len(self.layers) - 1)
         if s == 0:
             self._feed_data(kwargs)
-        rng = self.layers[s:e + 1]
-        made = {t.id for l in rng for t in l.top_tensors}
-        outputs = [t for l in rng for t in l.top_tensors if not isinstance(t.op, ops.Input)]
-        updates = [(p, v) for l in rng for p, v in l.updates]
-        outputs += [v for _, v in updates]
-        cut = [t for t in self._all_versions()
-               if t.id not in made or isinstance(t.op, ops.Input)]
+        outputs, updates, cut = self._forward_parts(s, e)
         self._counter_value = self.iteration
-        fn, feeds = self._compile(("forward", s, e), outputs, cut)
         n_blob = len(outputs) - len(updates)
         outs = [self._store(t) for t in outputs[:n_blob]] + \
             [np.empty(v.shape, np.float32) for _, v in updates]
         if outputs:
+            fn, feeds, _ = self._compile(("forward", s, e), outputs, cut)
             fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
         for (param, _), arr in zip(updates, outs[n_blob:]):
             param.op.blob.data[...] = arr
@@ -570,15 +597,11 @@ class Net:
             if name not in self.outputs:
                 raise KeyError(f"backward: '{name}' is not an output blob {self.outputs}")
             self.blobs[name].diff[...] = array
-        sinks, firsts, params = self._backward_parts()
-        if not sinks or not (firsts or params):
+        compiled = self._backward_fn()
+        if compiled is None:
             return {b: self.blobs[b].diff for b in (diffs or [])}
-        if "backward" not in self._fns:
-            with graph_scope(self.graph):
-                cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
-                grads = vjp(sinks, cots, [t for _, t in firsts] + [t for t, _ in params])
-            self._compile_backward(grads, cots)
-        fn, feeds, cot_feeds = self._fns["backward"]
+        fn, feeds, cot_feeds = compiled
+        _, firsts, params = self._backward_parts()
         self._counter_value = self._last_counter
         arrays = [self._store(t) for t in feeds] + [self.blobs[t.name].diff for t in cot_feeds]
         outs = [self.blobs[name].diff for name, _ in firsts] + \
@@ -587,21 +610,6 @@ class Net:
         for (_, blob), g in zip(params, outs[len(firsts):]):
             blob.diff[...] += g
         return {b: self.blobs[b].diff for b in (diffs or [])}
-
-    def _compile_backward(self, grads, cots):
-        cut = self._all_versions()
-        needed = set(self.graph.ancestors([g.id for g in grads]))
-        feeds = [t for t in cut if t.id in needed]
-        with graph_scope(self.graph):
-            replace = {t: F.input(f"{t.name}_stored", t.shape) for t in feeds
-                       if not isinstance(t.op, ops.Input)}
-            new_out = self.graph.clone(grads, replace) if replace else list(grads)
-        sinks, _, _ = self._backward_parts()
-        cot_feeds = [s for s, c in zip(sinks, cots) if c.id in needed]
-        used_cots = [c for c in cots if c.id in needed]
-        inputs = [replace.get(t, t) for t in feeds] + used_cots
-        fn = Function(inputs, new_out, backend=self.backend, name=f"{self.name or 'net'}_bwd")
-        self._fns["backward"] = (fn, feeds, cot_feeds)
 
     def time(self, iterations=10):
         """Per-layer forward and backward milliseconds (averaged), attributing a fused

@@ -21,8 +21,8 @@ import symnet as sn  # noqa: E402
 def kernels(net):
     """Kernel launches and host calls of the net's forward and backward plans."""
     counts = {"kernel": 0, "host": 0, "library": 0}
-    for fn, _ in [net._fns[k][:2] for k in net._fns]:
-        for row in fn.report():
+    for fn in net.functions():
+        for row in fn.report() if fn is not None else []:
             counts[row["kind"]] += 1
     return counts
 
