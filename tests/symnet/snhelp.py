@@ -36,3 +36,20 @@ def check_grad(fn, *arrays, **kw):
 def close(actual, expected, rtol=1e-5, atol=1e-5):
     np.testing.assert_allclose(actual, np.asarray(expected, dtype=np.float64),
                                rtol=rtol, atol=atol)
+
+
+def check_cases(build_all, backend, rtol, atol, finite=False):
+    """Compile every case of a layer test file into one function on ``backend`` and
+    compare each output with its expected array. ``build_all()`` gives (inputs, feeds,
+    outputs, [(case id, what, expected array)])."""
+    with sn.graph_scope():
+        ins, feeds, outs, want = build_all()
+        assert len(outs) == len(want)
+        fn = sn.function(ins, outs, backend=backend)
+        got = fn(*feeds)
+    for (cid, what, expected), actual in zip(want, got):
+        assert actual.shape == np.shape(expected), (cid, what, actual.shape)
+        if finite:
+            assert np.all(np.isfinite(actual)), (cid, what)
+        np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol,
+                                   err_msg=f"{cid}: {what} on {backend}")

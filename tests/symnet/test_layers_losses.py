@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
+from snhelp import check_cases
 from symnet.caffe import prototxt
 from symnet.layers import LayerError, apply
 
@@ -249,16 +250,7 @@ def _build_all():
 def test_loss_layers_forward_backward(backend):
     """Every case's loss (and InfogainLoss's softmax top) and bottom diffs on this
     backend equal Caffe's loops (one compiled function for all cases)."""
-    with sn.graph_scope():
-        ins, feeds, outs, want = _build_all()
-        assert len(outs) == len(want)
-        fn = sn.function(ins, outs, backend=backend)
-        got = fn(*feeds)
-    for (cid, what, expected), actual in zip(want, got):
-        assert actual.shape == np.shape(expected), (cid, what, actual.shape)
-        assert np.all(np.isfinite(actual)), (cid, what)
-        np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=2e-6,
-                                   err_msg=f"{cid}: {what} on {backend}")
+    check_cases(_build_all, backend, rtol=2e-5, atol=2e-6, finite=True)
 
 
 def test_caffe_facts():

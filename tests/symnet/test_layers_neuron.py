@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
+from snhelp import check_cases
 from symnet.layers import LayerError, apply
 
 R = np.random.default_rng(11)
@@ -149,14 +150,7 @@ def _build_all():
 
 def test_neuron_layers_forward_backward(backend):
     """Every layer's top and bottom diff on this backend equal the closed forms."""
-    with sn.graph_scope():
-        ins, feeds, outs, want = _build_all()
-        fn = sn.function(ins, outs, backend=backend)
-        got = fn(*feeds)
-    for (cid, what, expected), actual in zip(want, got):
-        assert actual.shape == expected.shape, (cid, what)
-        np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=2e-5,
-                                   err_msg=f"{cid}: {what} on {backend}")
+    check_cases(_build_all, backend, rtol=2e-5, atol=2e-5)
 
 
 SMALL = (2, 3, 2, 2)

@@ -11,6 +11,7 @@ import pytest
 
 import loops
 import symnet as sn
+from snhelp import check_cases
 from symnet.layers import LayerError, apply
 
 R = np.random.default_rng(21)
@@ -320,15 +321,7 @@ def _build_all():
 def test_norm_layers_forward_backward(backend):
     """Every case's top, bottom diffs, param diffs and BatchNorm statistics updates on
     this backend equal the closed forms (one compiled function for all cases)."""
-    with sn.graph_scope():
-        ins, feeds, outs, want = _build_all()
-        assert len(outs) == len(want)
-        fn = sn.function(ins, outs, backend=backend)
-        got = fn(*feeds)
-    for (cid, what, expected), actual in zip(want, got):
-        assert actual.shape == np.shape(expected), (cid, what, actual.shape)
-        np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4,
-                                   err_msg=f"{cid}: {what} on {backend}")
+    check_cases(_build_all, backend, rtol=1e-4, atol=1e-4)
 
 
 # gradcheck on small blobs: bottoms and learnable params (float64 reference)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import symnet as sn
+from snhelp import check_cases
 from symnet.layers import LayerError, apply
 
 R = np.random.default_rng(31)
@@ -216,15 +217,7 @@ def _build_all():
 def test_shape_layers_forward_backward(backend):
     """Every case's tops and bottom diff on this backend equal Caffe's loops (one
     compiled function for all cases)."""
-    with sn.graph_scope():
-        ins, feeds, outs, want = _build_all()
-        assert len(outs) == len(want)
-        fn = sn.function(ins, outs, backend=backend)
-        got = fn(*feeds)
-    for (cid, what, expected), actual in zip(want, got):
-        assert actual.shape == np.shape(expected), (cid, what, actual.shape)
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5,
-                                   err_msg=f"{cid}: {what} on {backend}")
+    check_cases(_build_all, backend, rtol=1e-5, atol=1e-5)
 
 
 def test_crop_second_bottom_and_silence_get_no_diff():

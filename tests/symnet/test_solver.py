@@ -505,10 +505,6 @@ def test_data_layer_state_resume(tmp_path):
     """A data layer whose source has state()/set_state(): resuming continues with the
     batch an uninterrupted run would read."""
     from symnet import data
-    from symnet.runtime import prefetch
-    if not hasattr(prefetch.Prefetcher, "state"):
-        pytest.skip("needs Prefetcher.state()/set_state() (the state after the last batch "
-                    "handed out); the source alone runs ahead by the prefetched batches")
 
     class Counter:
         def __init__(self, lp, phase, base):
