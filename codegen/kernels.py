@@ -175,7 +175,8 @@ def reduce_sizes(graph, k):
 
 
 def copy_kernel(graph, n, pos) -> list:
-    """Index-mapping kernels for a layout op: [(KernelText, [input positions], extent)]."""
+    """Index-mapping kernels for a layout op: [(KernelText, argument read, iteration
+    space)], the space being the output's shape or (for concat) the argument's."""
     op = graph.op(n)
     out_shape = graph.shape(n)
     args = graph.args(n)
@@ -185,16 +186,16 @@ def copy_kernel(graph, n, pos) -> list:
         src = [None] * len(in_shape)
         for d, p in enumerate(op.perm):
             src[p] = c[d]
-        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), None), [0], len(out_shape))]
+        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), None), 0, out_shape)]
     if isinstance(op, ops.Slice):
         src = [f"{s[0]}L + ({ci}) * {s[2]}L" for ci, s in zip(c, op.slices)]
-        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), None), [0], len(out_shape))]
+        return [(_copy_text(graph, n, pos, offset_of(src, in_shape), None), 0, out_shape)]
     if isinstance(op, ops.Pad):
         src = [f"({ci}) - {a}L" for ci, (a, _) in zip(c, op.pads)]
         conds = [f"({s}) >= 0 && ({s}) < {d}L" for s, d, (a, b) in zip(src, in_shape, op.pads)
                  if a or b]
         return [(_copy_text(graph, n, pos, offset_of(src, in_shape), " && ".join(conds) or None,
-                            op.value), [0], len(out_shape))]
+                            op.value), 0, out_shape)]
     if isinstance(op, ops.SliceGrad):
         g_shape = in_shape
         src, conds = [], []
@@ -202,8 +203,8 @@ def copy_kernel(graph, n, pos) -> list:
             t = f"(({ci}) - {start}L)"
             src.append(f"{t} / {step}L")
             conds.append(f"{t} % {step}L == 0 && {t} / {step}L >= 0 && {t} / {step}L < {size}L")
-        return [(_copy_text(graph, n, pos, offset_of(src, g_shape), " && ".join(conds)), [0],
-                 len(out_shape))]
+        return [(_copy_text(graph, n, pos, offset_of(src, g_shape), " && ".join(conds)),
+                 0, out_shape)]
     if isinstance(op, ops.Concat):
         out = []
         start = 0
@@ -215,7 +216,7 @@ def copy_kernel(graph, n, pos) -> list:
             body = (f"  SN_FOR(i, n) {{\n    out0[{offset_of(dst, out_shape)}] = in0[i];\n  }}\n")
             out.append((KernelText(_name_of(graph, [n], "k_copy"),
                                    (("l", "n"), ("p", "out0"), ("c", "in0")), body,
-                                   f"part {j} of {op.describe()} #{pos[n]}"), [j], "arg"))
+                                   f"part {j} of {op.describe()} #{pos[n]}"), j, shape))
             start += shape[op.axis]
         return out
     raise NotImplementedError(f"no copy kernel for {op.describe()}")

@@ -194,10 +194,9 @@ class Lowering:
     # layout ops: index-mapping copies
     def _copy(self, n, op):
         args = self.graph.args(n)
-        for text, which, extent in K.copy_kernel(self.graph, n, self.pos):
-            size = math.prod(self.graph.shape(args[which[0]])) if extent == "arg" else \
-                math.prod(self.graph.shape(n))
-            self.launch(text, [["long", size], self.w(n), self.r(args[which[0]])], size, [n])
+        for text, which, space in K.copy_kernel(self.graph, n, self.pos):
+            size = math.prod(space)
+            self.launch(text, [["long", size], self.w(n), self.r(args[which])], size, [n])
 
     _lower_Transpose = _lower_Slice = _lower_Pad = _lower_SliceGrad = _lower_Concat = _copy
 
