@@ -78,6 +78,29 @@ class Space:
         return text
 
 
+SPLIT_MIN = 16     # the shortest contiguous run worth its own inner loop
+
+
+def split_inner(shape, roles, operand_shapes, role, inner_role):
+    """Roles with the innermost merged dim of ``role`` renamed ``inner_role``, and that
+    dim's size; (None, 0) when ``role`` is one merged dim already or its inner run is
+    shorter than SPLIT_MIN. Walking the run in an inner loop of its own makes every
+    operand's offset there affine in the inner variable (broadcast operands become
+    loop-invariant), which the C compiler vectorises without gathers or divisions."""
+    space = Space(shape, roles, operand_shapes)
+    mine = [d for d in space.dims if d[1] == role]
+    if len(mine) < 2 or mine[-1][0] < SPLIT_MIN:
+        return None, 0
+    size, left, out = mine[-1][0], mine[-1][0], list(roles)
+    for d in reversed(range(len(shape))):
+        if left == 1:
+            break
+        if roles[d] == role and shape[d] != 1:
+            out[d] = inner_role
+            left //= shape[d]
+    return out, size
+
+
 def coords_of(var: str, shape) -> list:
     """C expressions of the coordinates of flat index ``var`` in a contiguous shape."""
     out, inner = [], 1

@@ -13,7 +13,7 @@ import sympy as sp
 from symnet import ops, scalar
 
 from .cprinter import ccode
-from .indexing import Space, coords_of, offset_of
+from .indexing import Space, coords_of, offset_of, split_inner
 
 
 @dataclass
@@ -91,11 +91,18 @@ def elementwise_kernel(graph, k, pos, consts) -> KernelText:
     exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]), consts)
     out_exprs = [exprs[s] for s in k.stored]
     lines, reduced = _cse_lines(out_exprs, "    ")
-    sp_ = Space(space, ["i"] * len(space), [graph.shape(a) for a in loads])
-    head = []
+    shapes = [graph.shape(a) for a in loads]
+    roles, inner = split_inner(space, ["o"] * len(space), shapes, "o", "j")
+    if roles is None:
+        sp_ = Space(space, ["i"] * len(space), shapes)
+        body = ["  SN_FOR(i, n) {"]
+    else:
+        sp_ = Space(space, roles, shapes)
+        body = [f"  SN_FOR2(o, n / {inner}L, j, {inner}L) {{",
+                f"    const long i = o * {inner}L + j;"]
     for j, a in enumerate(loads):
-        head.append(f"    const float x{j} = in{j}[{sp_.offset(j)}];")
-    body = ["  SN_FOR(i, n) {"] + head + lines
+        body.append(f"    const float x{j} = in{j}[{sp_.offset(j)}];")
+    body += lines
     for o, e in enumerate(reduced):
         body.append(f"    out{o}[i] = {ccode(e)};")
     body.append("  }")
@@ -119,7 +126,9 @@ def reduce_kernel(graph, k, pos, consts) -> KernelText:
     roles = ["r" if d in axes else "o" for d in range(len(x_shape))]
     loads = k.loads
     index = {a: j for j, a in enumerate(loads)}
-    sp_ = Space(x_shape, roles, [graph.shape(a) for a in loads])
+    shapes = [graph.shape(a) for a in loads]
+    split, inner = split_inner(x_shape, roles, shapes, "r", "q")
+    sp_ = Space(x_shape, split or roles, shapes)
     stage_sym = {s: sp.Symbol(f"acc{j}", real=True) for j, s in enumerate(k.stages)}
     body = ["  SN_ROWS(o, n_out) {"]
     for j, s in enumerate(k.stages):
@@ -138,8 +147,12 @@ def reduce_kernel(graph, k, pos, consts) -> KernelText:
             value = consts[x] if x in consts else leaf(x)
         lines, (v,) = _cse_lines([value], "      ")
         used = value.free_symbols
-        loop = "SN_ROW_LOOP_SUM(r, n_red, acc%d)" % j if op.how == "sum" else \
-            "SN_ROW_LOOP(r, n_red)"
+        if split is None:
+            loop = f"SN_ROW_LOOP_SUM(r, n_red, acc{j})" if op.how == "sum" else \
+                "SN_ROW_LOOP(r, n_red)"
+        else:
+            loop = f"SN_ROW_LOOP2_SUM(r, n_red / {inner}L, q, {inner}L, acc{j})" \
+                if op.how == "sum" else f"SN_ROW_LOOP2(r, n_red / {inner}L, q, {inner}L)"
         body.append(f"    float acc{j} = {init};")
         body.append(f"    {loop} {{")
         for jj, a in enumerate(loads):

@@ -1,8 +1,8 @@
 """Lowering: a partitioned graph becomes a Plan for one backend.
 
-Each fused kernel becomes one launch; library ops become launches of templates (and,
-on the CPU, GEMMs through NumPy's BLAS); values get buffers, and temporaries whose
-lifetimes do not overlap share one.
+Each fused kernel becomes one launch; library ops become launches of templates (GEMMs:
+a tiled kernel on CUDA, a kernel calling BLAS's sgemm on the CPU); values get buffers,
+and temporaries whose lifetimes do not overlap share one.
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ class Lowering:
         self.sources = []       # (name, text)
         self.kinfo = {}
         self.masks = {}         # (x node, pool key) -> mask value
+        self.cols = {}          # (x node, conv geometry) -> im2col value
         self.views = {}         # transpose node -> the node a GEMM reads through strides
         self.callbacks = {}     # host step name -> callable(list of flat arrays)
         self._host_done = set()
@@ -127,18 +128,6 @@ class Lowering:
         self.steps.append(step)
         return step
 
-    def library(self, name, args, nodes, attrs):
-        reads = [a for a in args if a[0] == "val" and a[3] == "r"]
-        writes = [a for a in args if a[0] == "val" and a[3] == "w"]
-        step = Step("library", name, [a[:3] if a[0] == "val" else a for a in args],
-                    ops=[self._op_name(n) for n in nodes],
-                    bytes_read=4 * sum(self.vsize[a[1]] for a in _unique(reads)),
-                    bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
-                    attrs=dict(attrs))
-        step.attrs["_rw"] = [[a[1], a[3]] for a in args if a[0] == "val"]
-        step.attrs["layers"] = self._layers_of(nodes)
-        self.steps.append(step)
-
     def _layers_of(self, nodes):
         tags = [self.graph.nx.nodes[n].get("layer") for n in nodes]
         return sorted({t for t in tags if t})
@@ -209,9 +198,10 @@ class Lowering:
             [["long", s] for s in sb] + [c] + [["long", s] for s in sc]
         if self.device_gemm:
             tiles = nb[0] * nb[1] * -(-M // 16) * -(-N // 16)
-            self.launch(self._template(T.GEMM), args, tiles * T.GEMM.block, nodes)
+            step = self.launch(self._template(T.GEMM), args, tiles * T.GEMM.block, nodes)
         else:
-            self.library("gemm", args, nodes, {"flops": 2 * nb[0] * nb[1] * M * N * Kd})
+            step = self.launch(self._template(T.GEMM_BLAS), args, 1, nodes)
+        step.attrs["flops"] = 2 * nb[0] * nb[1] * M * N * Kd
 
     def _lower_MatMul(self, n, op):
         g = self.graph
@@ -262,9 +252,12 @@ class Lowering:
         xs = self.graph.shape(x)
         if self._is_pointwise(p, k_hw):
             return ["val", self.value(x), 0, "r"]
+        key = (x, p.stride, p.pad, p.dilation, tuple(k_hw))
+        if key in self.cols:            # a convolution and its weight gradient share it
+            return ["val", self.cols[key], 0, "r"]
         rows = xs[0] * xs[1] * k_hw[0] * k_hw[1]
         size = rows * out_hw[0] * out_hw[1]
-        col = self.new_value(size, "temp", "col")
+        col = self.cols[key] = self.new_value(size, "temp", "col")
         self.launch(self._template(T.IM2COL), [["long", rows], self.r(x), ["val", col, 0, "w"]] +
                     self._conv_dims(p, xs, k_hw, out_hw), rows, [n])
         return ["val", col, 0, "r"]
@@ -306,6 +299,14 @@ class Lowering:
         if N == 1:
             self.gemm([n], self.r(gy), col, self.w(n), (1, G), M, Kd, P,
                       (P, 1, 0, M * P), (1, P, 0, Kd * P), (0, M * Kd))
+            return
+        if not self.device_gemm:        # per-thread sums of the images' products
+            args = [["long", N], ["long", G], ["long", M], ["long", Kd], ["long", P],
+                    self.r(gy), ["long", P], ["long", 1], ["long", O * P], ["long", M * P],
+                    col, ["long", 1], ["long", P], ["long", G * Kd * P], ["long", Kd * P],
+                    self.w(n), ["long", M * Kd]]
+            step = self.launch(self._template(T.GEMM_BLAS_SUM), args, 1, [n])
+            step.attrs["flops"] = 2 * N * G * M * Kd * P
             return
         tmp = self.new_value(N * G * M * Kd, "temp", "partial")
         self.gemm([n], self.r(gy), col, ["val", tmp, 0, "w"], (N, G), M, Kd, P,
@@ -362,16 +363,9 @@ class Lowering:
         mask = self._mask_for(n, x, op.p)
         size = math.prod(self.graph.shape(n))
         p = op.p
-        if p.stride[0] >= p.kernel[0] and p.stride[1] >= p.kernel[1]:
-            xs, gs = self.graph.shape(x), self.graph.shape(gy)
-            n_out = math.prod(gs)
-            self.launch(self._template(T.FILL_ZERO), [["long", size], self.w(n)], size, [n])
-            self.launch(self._template(T.MAXPOOL_GRAD_SCATTER),
-                        [["long", n_out], mask, self.r(gy), self.w(n),
-                         ["long", xs[2] * xs[3]], ["long", gs[2] * gs[3]]], n_out, [n])
-            return
+        disjoint = p.stride[0] >= p.kernel[0] and p.stride[1] >= p.kernel[1]
         dims = self._pool_dims(op.p, self.graph.shape(x), self.graph.shape(gy))
-        self.launch(self._template(T.MAXPOOL_GRAD),
+        self.launch(self._template(T.MAXPOOL_GRAD_DISJOINT if disjoint else T.MAXPOOL_GRAD),
                     [["long", size], mask, self.r(gy), self.w(n)] + dims, size, [n])
 
     def _lower_MaxPoolSelect(self, n, op):

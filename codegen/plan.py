@@ -2,7 +2,7 @@
 
 Buffers (flat float32, with sizes; temporaries already share slots where their
 lifetimes do not overlap), the ordered steps (kernel launches with grid and block,
-library calls, host callbacks), the kernel table and the module sources. A Plan is
+host callbacks), the kernel table and the module sources. A Plan is
 plain data and serialises to JSON; the runtime needs nothing else to run it.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ class Buffer:
 
 @dataclass
 class Step:
-    kind: str                 # "kernel", "library", "host"
-    name: str                 # kernel name, library function or host callback
+    kind: str                 # "kernel", "host"
+    name: str                 # kernel name or host callback
     args: list                # ["buf", buffer, offset] | ["long", v] | ["float", v] | ["null"]
     grid: int = 1
     block: int = 1
@@ -33,7 +33,7 @@ class Step:
     bytes_read: int = 0
     bytes_written: int = 0
     boundary: str = ""        # why fusion stopped at this step's outputs
-    attrs: dict = field(default_factory=dict)      # library-call parameters
+    attrs: dict = field(default_factory=dict)      # layers, flops, host-call modes
 
 
 @dataclass

@@ -3,8 +3,11 @@
 Kernels use only: ``SN_KERNEL`` (the kernel qualifier), ``SN_FOR(i, n)`` (a grid-
 stride loop on CUDA, an OpenMP ``parallel for simd`` loop on the CPU),
 ``SN_FOR_OUTER(i, n)`` (the same over work items that each run inner loops, which the
-CPU vectorises instead of the outer loop), the row
-macros of reductions (``SN_ROWS``, ``SN_ROW_LOOP``, ``SN_ROW_LEADER``, and
+CPU vectorises instead of the outer loop), ``SN_FOR2(o, no, j, nj)`` (a space split
+into rows and a contiguous inner run: parallel rows and a vector inner loop on the CPU,
+one flat grid-stride loop on CUDA), the row
+macros of reductions (``SN_ROWS``, ``SN_ROW_LOOP``, ``SN_ROW_LOOP2`` (a reduced space
+split as SN_FOR2 splits), ``SN_ROW_LEADER``, and
 ``sn_block_sum/max/min``, a shared-memory block reduction on CUDA and the identity on
 the CPU, where one thread owns a whole row), ``SN_ATOMIC_ADD`` and the scalar helpers
 named in ``cprinter.C_FUNCTIONS``.
@@ -38,9 +41,16 @@ SN_DEVICE float sn_philox_uniform(uint32_t c0, uint32_t c1, uint32_t c2,
 }
 """
 
-C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops */
+C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops; GEMMs call CBLAS's sgemm, named by
+   SN_SGEMM (the build defines it for the BLAS it links) */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <omp.h>
+#include <cblas.h>
+#ifndef SN_SGEMM
+#define SN_SGEMM cblas_sgemm
+#endif
 #define SN_KERNEL void
 #define SN_DEVICE static inline
 #define SN_PRAGMA(x) _Pragma(#x)
@@ -50,9 +60,15 @@ C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops */
   for (long o = 0; o < (n); ++o)
 #define SN_FOR_OUTER(i, n) SN_PRAGMA(omp parallel for schedule(static) if((n) > 1)) \
   for (long i = 0; i < (n); ++i)
+#define SN_FOR2(o, no, j, nj) SN_PRAGMA(omp parallel for schedule(static) if((no) > 1)) \
+  for (long o = 0; o < (no); ++o) SN_PRAGMA(omp simd) for (long j = 0; j < (nj); ++j)
 #define SN_ROW_LOOP(r, n) for (long r = 0; r < (n); ++r)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_PRAGMA(omp simd reduction(+:acc)) \
   for (long r = 0; r < (n); ++r)
+#define SN_ROW_LOOP2(r, nr, q, nq) for (long r = 0; r < (nr); ++r) \
+  for (long q = 0; q < (nq); ++q)
+#define SN_ROW_LOOP2_SUM(r, nr, q, nq, acc) for (long r = 0; r < (nr); ++r) \
+  SN_PRAGMA(omp simd reduction(+:acc)) for (long q = 0; q < (nq); ++q)
 #define SN_ROW_LEADER 1
 #define SN_ATOMIC_ADD(p, v) do { float *sn_p_ = (p); float sn_v_ = (v); \
   SN_PRAGMA(omp atomic) *sn_p_ += sn_v_; } while (0)
@@ -74,8 +90,13 @@ CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops and shared-memory b
        i += (long)blockDim.x * gridDim.x)
 #define SN_ROWS(o, n) for (long o = blockIdx.x; o < (n); o += gridDim.x)
 #define SN_FOR_OUTER(i, n) SN_FOR(i, n)
+#define SN_FOR2(o, no, j, nj) SN_FOR(sn_i_, (no) * (nj)) \
+  for (long o = sn_i_ / (nj), j = sn_i_ %% (nj), sn_once_ = 1; sn_once_; sn_once_ = 0)
 #define SN_ROW_LOOP(r, n) for (long r = threadIdx.x; r < (n); r += blockDim.x)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_ROW_LOOP(r, n)
+#define SN_ROW_LOOP2(r, nr, q, nq) SN_ROW_LOOP(sn_k_, (nr) * (nq)) \
+  for (long r = sn_k_ / (nq), q = sn_k_ %% (nq), sn_once_ = 1; sn_once_; sn_once_ = 0)
+#define SN_ROW_LOOP2_SUM(r, nr, q, nq, acc) SN_ROW_LOOP2(r, nr, q, nq)
 #define SN_ROW_LEADER (threadIdx.x == 0)
 #define SN_ATOMIC_ADD(p, v) atomicAdd((p), (v))
 #define SN_BLOCK_REDUCE(NAME, COMBINE) \

@@ -3,7 +3,9 @@ the CPU (through the prelude); lowering bakes their sizes into the text as const
 
 Each template is (name, parameter signature, body). Parameter types: ``p`` a float
 pointer, ``c`` a read-only float pointer, ``l`` a long, ``f`` a float. The tiled GEMM
-is launched only on the CUDA backends; the CPU calls BLAS through NumPy instead.
+is launched only on the CUDA backends; on the CPU, GEMM_BLAS calls BLAS (OpenBLAS's
+``cblas_sgemm``, single-threaded) from the module's own OpenMP threads, so GEMMs and
+kernels share one thread pool.
 """
 from __future__ import annotations
 
@@ -89,37 +91,31 @@ SUM_BATCH = Template("sn_sum_batch", (("l", "m"), ("l", "nb"), ("c", "src"), ("p
 _POOL = (("l", "H"), ("l", "W"), ("l", "oh"), ("l", "ow"), ("l", "kh"), ("l", "kw"),
          ("l", "sh"), ("l", "sw"), ("l", "ph"), ("l", "pw"))
 
-# Caffe's max pooling; mask (may be null) records the flat h*W+w of the first maximum.
-# One work item per output row (plane, y).
+# Caffe's max pooling; mask (may be null) records the flat h*W+w of the first maximum
+# (NaN wins, as it propagates). The window is walked in full with its clipped cells
+# skipped, so its loops have constant trip counts and the CPU vectorises across the
+# output row.
 MAXPOOL = Template("sn_maxpool", (("l", "n"), ("c", "x"), ("p", "y"), ("p", "mask")) + _POOL, r"""
-  SN_FOR_OUTER(row, n / ow) {
-    long yy = row % oh, plane = row / oh;
-    long hs = yy * sh - ph;
-    long he = hs + kh < H ? hs + kh : H;
+  SN_FOR2(row, n / ow, xx, ow) {
+    const long yy = row % oh, plane = row / oh;
+    long hs = yy * sh - ph, ws = xx * sw - pw;
+    const long he = hs + kh < H ? hs + kh : H, we = ws + kw < W ? ws + kw : W;
     hs = hs > 0 ? hs : 0;
+    ws = ws > 0 ? ws : 0;
     const float* src = x + plane * H * W;
-    for (long xx = 0; xx < ow; ++xx) {
-      long ws = xx * sw - pw;
-      long we = ws + kw < W ? ws + kw : W;
-      ws = ws > 0 ? ws : 0;
-      float best = src[hs * W + ws];
-      long arg = hs * W + ws;
-      if (he - hs == kh && we - ws == kw) {      /* a whole window: constant trip counts */
-        for (long i = 0; i < kh; ++i)
-          for (long j = 0; j < kw; ++j) {
-            float v = src[(hs + i) * W + ws + j];
-            if (v > best || (v != v && best == best)) { best = v; arg = (hs + i) * W + ws + j; }
-          }
-      } else {
-        for (long h = hs; h < he; ++h)
-          for (long w = ws; w < we; ++w) {
-            float v = src[h * W + w];
-            if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
-          }
+    float best = 0.0f;
+    long arg = -1;
+    for (long i = 0; i < kh; ++i)
+      for (long j = 0; j < kw; ++j) {
+        const long h = hs + i, w = ws + j;
+        const int inside = h < he && w < we;
+        const float v = src[inside ? h * W + w : hs * W + ws];
+        const int take = inside && (arg < 0 || v > best || (v != v && best == best));
+        best = take ? v : best;
+        arg = take ? h * W + w : arg;
       }
-      y[row * ow + xx] = best;
-      if (mask) mask[row * ow + xx] = (float)arg;
-    }
+    y[row * ow + xx] = best;
+    if (mask) mask[row * ow + xx] = (float)arg;
   }
 """)
 
@@ -168,18 +164,17 @@ MAXPOOL_GRAD = Template("sn_maxpool_grad", (("l", "n"), ("c", "mask"), ("c", "g"
         long o = (plane * oh + yy) * ow + xx;
         if ((long)mask[o] == h * W + w) acc += g[o];"""))
 
-# Max pooling's input gradient when windows do not overlap (stride >= kernel): each
-# pixel is the maximum of at most one window, so zero the plane and scatter g.
-FILL_ZERO = Template("sn_fill_zero", (("l", "n"), ("p", "y")), r"""
-  SN_FOR(i, n) {
-    y[i] = 0.0f;
-  }
-""")
-MAXPOOL_GRAD_SCATTER = Template("sn_maxpool_grad_scatter", (("l", "n"), ("c", "mask"), ("c", "g"),
-                                                            ("p", "dx"), ("l", "HW"),
-                                                            ("l", "ohw")), r"""
-  SN_FOR(o, n) {
-    dx[(o / ohw) * HW + (long)mask[o]] = g[o];
+# Max pooling's input gradient when windows do not overlap (stride >= kernel): a pixel
+# lies in at most one window and takes its gradient if it was that window's maximum.
+MAXPOOL_GRAD_DISJOINT = Template("sn_maxpool_grad_disjoint", (("l", "n"), ("c", "mask"),
+                                                              ("c", "g"), ("p", "dx")) + _POOL,
+                                 r"""
+  SN_FOR2(row, n / W, w, W) {
+    const long h = row % H, plane = row / H;
+    const long yy = (h + ph) / sh, xx = (w + pw) / sw;
+    const int ok = h + ph - yy * sh < kh && yy < oh && w + pw - xx * sw < kw && xx < ow;
+    const long o = ok ? (plane * oh + yy) * ow + xx : 0;
+    dx[row * W + w] = (ok && (long)mask[o] == h * W + w) ? g[o] : 0.0f;
   }
 """)
 
@@ -301,7 +296,78 @@ GEMM = Template("sn_gemm", (
   }
 """, block=256)
 
+GEMM_BLAS = Template("sn_gemm_blas", GEMM.params, r"""
+  /* one BLAS call per batch, or per piece of a batch's C (rows or columns) when there
+     are fewer batches than threads; the pieces are split among the OpenMP threads */
+  /* row-major A (M x K) or its transpose, by which stride is 1; the stride of a single
+     row or column is arbitrary and BLAS wants it at least the row's length */
+  const int na = sAk == 1 && (sAm >= K || M == 1), nb = sBn == 1 && (sBk >= N || K == 1);
+  const enum CBLAS_TRANSPOSE ta = na ? CblasNoTrans : CblasTrans;
+  const enum CBLAS_TRANSPOSE tb = nb ? CblasNoTrans : CblasTrans;
+  const long lda = na ? (M == 1 ? K : sAm) : (K == 1 ? M : sAk);
+  const long ldb = nb ? (K == 1 ? N : sBk) : (N == 1 ? K : sBn);
+  const long nbat = nb0 * nb1;
+  SN_PRAGMA(omp parallel)
+  {
+    const long nt = omp_get_num_threads(), t = omp_get_thread_num();
+    const long parts = nbat >= nt ? 1 : nt / nbat;
+    const int by_cols = N >= M;
+    const long extent = by_cols ? N : M;
+    const long chunk = ((extent + parts - 1) / parts + 15) / 16 * 16;
+    const long items = nbat * parts;
+    for (long it = t * items / nt; it < (t + 1) * items / nt; ++it) {
+      const long b = it / parts, piece = it % parts;
+      const long lo = piece * chunk, hi = lo + chunk < extent ? lo + chunk : extent;
+      if (lo >= hi) continue;
+      const float* a = A + (b / nb1) * sA0 + (b % nb1) * sA1;
+      const float* bb = B + (b / nb1) * sB0 + (b % nb1) * sB1;
+      float* c = Cm + (b / nb1) * sC0 + (b % nb1) * sC1;
+      if (by_cols)
+        SN_SGEMM(CblasRowMajor, ta, tb, M, hi - lo, K, alpha, a, lda, bb + lo * sBn, ldb,
+                 beta, c + lo, N);
+      else
+        SN_SGEMM(CblasRowMajor, ta, tb, hi - lo, N, K, alpha, a + lo * sAm, lda, bb, ldb,
+                 beta, c + lo * N, N);
+    }
+  }
+""")
+
+# C[b1] = sum over b0 of A[b0, b1] B[b0, b1] (a convolution's weight gradient summed over
+# the images): each thread accumulates its share of b0 with beta = 1, thread 0 in C
+# itself and the others in scratch, then the partial sums are added.
+GEMM_BLAS_SUM = Template("sn_gemm_blas_sum", (
+    ("l", "nb0"), ("l", "nb1"), ("l", "M"), ("l", "N"), ("l", "K"), ("c", "A"), ("l", "sAm"),
+    ("l", "sAk"), ("l", "sA0"), ("l", "sA1"), ("c", "B"), ("l", "sBk"), ("l", "sBn"),
+    ("l", "sB0"), ("l", "sB1"), ("p", "Cm"), ("l", "sC1")), r"""
+  const int na = sAk == 1 && (sAm >= K || M == 1), nb = sBn == 1 && (sBk >= N || K == 1);
+  const enum CBLAS_TRANSPOSE ta = na ? CblasNoTrans : CblasTrans;
+  const enum CBLAS_TRANSPOSE tb = nb ? CblasNoTrans : CblasTrans;
+  const long lda = na ? (M == 1 ? K : sAm) : (K == 1 ? M : sAk);
+  const long ldb = nb ? (K == 1 ? N : sBk) : (N == 1 ? K : sBn);
+  const long total = nb1 * sC1 > M * N ? nb1 * sC1 : M * N;
+  int nt = nb0 < omp_get_max_threads() ? (int)nb0 : omp_get_max_threads();
+  float* scratch = nt > 1 ? (float*)malloc(sizeof(float) * (size_t)(nt - 1) * total) : 0;
+  if (!scratch) nt = 1;                 /* no memory for partial sums: one thread */
+  SN_PRAGMA(omp parallel num_threads(nt))
+  {
+    const int t = omp_get_thread_num(), n_t = omp_get_num_threads();
+    float* acc = t == 0 ? Cm : scratch + (size_t)(t - 1) * total;
+    const long b_lo = t * nb0 / n_t, b_hi = (t + 1) * nb0 / n_t;
+    for (long g = 0; g < nb1; ++g)
+      for (long b = b_lo; b < b_hi; ++b)
+        SN_SGEMM(CblasRowMajor, ta, tb, M, N, K, 1.0f, A + b * sA0 + g * sA1, lda,
+                 B + b * sB0 + g * sB1, ldb, b == b_lo ? 0.0f : 1.0f, acc + g * sC1, N);
+    if (b_lo == b_hi)
+      for (long i = 0; i < total; ++i) acc[i] = 0.0f;
+    SN_PRAGMA(omp barrier)
+    SN_PRAGMA(omp for schedule(static))
+    for (long i = 0; i < total; ++i)
+      for (int s = 1; s < n_t; ++s) Cm[i] += scratch[(size_t)(s - 1) * total + i];
+  }
+  free(scratch);
+""")
+
 ALL = {t.name: t for t in (IM2COL, COL2IM, SUM_BATCH, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
-                           FILL_ZERO, MAXPOOL_GRAD_SCATTER,
+                           MAXPOOL_GRAD_DISJOINT,
                            AVEPOOL_GRAD, MAXPOOL_SELECT, WINDOW_SUM, GATHER, GATHER_GRAD,
-                           ARGTOPK, RANDOM_UNIFORM, GEMM)}
+                           ARGTOPK, RANDOM_UNIFORM, GEMM, GEMM_BLAS, GEMM_BLAS_SUM)}

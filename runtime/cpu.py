@@ -1,12 +1,13 @@
 """The cpu backend: the C module built with the system compiler (-O3, OpenMP, the C
-library's vector math) and called through ctypes; buffers are NumPy arrays."""
+library's vector math, OpenBLAS for GEMMs) and called through ctypes; buffers are
+NumPy arrays."""
 from __future__ import annotations
 
 import ctypes
 import functools
 import os
 
-from . import cache
+from . import blas, cache
 from .host import HostMemory
 
 CC = os.environ.get("CC", "gcc")
@@ -55,9 +56,10 @@ _CTYPES = {"p": ctypes.c_void_p, "l": ctypes.c_long, "f": ctypes.c_float}
 class CpuBackend(HostMemory):
     def __init__(self, plan):
         header = vector_math_header()
-        libs = ["-lmvec", "-lm"] if header else ["-lm"]
+        blas_cflags, blas_libs = blas.build_flags()
+        libs = blas_libs + (["-lmvec", "-lm"] if header else ["-lm"])
         source = header + plan.sources["cpu"]
-        self.path = cache.build(source, ".c", CC, compile_flags(), libs)
+        self.path = cache.build(source, ".c", CC, compile_flags() + blas_cflags, libs)
         self.lib = ctypes.CDLL(str(self.path))
         self.fns = {}
         for name, info in plan.kernels.items():

@@ -2,7 +2,8 @@
 
 The backends share this executor and the launch code (argument packing, grid and
 block from the Plan); they differ only in how memory is allocated and copied and how
-a prepared launch is issued.
+a prepared launch is issued. Steps are kernel launches (GEMMs included: a BLAS-calling
+kernel on the CPU, a tiled kernel on CUDA) and host callbacks.
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import time
 
 import numpy as np
 
-from . import library
 
 
 def make_backend(name, plan):
@@ -59,8 +59,6 @@ class Executor:
             t0 = time.perf_counter() if timed else 0.0
             if step.kind == "kernel":
                 be.launch(step, pack_args(step.args, ptrs))
-            elif step.kind == "library":
-                library.FUNCTIONS[step.name](self.buffers, host_args(step.args), step.attrs)
             elif step.kind == "host":
                 self._host(step)
             else:
@@ -103,15 +101,3 @@ def pack_args(args, ptrs):
         else:
             raise ValueError(f"unknown kernel argument {a!r}")
     return packed
-
-
-def host_args(args):
-    out = []
-    for a in args:
-        if a[0] == "buf":
-            out.append((a[1], a[2]))
-        elif a[0] == "null":
-            out.append(None)
-        else:
-            out.append(a[1])
-    return out

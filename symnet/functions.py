@@ -265,6 +265,16 @@ def transpose(x, *perm) -> Tensor:
     perm = tuple(int(p) % builtins.max(x.ndim, 1) for p in perm)
     if perm == tuple(range(x.ndim)):
         return x
+    op = x.op
+    if isinstance(op, ops.Transpose):             # a transpose of a transpose is one
+        return transpose(x.args[0], tuple(op.perm[p] for p in perm))
+    swap = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
+    if isinstance(op, ops.MatMul) and perm == swap and \
+            not x.graph.nx.out_degree(x.id):
+        # (A B)^T = B^T A^T for a product nothing else reads yet (a weight gradient):
+        # the GEMM reads its operands through strides and no transposing copy is made
+        a, b = x.args
+        return matmul(swap_last(b), swap_last(a))
     return x.graph.add(ops.Transpose(perm), [x])
 
 

@@ -510,36 +510,85 @@ class Net:
         return [t for l in self.layers for t in l.top_tensors] + [self._counter]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, blobs=None, start=None, end=None, **kwargs):
-        """Run layers start..end (names, inclusive); keyword arrays set input blobs.
-        Returns {blob: data} for the outputs (and the blobs named in ``blobs``)."""
+    def _set_inputs(self, kwargs, what="forward"):
         for name, array in kwargs.items():
             if name not in self.blobs:
-                raise KeyError(f"forward: no blob named '{name}'")
+                raise KeyError(f"{what}: no blob named '{name}'")
             if self.blobs[name].shape != np.shape(array):
-                raise ValueError(f"forward: '{name}' got shape {np.shape(array)}, the blob has "
+                raise ValueError(f"{what}: '{name}' got shape {np.shape(array)}, the blob has "
                                  f"{self.blobs[name].shape}; reshape the blob and call "
                                  "net.reshape() first")
             self.blobs[name].data[...] = array
-        s = self._layer_index(start, 0)
-        e = self._layer_index(end, len(self.layers) - 1)
-        if s == 0:
-            self._feed_data(kwargs)
-        outputs, updates, cut = self._forward_parts(s, e)
-        self._counter_value = self.iteration
+
+    def _forward_outs(self, outputs, updates):
         n_blob = len(outputs) - len(updates)
-        outs = [self._store(t) for t in outputs[:n_blob]] + \
+        return [self._store(t) for t in outputs[:n_blob]] + \
             [np.empty(v.shape, np.float32) for _, v in updates]
-        if outputs:
-            fn, feeds, _ = self._compile(("forward", s, e), outputs, cut)
-            fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
-        for (param, _), arr in zip(updates, outs[n_blob:]):
+
+    def _forward_done(self, updates, update_arrays, blobs):
+        for (param, _), arr in zip(updates, update_arrays):
             param.op.blob.data[...] = arr
         self._last_counter = self.iteration
         if self.phase == TRAIN:
             self.iteration += 1
         names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
         return {b: self.blobs[b].data for b in names}
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run layers start..end (names, inclusive); keyword arrays set input blobs.
+        Returns {blob: data} for the outputs (and the blobs named in ``blobs``)."""
+        self._set_inputs(kwargs)
+        s = self._layer_index(start, 0)
+        e = self._layer_index(end, len(self.layers) - 1)
+        if s == 0:
+            self._feed_data(kwargs)
+        outputs, updates, cut = self._forward_parts(s, e)
+        self._counter_value = self.iteration
+        outs = self._forward_outs(outputs, updates)
+        if outputs:
+            fn, feeds, _ = self._compile(("forward", s, e), outputs, cut)
+            fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
+        return self._forward_done(updates, outs[len(outs) - len(updates):], blobs)
+
+    def _forward_backward_fn(self):
+        """One Function for the whole net's forward and backward: its outputs are the
+        forward's (blob versions, state updates), the bottom diffs, and each learned
+        param's diff plus its gradient (the diffs are inputs too: Caffe accumulates).
+        Values the backward needs from the forward (im2col columns, max-pooling's
+        argmax) are computed once, and the kernels of both passes fuse as one plan."""
+        key = ("forward_backward",)
+        if key not in self._fns:
+            outputs, updates, cut = self._forward_parts(0, len(self.layers) - 1)
+            sinks, firsts, params = self._backward_parts()
+            with graph_scope(self.graph):
+                cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
+                diffs = [F.input(f"{blob.name}_diff", t.shape) for t, blob in params]
+                grads = vjp(sinks, cots, [t for _, t in firsts] + [t for t, _ in params]) \
+                    if sinks else []
+                grads = grads[:len(firsts)] + [
+                    F.add(d, g) for d, g in zip(diffs, grads[len(firsts):])]
+            fn, feeds, used = self._compile(key, outputs + grads, cut, extra=cots + diffs)
+            self._fns[key] = (fn, feeds, used, sinks, firsts, params, updates, len(cots))
+        return self._fns[key]
+
+    def forward_backward(self, blobs=None, **kwargs):
+        """Caffe's ForwardBackward as one compiled plan: forward() then backward() in
+        effect, the loss's and outputs' diffs as set before the call. Returns the
+        forward's {blob: data}."""
+        self._set_inputs(kwargs)
+        if not self._backward_parts()[0]:
+            return self.forward(blobs, **kwargs)
+        self._feed_data(kwargs)
+        fn, feeds, used, sinks, firsts, params, updates, n_cots = self._forward_backward_fn()
+        outputs = self._forward_parts(0, len(self.layers) - 1)[0]
+        self._counter_value = self.iteration
+        outs = self._forward_outs(outputs, updates)
+        extra = [self.blobs[t.name].diff for t in sinks] + [blob.diff for _, blob in params]
+        arrays = [self._store(t) for t in feeds] + [extra[i] for i in used]
+        outs += [self.blobs[name].diff for name, _ in firsts] + [blob.diff for _, blob in params]
+        fn(*arrays, out=outs, timed=self._timed)
+        n_fwd = len(outputs)
+        return self._forward_done(updates, outs[n_fwd - len(updates):n_fwd], blobs)
 
     # ------------------------------------------------------------------ backward
     def _needs_backward(self):

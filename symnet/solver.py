@@ -608,10 +608,8 @@ class Solver:
     def forward_backward(self, sub=0):
         """One forward and backward pass of the train net; the loss."""
         feed = self.feed(self, self.net, sub) if self.feed else {}
-        self.net.forward(**(feed or {}))
-        loss = net_loss(self.net)
-        self.net.backward()
-        return loss
+        self.net.forward_backward(**(feed or {}))
+        return net_loss(self.net)
 
     def _update_smoothed_loss(self, loss, start_iter):
         avg = self.param.average_loss

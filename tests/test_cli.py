@@ -178,9 +178,9 @@ def test_compile(tmp_path, capsys):
     assert set(plan["plans"]) == {"forward", "backward"}
     assert set(plan["plans"]["forward"]) == {"cpu", "cuda"}
     steps = plan["plans"]["forward"]["cpu"]["steps"]
-    assert any(s["kind"] == "library" and s["name"] == "gemm" for s in steps)
-    assert not any(s["name"] == "gemm" for s in plan["plans"]["forward"]["cuda"]["steps"]
-                   if s["kind"] == "library")
+    assert any(s["kind"] == "kernel" and s["name"].startswith("sn_gemm_blas") for s in steps)
+    assert any(s["name"].startswith("sn_gemm") and "blas" not in s["name"]
+               for s in plan["plans"]["forward"]["cuda"]["steps"])
 
 
 def test_draw_dot_without_graphviz_program(tmp_path, monkeypatch, capsys):
