@@ -7,6 +7,7 @@ and temporaries whose lifetimes do not overlap share one.
 from __future__ import annotations
 
 import math
+import os
 
 from symnet import ops
 
@@ -18,6 +19,15 @@ from .plan import Buffer, KernelInfo, Plan, Step
 from .prelude import C_PRELUDE, CUDA_MAX_GRID, CUDA_PRELUDE
 
 
+def cpu_threads() -> int:
+    """The OpenMP team size CPU kernels that split work by thread are written for."""
+    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
 def _grid(extent, block):
     return max(1, min(CUDA_MAX_GRID, -(-int(extent) // block)))
 
@@ -27,6 +37,7 @@ class Lowering:
         self.graph = graph
         self.backend = backend
         self.device_gemm = backend != "cpu"
+        self.threads = cpu_threads()
         self.part = partition(graph, output_ids)
         self.pos = self.part.pos
         self.values = {}        # node id -> value id
@@ -97,6 +108,8 @@ class Lowering:
         return name
 
     def _template(self, t: T.Template) -> K.KernelText:
+        if self.backend == "cpu":
+            t = T.CPU_VARIANTS.get(t.name, t)
         return K.KernelText(t.name, t.params, t.body.strip("\n") + "\n", "library kernel",
                             t.block)
 
@@ -262,11 +275,29 @@ class Lowering:
                     self._conv_dims(p, xs, k_hw, out_hw), rows, [n])
         return ["val", col, 0, "r"]
 
+    def _by_image(self, N, p, k_hw):
+        """Whether a convolution runs image by image (CPU, a kernel wider than 1x1, at
+        least an image per thread): each image's columns stay in cache beside its GEMM."""
+        return not self.device_gemm and N >= self.threads and not self._is_pointwise(p, k_hw)
+
+    def _images(self, template, n, args, per_thread, geometry, flops):
+        scratch = ["val", self.new_value(self.threads * per_thread, "temp", "scratch"), 0, "w"]
+        step = self.launch(self._template(template), args[:3] + [scratch] + args[3:] +
+                           [["long", v] for v in geometry[:2]] + [["long", self.threads]] +
+                           geometry[2], 1, [n])
+        step.attrs["flops"] = flops
+
     def _lower_Conv2d(self, n, op):
         g = self.graph
         x, w = g.args(n)
-        (N, _, _, _), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
+        (N, C, H, W), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
         G, P, Kd = op.p.group, oh * ow, Cg * kh * kw
+        if self._by_image(N, op.p, (kh, kw)):
+            self._images(T.CONV_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
+                         C * kh * kw * P, (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw),
+                                                                 (oh, ow))),
+                         2 * N * O * Kd * P)
+            return
         col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
         M = O // G
         self.gemm([n], self.r(w), col, self.w(n), (N, G), M, P, Kd,
@@ -278,6 +309,12 @@ class Lowering:
         (N, Ci, h, wd), (_, Og, kh, kw), (_, Co, H, W) = g.shape(x), g.shape(w), g.shape(n)
         G, P = op.p.group, h * wd
         Kd, M = Ci // G, Og * kh * kw
+        if self._by_image(N, op.p, (kh, kw)):
+            self._images(T.CONV_T_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
+                         G * M * P, (N, G, self._conv_dims(op.p, (N, Co, H, W), (kh, kw),
+                                                          (h, wd))),
+                         2 * N * G * M * Kd * P)
+            return
         direct = self._is_pointwise(op.p, (kh, kw))
         col = self.w(n) if direct else ["val", self.new_value(N * G * M * P, "temp", "col"), 0,
                                          "w"]
@@ -295,6 +332,13 @@ class Lowering:
         kh, kw = op.kernel_hw
         G, P = op.p.group, oh * ow
         Kd, M = C // G * kh * kw, O // G
+        if self._by_image(N, op.p, (kh, kw)):
+            xs = g.shape(x)
+            self._images(T.CONV_WGRAD_CPU, n, [self.r(x), self.r(gy), self.w(n), ["long", O]],
+                         C * kh * kw * P + O * Kd, (N, G, self._conv_dims(op.p, xs, (kh, kw),
+                                                                           (oh, ow))),
+                         2 * N * O * Kd * P)
+            return
         col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
         if N == 1:
             self.gemm([n], self.r(gy), col, self.w(n), (1, G), M, Kd, P,

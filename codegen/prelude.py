@@ -24,6 +24,23 @@ SN_DEVICE float sn_heaviside(float x, float h) {
 SN_DEVICE float sn_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 SN_DEVICE float sn_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 SN_DEVICE float sn_rsqrt(float x) { return 1.0f / sqrtf(x); }
+/* One row (c, ki, kj) of im2col for one image: the plane's pixels under kernel tap
+   (ki, kj) for each output position, zero where the tap falls in the padding. */
+SN_DEVICE void sn_im2col_row(const float* src, float* dst, long ki, long kj, long H, long W,
+                             long ph, long pw, long sh, long sw, long dh, long dw, long oh,
+                             long ow) {
+  for (long y = 0; y < oh; ++y) {
+    const long h = y * sh - ph + ki * dh;
+    if (h < 0 || h >= H) {
+      for (long xx = 0; xx < ow; ++xx) dst[y * ow + xx] = 0.0f;
+      continue;
+    }
+    for (long xx = 0; xx < ow; ++xx) {
+      const long w = xx * sw - pw + kj * dw;
+      dst[y * ow + xx] = (w >= 0 && w < W) ? src[h * W + w] : 0.0f;
+    }
+  }
+}
 /* Philox4x32-10 word 0 for counter (c0, c1, c2, 0) and key (k0, k1), as 24-bit
    uniform in [0, 1): the same numbers on every backend and in the reference. */
 SN_DEVICE float sn_philox_uniform(uint32_t c0, uint32_t c1, uint32_t c2,
@@ -75,7 +92,45 @@ C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops; GEMMs call CBLAS
 SN_DEVICE float sn_block_sum(float v) { return v; }
 SN_DEVICE float sn_block_max(float v) { return v; }
 SN_DEVICE float sn_block_min(float v) { return v; }
-""" + _HELPERS
+""" + _HELPERS + r"""
+/* One image's im2col, (C*kh*kw, oh*ow). */
+SN_DEVICE void sn_im2col_image(const float* x, float* col, long C, long H, long W, long kh,
+                               long kw, long ph, long pw, long sh, long sw, long dh, long dw,
+                               long oh, long ow) {
+  for (long row = 0; row < C * kh * kw; ++row)
+    sn_im2col_row(x + (row / (kh * kw)) * H * W, col + row * oh * ow, (row / kw) % kh,
+                  row % kw, H, W, ph, pw, sh, sw, dh, dw, oh, ow);
+}
+/* Channel c of one image's col2im, (C*kh*kw, oh*ow) into the (H, W) plane: zeroed,
+   then every kernel tap's columns are added at the pixels they were read from, taps in
+   (ki, kj) order (so each pixel sums its taps in that order). */
+SN_DEVICE void sn_col2im_plane(const float* col, float* plane, long c, long H, long W,
+                               long kh, long kw, long ph, long pw, long sh, long sw, long dh,
+                               long dw, long oh, long ow) {
+  for (long i = 0; i < H * W; ++i) plane[i] = 0.0f;
+  for (long ki = 0; ki < kh; ++ki)
+    for (long kj = 0; kj < kw; ++kj) {
+      const float* src = col + ((c * kh + ki) * kw + kj) * oh * ow;
+      /* outputs whose tap lands inside the image: y in [y0, y1), xx in [x0, x1) */
+      const long ry = ph - ki * dh, rx = pw - kj * dw;
+      const long y0 = ry > 0 ? (ry + sh - 1) / sh : 0, x0 = rx > 0 ? (rx + sw - 1) / sw : 0;
+      const long ye = H - 1 + ry < 0 ? 0 : (H - 1 + ry) / sh + 1;
+      const long xe = W - 1 + rx < 0 ? 0 : (W - 1 + rx) / sw + 1;
+      const long y1 = ye < oh ? ye : oh, x1 = xe < ow ? xe : ow;
+      for (long y = y0; y < y1; ++y) {
+        float* dst = plane + (y * sh - ry) * W - rx;
+        SN_PRAGMA(omp simd)
+        for (long xx = x0; xx < x1; ++xx) dst[xx * sw] += src[y * ow + xx];
+      }
+    }
+}
+SN_DEVICE void sn_col2im_image(const float* col, float* x, long C, long H, long W, long kh,
+                               long kw, long ph, long pw, long sh, long sw, long dh, long dw,
+                               long oh, long ow) {
+  for (long c = 0; c < C; ++c)
+    sn_col2im_plane(col, x + c * H * W, c, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow);
+}
+"""
 
 CUDA_BLOCK = 128          # threads per block for every launch (a power of two)
 CUDA_MAX_GRID = 1024      # grid-stride loops cover the rest

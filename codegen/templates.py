@@ -40,20 +40,10 @@ _CONV = (("l", "C"), ("l", "H"), ("l", "W"), ("l", "kh"), ("l", "kw"), ("l", "ph
 # contiguous writes the CPU vectorises.
 IM2COL = Template("sn_im2col", (("l", "n"), ("c", "x"), ("p", "col")) + _CONV, r"""
   SN_FOR_OUTER(row, n) {
-    long kj = row % kw, ki = (row / kw) % kh, c = (row / (kw * kh)) % C, b = row / (kw * kh * C);
-    const float* src = x + (b * C + c) * H * W;
-    float* dst = col + row * oh * ow;
-    for (long y = 0; y < oh; ++y) {
-      long h = y * sh - ph + ki * dh;
-      if (h < 0 || h >= H) {
-        for (long xx = 0; xx < ow; ++xx) dst[y * ow + xx] = 0.0f;
-        continue;
-      }
-      for (long xx = 0; xx < ow; ++xx) {
-        long w = xx * sw - pw + kj * dw;
-        dst[y * ow + xx] = (w >= 0 && w < W) ? src[h * W + w] : 0.0f;
-      }
-    }
+    const long kj = row % kw, ki = (row / kw) % kh, c = (row / (kw * kh)) % C;
+    const long b = row / (kw * kh * C);
+    sn_im2col_row(x + (b * C + c) * H * W, col + row * oh * ow, ki, kj, H, W, ph, pw, sh, sw,
+                  dh, dw, oh, ow);
   }
 """)
 
@@ -366,6 +356,153 @@ GEMM_BLAS_SUM = Template("sn_gemm_blas_sum", (
   }
   free(scratch);
 """)
+
+# ---------------------------------------------------------------- CPU variants
+# The CPU runs these in place of the templates of the same name: one work item per
+# image row, walked by inner loops the compiler vectorises (the row's state in local
+# arrays, whose sizes are the constants lowering bakes in).
+
+MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, r"""
+  /* windows wholly inside the image: rows yy in [ylo, yhi), columns xx in [xlo, xhi) */
+  const long ylo = (ph + sh - 1) / sh, xlo = (pw + sw - 1) / sw;
+  const long yhi = H + ph < kh ? 0 : ((H + ph - kh) / sh + 1 < oh ? (H + ph - kh) / sh + 1 : oh);
+  const long xhi = W + pw < kw ? 0 : ((W + pw - kw) / sw + 1 < ow ? (W + pw - kw) / sw + 1 : ow);
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const float* src = x + plane * H * W;
+    float* yp = y + plane * oh * ow;
+    float* mp = mask ? mask + plane * oh * ow : 0;
+    for (long yy = 0; yy < oh; ++yy) {
+      const int whole_row = yy >= ylo && yy < yhi;
+      if (whole_row) {
+        int args[ow];
+        SN_PRAGMA(omp simd)
+        for (long xx = xlo; xx < xhi; ++xx) {
+          float best = 0.0f;
+          int arg = -1;
+          for (long i = 0; i < kh; ++i)
+            for (long j = 0; j < kw; ++j) {
+              const long at = (yy * sh - ph + i) * W + xx * sw - pw + j;
+              const float v = src[at];
+              const int take = arg < 0 || v > best || (v != v && best == best);
+              best = take ? v : best;
+              arg = take ? (int)at : arg;
+            }
+          yp[yy * ow + xx] = best;
+          args[xx] = arg;
+        }
+        if (mp)
+          for (long xx = xlo; xx < xhi; ++xx) mp[yy * ow + xx] = (float)args[xx];
+      }
+      for (long xx = 0; xx < ow; ++xx) {      /* windows the image's edge clips */
+        if (whole_row && xx >= xlo && xx < xhi) continue;
+        long hs = yy * sh - ph, ws = xx * sw - pw;
+        const long he = hs + kh < H ? hs + kh : H, we = ws + kw < W ? ws + kw : W;
+        hs = hs > 0 ? hs : 0;
+        ws = ws > 0 ? ws : 0;
+        float best = src[hs * W + ws];
+        long arg = hs * W + ws;
+        for (long h = hs; h < he; ++h)
+          for (long w = ws; w < we; ++w) {
+            const float v = src[h * W + w];
+            if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
+          }
+        yp[yy * ow + xx] = best;
+        if (mp) mp[yy * ow + xx] = (float)arg;
+      }
+    }
+  }
+""")
+
+# Each plane's gradient: zeroed, then g added at every window's maximum in window order
+# (the sum MAXPOOL_GRAD gathers, for overlapping windows too).
+MAXPOOL_GRAD_CPU = Template("sn_maxpool_grad", MAXPOOL_GRAD.params, r"""
+  SN_FOR_OUTER(plane, n / (H * W)) {
+    float* d = dx + plane * H * W;
+    const float* m = mask + plane * oh * ow;
+    const float* gg = g + plane * oh * ow;
+    for (long i = 0; i < H * W; ++i) d[i] = 0.0f;
+    for (long o = 0; o < oh * ow; ++o) d[(long)m[o]] += gg[o];
+  }
+""")
+MAXPOOL_GRAD_DISJOINT_CPU = Template("sn_maxpool_grad_disjoint", MAXPOOL_GRAD_DISJOINT.params,
+                                     MAXPOOL_GRAD_CPU.body)
+
+COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
+  SN_FOR_OUTER(bc, n / (H * W)) {
+    sn_col2im_plane(col + (bc / C) * C * kh * kw * oh * ow, x + bc * H * W, bc % C, H, W, kh,
+                    kw, ph, pw, sh, sw, dh, dw, oh, ow);
+  }
+""")
+
+# Convolutions image by image: each thread im2cols (or col2ims) one image at a time in
+# its own slice of scratch, which stays in cache for the GEMM beside it; T threads.
+_CONV_CPU = (("l", "NB"), ("l", "G"), ("l", "T")) + _CONV
+
+CONV_CPU = Template("sn_conv_images", (("c", "x"), ("c", "w"), ("p", "y"), ("p", "scratch"),
+                                       ("l", "O")) + _CONV_CPU, r"""
+  const long P = oh * ow, M = O / G, Kd = C / G * kh * kw;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* col = scratch + t * C * kh * kw * P;
+    for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
+      sn_im2col_image(x + b * C * H * W, col, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow);
+      for (long g = 0; g < G; ++g)
+        SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, P, Kd, 1.0f, w + g * M * Kd, Kd,
+                 col + g * Kd * P, P, 0.0f, y + (b * O + g * M) * P, P);
+    }
+  }
+""")
+
+# The transposed convolution (a convolution's input gradient): x (NB, Ci, oh, ow) and
+# w (Ci, C/G, kh, kw) into y (NB, C, H, W).
+CONV_T_CPU = Template("sn_conv_transpose_images", (("c", "x"), ("c", "w"), ("p", "y"),
+                                                   ("p", "scratch"), ("l", "Ci"))
+                      + _CONV_CPU, r"""
+  const long P = oh * ow, Kd = Ci / G, M = C / G * kh * kw;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* col = scratch + t * G * M * P;
+    for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
+      for (long g = 0; g < G; ++g)
+        SN_SGEMM(CblasRowMajor, CblasTrans, CblasNoTrans, M, P, Kd, 1.0f, w + g * Kd * M, M,
+                 x + (b * Ci + g * Kd) * P, P, 0.0f, col + g * M * P, P);
+      sn_col2im_image(col, y + b * C * H * W, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow);
+    }
+  }
+""")
+
+# The weight gradient gw: per thread, the sum over its images of gy_b col_b^T (beta = 1
+# after the first), thread 0 in gw itself and the others in scratch; then the sums add.
+CONV_WGRAD_CPU = Template("sn_conv_weight_grad_images", (("c", "x"), ("c", "gy"), ("p", "gw"),
+                                                         ("p", "scratch"), ("l", "O"))
+                          + _CONV_CPU, r"""
+  const long P = oh * ow, M = O / G, Kd = C / G * kh * kw, per = C * kh * kw * P + O * Kd;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* col = scratch + t * per;
+    float* acc = t == 0 ? gw : col + C * kh * kw * P;
+    const long lo = t * NB / nt, hi = (t + 1) * NB / nt;
+    for (long b = lo; b < hi; ++b) {
+      sn_im2col_image(x + b * C * H * W, col, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow);
+      for (long g = 0; g < G; ++g)
+        SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasTrans, M, Kd, P, 1.0f,
+                 gy + (b * O + g * M) * P, P, col + g * Kd * P, P, b == lo ? 0.0f : 1.0f,
+                 acc + g * M * Kd, Kd);
+    }
+    if (lo == hi)
+      for (long i = 0; i < O * Kd; ++i) acc[i] = 0.0f;
+    SN_PRAGMA(omp barrier)
+    SN_PRAGMA(omp for schedule(static))
+    for (long i = 0; i < O * Kd; ++i)
+      for (long s = 1; s < nt; ++s) gw[i] += scratch[s * per + C * kh * kw * P + i];
+  }
+""")
+
+CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU,
+                                    COL2IM_CPU)}
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, SUM_BATCH, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            MAXPOOL_GRAD_DISJOINT,
