@@ -8,25 +8,28 @@ The net is Caffe's ``lenet_train_test.prototxt`` with ``input_shapes`` standing 
 Data layer and random data; the solver is lenet_solver.prototxt's SGD (momentum 0.9,
 weight decay 5e-4, lr policy inv). PyTorch runs the same layers (conv 20, pool, conv 50,
 pool, ip 500, relu, ip 10, softmax loss) with torch.optim.SGD (biases at twice the
-rate, as lr_mult 2). Both are timed iteration by iteration in interleaved rounds; the
-best and the median are reported (the machine may be shared), with symnet's forward /
-backward / update split.
+rate, as lr_mult 2).
+
+PyTorch runs in a worker process started with this script's environment as it was
+given, so each framework keeps its own default threading settings (symnet's runtime
+shortens OpenMP's spin-wait in its own process; PyTorch's OpenMP is left as it comes).
+The two are timed iteration by iteration in interleaved rounds, one process idle while
+the other runs; the best and the median are reported (the machine may be shared), with
+symnet's forward / backward / update split.
 """
 from __future__ import annotations
 
 import os
 
-# PyTorch brings its own OpenMP runtime; idle threads of two runtimes spin-waiting on 2
-# cores slow whichever runs next. Idle threads sleep instead (set before any loads).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+ENVIRONMENT = dict(os.environ)      # before symnet's runtime sets anything
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
-
-from symnet.caffe.proto import caffe_pb2  # noqa: E402
-from symnet.solver import SGDSolver  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NET = os.path.join(HERE, "..", "tests", "data", "models", "bvlc_mnist",
@@ -34,6 +37,8 @@ NET = os.path.join(HERE, "..", "tests", "data", "models", "bvlc_mnist",
 
 
 def symnet_solver(batch, backend):
+    from symnet.caffe.proto import caffe_pb2
+    from symnet.solver import SGDSolver
     param = caffe_pb2.SolverParameter(net=NET, base_lr=0.01, momentum=0.9,
                                       weight_decay=5e-4, lr_policy="inv", gamma=1e-4,
                                       power=0.75, max_iter=10 ** 9, display=0)
@@ -46,10 +51,7 @@ def symnet_solver(batch, backend):
 
 
 def torch_step(batch, threads):
-    try:
-        import torch
-    except ImportError:
-        return None
+    import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     nn = torch.nn
@@ -84,6 +86,44 @@ def per_iter(fn, iters):
     return times
 
 
+def torch_worker(batch, threads):
+    """Serve timing requests on stdin: a line with a count runs that many iterations
+    and answers with their seconds as a JSON list."""
+    step = torch_step(batch, threads)
+    for _ in range(3):
+        step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(per_iter(step, int(line))), flush=True)
+
+
+class TorchProcess:
+    def __init__(self, batch, threads):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--torch-worker", "--batch",
+             str(batch), "--threads", str(threads)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENVIRONMENT)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError("the PyTorch worker did not start")
+
+    def run(self, iters):
+        self.proc.stdin.write(f"{iters}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def torch_available():
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:
+        return False
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -91,21 +131,22 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.torch_worker:
+        torch_worker(args.batch, args.threads)
+        return
 
     solver = symnet_solver(args.batch, args.backend)
     solver.step(3)                                  # compile and warm up
     net = solver.net
-    tstep = torch_step(args.batch, args.threads)
-    if tstep is not None:
-        for _ in range(3):
-            tstep()
+    worker = TorchProcess(args.batch, args.threads) if torch_available() else None
 
     sym, tor, parts = [], [], {"forward": [], "backward": [], "update": []}
     for _ in range(args.rounds):
         sym += per_iter(lambda: solver.step(1), args.iters)
-        if tstep is not None:
-            tor += per_iter(tstep, args.iters)
+        if worker is not None:
+            tor += worker.run(args.iters)
         saved = [(a, a.copy()) for g in solver._layout for a in [g["data"]] + g["hist"]]
         feed = solver.feed(solver, net, 0)
         parts["forward"] += per_iter(lambda: net.forward(**feed), args.iters)
@@ -113,6 +154,8 @@ def main():
         parts["update"] += per_iter(solver.apply_update, args.iters)
         for a, copy in saved:               # the parts' passes leave no trace
             a[...] = copy
+    if worker is not None:
+        worker.close()
 
     def ms(times):
         return 1000 * float(np.min(times)), 1000 * float(np.median(times))
@@ -120,13 +163,14 @@ def main():
     print(f"LeNet training, batch {args.batch}, 1x28x28: {n} iterations each, interleaved "
           f"in {args.rounds} rounds; ms per iteration, best / median")
     best, med = ms(sym)
-    print(f"symnet {args.backend:<8} {best:8.2f} / {med:8.2f}   (best forward "
-          f"{ms(parts['forward'])[0]:.2f}, backward {ms(parts['backward'])[0]:.2f}, update "
-          f"{ms(parts['update'])[0]:.2f}; update kernels: "
-          f"{len(solver.update_function().report())})")
+    print(f"symnet {args.backend:<8} {best:8.2f} / {med:8.2f}   (one plan per step; "
+          f"separately, best forward {ms(parts['forward'])[0]:.2f}, backward "
+          f"{ms(parts['backward'])[0]:.2f}, update {ms(parts['update'])[0]:.2f}; "
+          f"update kernels: {len(solver.update_function().report())})")
     if tor:
         tbest, tmed = ms(tor)
-        print(f"PyTorch eager  {tbest:8.2f} / {tmed:8.2f}   ({args.threads} threads)")
+        print(f"PyTorch eager  {tbest:8.2f} / {tmed:8.2f}   ({args.threads} threads, own "
+              "process)")
         print(f"ratio symnet / PyTorch: {best / tbest:.2f} best, {med / tmed:.2f} median "
               "(target <= 0.7)")
     else:
