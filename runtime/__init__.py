@@ -1,10 +1,12 @@
 """symnet.runtime: executes Plans on backends; never imports sympy or networkx."""
 import os as _os
 
-# Between kernels, OpenMP's idle threads spin for a while before sleeping (libgomp's
-# default spin count is 300000). On 2 cores NumPy's BLAS threads then fight them and a
-# GEMM between two kernels runs ten times slower; in cuda-emu, a block's 128 threads
-# spinning at a barrier starve the one thread still working. A short spin keeps the
-# next kernel's start fast. libgomp reads this once, when the first module loads; a
-# value set by the user wins.
-_os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+# Between kernels, OpenMP's idle threads spin for a while before sleeping. Kernels run
+# back to back, so a spin that outlasts the gap between two of them saves a futex wake
+# per kernel (a LeNet training step is about 50 kernels). GEMMs run inside the same
+# OpenMP threads (runtime/blas.py), so no second pool of spinning BLAS threads competes
+# with them; libgomp itself spins only briefly when a team has more threads than there
+# are cores (cuda-emu's blocks). libgomp's default of 300000 would keep idle threads
+# busy for longer after a pass, taking the cores from NumPy code that runs next. The
+# value is read once, when the first module loads; a value set by the user wins.
+_os.environ.setdefault("GOMP_SPINCOUNT", "100000")

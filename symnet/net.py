@@ -575,9 +575,9 @@ class Net:
         """Caffe's ForwardBackward as one compiled plan: forward() then backward() in
         effect, the loss's and outputs' diffs as set before the call. Returns the
         forward's {blob: data}."""
-        self._set_inputs(kwargs)
         if not self._backward_parts()[0]:
             return self.forward(blobs, **kwargs)
+        self._set_inputs(kwargs)
         self._feed_data(kwargs)
         fn, feeds, used, sinks, firsts, params, updates, n_cots = self._forward_backward_fn()
         outputs = self._forward_parts(0, len(self.layers) - 1)[0]

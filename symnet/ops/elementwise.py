@@ -59,9 +59,12 @@ class Elementwise(Op):
             if d == 0:
                 grads.append(None)
                 continue
-            gsym = scalar.arg_symbol(len(args))
-            t = F.elementwise_expr(d * gsym, list(args) + [g], label=f"d_{self.label}",
-                                   shape=out.shape)
+            if d == 1 and g.shape == out.shape:
+                t = g                   # an identity: no node, nothing to store twice
+            else:
+                gsym = scalar.arg_symbol(len(args))
+                t = F.elementwise_expr(d * gsym, list(args) + [g], label=f"d_{self.label}",
+                                       shape=out.shape)
             grads.append(F.sum_to_shape(t, a.shape))
         return grads
 

@@ -310,3 +310,37 @@ def test_consolidated_solver_inline_net_builds():
         net = sn.Net(param, sn.TEST, stages=stages, backend=BACKEND, input_shapes=shapes)
         assert net.outputs == ["accuracy", "loss"]
         assert net.blobs["data"].shape == (100, 1, 28, 28)
+
+
+@pytest.mark.parametrize("name", RUN_TRAIN)
+def test_forward_backward_is_forward_then_backward(name, request):
+    """Net.forward_backward (one plan, what the solver runs) leaves every blob's data
+    and diff, and every param's diff accumulated onto what it held, as forward() then
+    backward() do."""
+    if name == "bvlc_pycaffe/linreg.prototxt":
+        request.getfixturevalue("pyloss_path")
+    param = cch.load_net_param(name)
+    shapes = cch.stand_in_shapes(param, sn.TRAIN)
+    nets = [_build(MODELS / name, sn.TRAIN, input_shapes=shapes) for _ in range(2)]
+    inputs = cch.stand_in_values(nets[0], np.random.default_rng(3))
+    rng = np.random.default_rng(4)
+    start = None
+    for net in nets:
+        cch.randomize_params(net, seed=0)
+        if start is None:
+            start = [rng.standard_normal(b.diff.shape).astype(np.float32)
+                     for blobs in net.params.values() for b in blobs]
+        for b, d in zip([b for blobs in net.params.values() for b in blobs], start):
+            b.diff[...] = d
+    nets[0].forward(**inputs)
+    nets[0].backward()
+    nets[1].forward_backward(**inputs)
+    for b in nets[0].blobs:
+        for what in ("data", "diff"):
+            np.testing.assert_allclose(getattr(nets[1].blobs[b], what),
+                                       getattr(nets[0].blobs[b], what), rtol=1e-5,
+                                       atol=1e-6, err_msg=f"{name}: blob '{b}' {what}")
+    for layer, blobs in nets[0].params.items():
+        for k, (b0, b1) in enumerate(zip(blobs, nets[1].params[layer])):
+            np.testing.assert_allclose(b1.diff, b0.diff, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name}: '{layer}' param {k} diff")
