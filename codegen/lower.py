@@ -348,7 +348,9 @@ class Lowering:
             args = [["long", N], ["long", G], ["long", M], ["long", Kd], ["long", P],
                     self.r(gy), ["long", P], ["long", 1], ["long", O * P], ["long", M * P],
                     col, ["long", 1], ["long", P], ["long", G * Kd * P], ["long", Kd * P],
-                    self.w(n), ["long", M * Kd]]
+                    self.w(n), ["long", M * Kd],
+                    ["val", self.new_value(self.threads * G * M * Kd, "temp", "scratch"), 0,
+                     "w"], ["long", self.threads]]
             step = self.launch(self._template(T.GEMM_BLAS_SUM), args, 1, [n])
             step.attrs["flops"] = 2 * N * G * M * Kd * P
             return

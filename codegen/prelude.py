@@ -62,7 +62,6 @@ C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops; GEMMs call CBLAS
    SN_SGEMM (the build defines it for the BLAS it links) */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <omp.h>
 #include <cblas.h>
 #ifndef SN_SGEMM

@@ -323,26 +323,24 @@ GEMM_BLAS = Template("sn_gemm_blas", GEMM.params, r"""
 """)
 
 # C[b1] = sum over b0 of A[b0, b1] B[b0, b1] (a convolution's weight gradient summed over
-# the images): each thread accumulates its share of b0 with beta = 1, thread 0 in C
-# itself and the others in scratch, then the partial sums are added.
+# the images): each of at most T threads accumulates its share of b0 with beta = 1,
+# thread 0 in C itself and the others in their slices of scratch, then the partial sums
+# are added.
 GEMM_BLAS_SUM = Template("sn_gemm_blas_sum", (
     ("l", "nb0"), ("l", "nb1"), ("l", "M"), ("l", "N"), ("l", "K"), ("c", "A"), ("l", "sAm"),
     ("l", "sAk"), ("l", "sA0"), ("l", "sA1"), ("c", "B"), ("l", "sBk"), ("l", "sBn"),
-    ("l", "sB0"), ("l", "sB1"), ("p", "Cm"), ("l", "sC1")), r"""
+    ("l", "sB0"), ("l", "sB1"), ("p", "Cm"), ("l", "sC1"), ("p", "scratch"), ("l", "T")), r"""
   const int na = sAk == 1 && (sAm >= K || M == 1), nb = sBn == 1 && (sBk >= N || K == 1);
   const enum CBLAS_TRANSPOSE ta = na ? CblasNoTrans : CblasTrans;
   const enum CBLAS_TRANSPOSE tb = nb ? CblasNoTrans : CblasTrans;
   const long lda = na ? (M == 1 ? K : sAm) : (K == 1 ? M : sAk);
   const long ldb = nb ? (K == 1 ? N : sBk) : (N == 1 ? K : sBn);
-  const long total = nb1 * sC1 > M * N ? nb1 * sC1 : M * N;
-  int nt = nb0 < omp_get_max_threads() ? (int)nb0 : omp_get_max_threads();
-  float* scratch = nt > 1 ? (float*)malloc(sizeof(float) * (size_t)(nt - 1) * total) : 0;
-  if (!scratch) nt = 1;                 /* no memory for partial sums: one thread */
-  SN_PRAGMA(omp parallel num_threads(nt))
+  const long total = nb1 * M * N;
+  SN_PRAGMA(omp parallel num_threads(nb0 < T ? nb0 : T))
   {
-    const int t = omp_get_thread_num(), n_t = omp_get_num_threads();
-    float* acc = t == 0 ? Cm : scratch + (size_t)(t - 1) * total;
-    const long b_lo = t * nb0 / n_t, b_hi = (t + 1) * nb0 / n_t;
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* acc = t == 0 ? Cm : scratch + t * total;
+    const long b_lo = t * nb0 / nt, b_hi = (t + 1) * nb0 / nt;
     for (long g = 0; g < nb1; ++g)
       for (long b = b_lo; b < b_hi; ++b)
         SN_SGEMM(CblasRowMajor, ta, tb, M, N, K, 1.0f, A + b * sA0 + g * sA1, lda,
@@ -352,9 +350,8 @@ GEMM_BLAS_SUM = Template("sn_gemm_blas_sum", (
     SN_PRAGMA(omp barrier)
     SN_PRAGMA(omp for schedule(static))
     for (long i = 0; i < total; ++i)
-      for (int s = 1; s < n_t; ++s) Cm[i] += scratch[(size_t)(s - 1) * total + i];
+      for (long s = 1; s < nt; ++s) Cm[i] += scratch[s * total + i];
   }
-  free(scratch);
 """)
 
 # ---------------------------------------------------------------- CPU variants
