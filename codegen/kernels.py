@@ -39,6 +39,41 @@ def _load_symbol(j):
     return sp.Symbol(f"x{j}", real=True)
 
 
+def _substitute(expr, subs, memo):
+    """``expr.xreplace(subs)``, except that Piecewise, Max and Min are rebuilt without
+    evaluation and a test that an indicator is nonzero becomes the indicator's
+    condition: sympy's canonicalisation of these (rewriting conditions that hold
+    Piecewises as sets to merge them; factoring Max's arguments) dominated composing a
+    large net's kernels, and the printer needs none of it."""
+    if expr in subs:
+        return subs[expr]
+    if not expr.args:
+        return expr
+    done = memo.get(expr)
+    if done is not None:
+        return done
+    args = tuple(_substitute(a, subs, memo) for a in expr.args)
+    if all(a is b for a, b in zip(args, expr.args)):
+        out = expr
+    elif isinstance(expr, sp.Ne) and args[1] == 0 and _indicator(args[0]) is not None:
+        out = _indicator(args[0])           # where(x > y, ...) tests x > y itself
+    elif isinstance(expr, (sp.Piecewise, sp.Max, sp.Min)):
+        out = expr.func(*args, evaluate=False)
+    else:
+        out = expr.func(*args)
+    memo[expr] = out
+    return out
+
+
+def _indicator(expr):
+    """The condition R of an indicator Piecewise((1, R), (0, True)) (what a comparison
+    node computes), else None."""
+    if isinstance(expr, sp.Piecewise) and len(expr.args) == 2 and expr.args[0].expr == 1 \
+            and expr.args[1].expr == 0 and expr.args[1].cond == sp.true:
+        return expr.args[0].cond
+    return None
+
+
 def _compose(graph, nodes, leaf_symbol, consts):
     """sympy expression of each node in ``nodes`` (topological), leaves via leaf_symbol;
     constant nodes are inlined."""
@@ -50,7 +85,7 @@ def _compose(graph, nodes, leaf_symbol, consts):
         for k, a in enumerate(graph.args(n)):
             subs[scalar.arg_symbol(k)] = exprs[a] if a in inside or a in consts else \
                 leaf_symbol(a)
-        exprs[n] = op.expr.xreplace(subs)
+        exprs[n] = _substitute(op.expr, subs, {})
     return exprs
 
 
@@ -81,7 +116,12 @@ def _ident(text):
 
 
 def _describe(graph, nodes, pos):
-    return ", ".join(f"{graph.op(n).describe()} #{pos[n]}" for n in nodes)
+    """The ops a kernel computes, by kind or label and position (the kernel's body
+    shows their expressions; printing each one again costs a large net seconds)."""
+    def short(op):
+        label = getattr(op, "label", None)
+        return f"{op.kind} '{label}'" if label else op.kind
+    return ", ".join(f"{short(graph.op(n))} #{pos[n]}" for n in nodes)
 
 
 def elementwise_kernel(graph, k, pos, consts) -> KernelText:

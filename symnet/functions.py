@@ -91,7 +91,7 @@ def elementwise_expr(expr, args, label=None, shape=None) -> Tensor:
         expr = expr.xreplace(mapping)
         if shape is None:
             shape = ops.elementwise.broadcast_shapes(
-                [a.shape for a in args], f"elementwise '{label or 'ew'}' [{expr}]")
+                [a.shape for a in args], lambda: f"elementwise '{label or 'ew'}' [{expr}]")
         args = [args[i] for i in keep]
     if not args and shape is None:
         shape = ()

@@ -74,8 +74,9 @@ class Graph:
                 if a not in needed:
                     needed.add(a)
                     stack.append(a)
-        sub = self.nx.subgraph(needed)
-        return list(nx.lexicographical_topological_sort(sub))
+        # every edge runs from an older node to a newer one (a node's arguments exist
+        # before it), so ascending ids are the lexicographically smallest topological order
+        return sorted(needed)
 
     def clone(self, outputs, replace) -> list:
         """Theano's clone: ``outputs`` recomputed with some nodes replaced.

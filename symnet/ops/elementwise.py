@@ -15,11 +15,14 @@ from .base import Op
 
 
 def broadcast_shapes(shapes, describe):
+    """NumPy's broadcast of ``shapes``; ``describe`` (a string, or a callable giving
+    one only when needed) names the op in the error."""
     try:
         return tuple(np.broadcast_shapes(*shapes)) if shapes else ()
     except ValueError:
         from ..errors import ShapeError
-        raise ShapeError(f"{describe}: argument shapes {list(shapes)} do not broadcast "
+        what = describe() if callable(describe) else describe
+        raise ShapeError(f"{what}: argument shapes {list(shapes)} do not broadcast "
                          "together (NumPy rules: trailing axes equal or 1)") from None
 
 
@@ -46,7 +49,7 @@ class Elementwise(Op):
     def infer_shape(self, shapes):
         self.check_arity(shapes)
         extra = [self.shape] if self.shape is not None else []
-        out = broadcast_shapes(list(shapes) + extra, self.describe())
+        out = broadcast_shapes(list(shapes) + extra, self.describe)
         if self.shape is not None and out != self.shape:
             raise self.shape_error(shapes, f"shapes that broadcast to {self.shape}")
         return out
