@@ -286,17 +286,20 @@ GEMM = Template("sn_gemm", (
   }
 """, block=256)
 
-GEMM_BLAS = Template("sn_gemm_blas", GEMM.params, r"""
-  /* one BLAS call per batch, or per piece of a batch's C (rows or columns) when there
-     are fewer batches than threads; the pieces are split among the OpenMP threads */
-  /* row-major A (M x K) or its transpose, by which stride is 1; the stride of a single
-     row or column is arbitrary and BLAS wants it at least the row's length */
+# Row-major A (M x K) and B (K x N) or their transposes, by which stride is 1; the
+# stride of a single row or column is arbitrary and BLAS wants it at least its length.
+_BLAS_OPERANDS = r"""
   const int na = sAk == 1 && (sAm >= K || M == 1), nb = sBn == 1 && (sBk >= N || K == 1);
   const enum CBLAS_TRANSPOSE ta = na ? CblasNoTrans : CblasTrans;
   const enum CBLAS_TRANSPOSE tb = nb ? CblasNoTrans : CblasTrans;
   const long lda = na ? (M == 1 ? K : sAm) : (K == 1 ? M : sAk);
   const long ldb = nb ? (K == 1 ? N : sBk) : (N == 1 ? K : sBn);
-  const long nbat = nb0 * nb1;
+"""
+
+GEMM_BLAS = Template("sn_gemm_blas", GEMM.params, r"""
+  /* one BLAS call per batch, or per piece of a batch's C (rows or columns) when there
+     are fewer batches than threads; the pieces are split among the OpenMP threads */
+""" + _BLAS_OPERANDS + r"""  const long nbat = nb0 * nb1;
   SN_PRAGMA(omp parallel)
   {
     const long nt = omp_get_num_threads(), t = omp_get_thread_num();
@@ -330,12 +333,7 @@ GEMM_BLAS_SUM = Template("sn_gemm_blas_sum", (
     ("l", "nb0"), ("l", "nb1"), ("l", "M"), ("l", "N"), ("l", "K"), ("c", "A"), ("l", "sAm"),
     ("l", "sAk"), ("l", "sA0"), ("l", "sA1"), ("c", "B"), ("l", "sBk"), ("l", "sBn"),
     ("l", "sB0"), ("l", "sB1"), ("p", "Cm"), ("l", "sC1"), ("p", "scratch"), ("l", "T")), r"""
-  const int na = sAk == 1 && (sAm >= K || M == 1), nb = sBn == 1 && (sBk >= N || K == 1);
-  const enum CBLAS_TRANSPOSE ta = na ? CblasNoTrans : CblasTrans;
-  const enum CBLAS_TRANSPOSE tb = nb ? CblasNoTrans : CblasTrans;
-  const long lda = na ? (M == 1 ? K : sAm) : (K == 1 ? M : sAk);
-  const long ldb = nb ? (K == 1 ? N : sBk) : (N == 1 ? K : sBn);
-  const long total = nb1 * M * N;
+""" + _BLAS_OPERANDS + r"""  const long total = nb1 * M * N;
   SN_PRAGMA(omp parallel num_threads(nb0 < T ? nb0 : T))
   {
     const long t = omp_get_thread_num(), nt = omp_get_num_threads();
