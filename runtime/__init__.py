@@ -10,3 +10,7 @@ import os as _os
 # busy for longer after a pass, taking the cores from NumPy code that runs next. The
 # value is read once, when the first module loads; a value set by the user wins.
 _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
+
+from .memory import SyncedMemory, reset_transfer_counts, transfer_counts  # noqa: E402
+
+__all__ = ["SyncedMemory", "reset_transfer_counts", "transfer_counts"]

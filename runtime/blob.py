@@ -1,8 +1,12 @@
 """Blob: Caffe's N-D array pair, ``data`` and ``diff``, float32 and C-contiguous.
 
-Host memory is authoritative: compiled functions read a blob's arrays when they run
-and write results back into them, so ``blob.data[...] = x`` is seen by the next call
-on every backend (the cuda backend copies host values to the device around each call).
+Each is a ``SyncedMemory`` (runtime/memory.py): a host array and, once a compiled call
+on a device backend has used it, a device copy, with a head saying which is current.
+``blob.data`` / ``blob.diff`` are pycaffe's: the host array, brought up to date from the
+device if the device is newer, and the host becomes the head (so ``blob.data[...] = x``
+is uploaded by the next call that reads it). Compiled calls of Nets and solvers read and
+write the device copies, so values stay on the device between calls; what Python never
+touches never moves.
 """
 from __future__ import annotations
 
@@ -10,48 +14,67 @@ import math
 
 import numpy as np
 
+from .memory import SyncedMemory
+
 
 class Blob:
     def __init__(self, shape=(), name=""):
         self.name = name
-        self._data = np.zeros(tuple(int(d) for d in shape), dtype=np.float32)
-        self._diff = np.zeros_like(self._data)
+        shape = tuple(int(d) for d in shape)
+        self.data_mem = SyncedMemory(shape)
+        self.diff_mem = SyncedMemory(shape)
 
     # ---- arrays (assignment keeps the array object, as pycaffe users expect)
     @property
     def data(self) -> np.ndarray:
-        return self._data
+        return self.data_mem.host_write()
 
     @data.setter
     def data(self, value):
-        self._data[...] = value
+        self.data_mem.host_write()[...] = value
 
     @property
     def diff(self) -> np.ndarray:
-        return self._diff
+        return self.diff_mem.host_write()
 
     @diff.setter
     def diff(self, value):
-        self._diff[...] = value
+        self.diff_mem.host_write()[...] = value
+
+    def read_data(self) -> np.ndarray:
+        """The data for reading only (Caffe's cpu_data): synced from the device when it is
+        newer, without making the host the head, so nothing is uploaded again."""
+        return self.data_mem.host_read()
+
+    def read_diff(self) -> np.ndarray:
+        return self.diff_mem.host_read()
+
+    def share_data(self, other: "Blob"):
+        """Use ``other``'s data memory (Caffe's ShareData): the same values, host and
+        device."""
+        if other.shape != self.shape:
+            raise ValueError(f"blob '{self.name}': cannot share data of shape {other.shape} "
+                             f"with shape {self.shape}")
+        self.data_mem = other.data_mem
 
     # ---- shape
     @property
     def shape(self) -> tuple:
-        return self._data.shape
+        return self.data_mem.shape
 
     @property
     def count(self) -> int:
-        return int(self._data.size)
+        return self.data_mem.size
 
     @property
     def num_axes(self) -> int:
-        return self._data.ndim
+        return len(self.shape)
 
     def _legacy(self, axis):
-        if self._data.ndim > 4:
+        if self.num_axes > 4:
             raise ValueError(f"blob '{self.name}': legacy accessors need at most 4 axes, "
                              f"shape is {self.shape}")
-        shape = self.shape + (1,) * (4 - self._data.ndim)
+        shape = self.shape + (1,) * (4 - self.num_axes)
         return shape[axis]
 
     @property
@@ -80,11 +103,11 @@ class Blob:
         if shape == self.shape:
             return
         if math.prod(shape) == self.count:
-            self._data = self._data.reshape(shape)
-            self._diff = self._diff.reshape(shape)
+            self.data_mem.reshape(shape)
+            self.diff_mem.reshape(shape)
         else:
-            self._data = np.zeros(shape, dtype=np.float32)
-            self._diff = np.zeros(shape, dtype=np.float32)
+            self.data_mem = SyncedMemory(shape)
+            self.diff_mem = SyncedMemory(shape)
 
     def __repr__(self):
         return f"Blob('{self.name}', shape={self.shape})"
@@ -95,21 +118,21 @@ class Blob:
         compiled function's buffers."""
         blob = cls.__new__(cls)
         blob.name = name
-        blob._data = data
-        blob._diff = diff if diff is not None else np.zeros_like(data)
+        blob.data_mem = SyncedMemory.wrap(data)
+        blob.diff_mem = SyncedMemory.wrap(diff if diff is not None else np.zeros_like(data))
         return blob
 
 
 def flatten_blobs(blobs, data=True, diff=True):
-    """Lay the blobs' ``data`` (and ``diff``) end to end in flat float32 arrays, values
-    kept, and make each blob's arrays views into them, so one kernel can update every
-    blob at once (a solver's parameter update). Blob's API is unchanged: ``blob.data``
-    is the view, and writing through it writes the flat array.
+    """Lay the blobs' ``data`` (and ``diff``) end to end in flat memories, values kept,
+    and make each blob's memories views into them, so one kernel can update every blob
+    at once (a solver's parameter update). Blob's API is unchanged: ``blob.data`` is a
+    view of the flat host array, and the device copies are views of the flat device
+    buffer.
 
-    Returns ``(data_flat, diff_flat, offsets)``; a flat array is None when not asked
-    for. ``offsets[i]`` is where blob i starts. A blob whose count later changes
-    (``reshape`` to another size) gets arrays of its own again; check with
-    ``is_view_of``.
+    Returns ``(data_flat, diff_flat, offsets)`` (SyncedMemory; None when not asked for).
+    ``offsets[i]`` is where blob i starts. A blob whose count later changes (``reshape``
+    to another size) gets memories of its own again; check with ``is_view_of``.
     """
     sizes = [b.count for b in blobs]
     offsets, total = [], 0
@@ -117,23 +140,20 @@ def flatten_blobs(blobs, data=True, diff=True):
         offsets.append(total)
         total += n
     flats = []
-    for want, attr in ((data, "_data"), (diff, "_diff")):
+    for want, attr in ((data, "data_mem"), (diff, "diff_mem")):
         if not want:
             flats.append(None)
             continue
-        flat = np.empty(total, dtype=np.float32)
+        flat = SyncedMemory((total,))
+        host = flat.host_write()
         for b, off, n in zip(blobs, offsets, sizes):
-            view = flat[off:off + n]
-            view[...] = getattr(b, attr).reshape(-1)
-            setattr(b, attr, view.reshape(b.shape))
+            host[off:off + n] = getattr(b, attr).host_read().reshape(-1)
+            setattr(b, attr, flat.view(off, b.shape))
         flats.append(flat)
     return flats[0], flats[1], offsets
 
 
 def is_view_of(blob, flat, offset, which="data") -> bool:
-    """True when ``blob.data`` (or ``diff``) still lies in ``flat`` at ``offset``."""
-    arr = blob._data if which == "data" else blob._diff
-    if flat is None or not arr.flags.c_contiguous:
-        return False
-    return (arr.ctypes.data == flat.ctypes.data + 4 * offset
-            and offset + arr.size <= flat.size and arr.base is not None)
+    """True when ``blob.data`` (or ``diff``) is still the view of ``flat`` at ``offset``."""
+    mem = blob.data_mem if which == "data" else blob.diff_mem
+    return flat is not None and mem.parent is flat and mem.offset == offset

@@ -8,7 +8,7 @@ import functools
 import os
 
 from . import blas, cache
-from .host import HostMemory
+from .memory import get_device
 
 CC = os.environ.get("CC", "gcc")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=gnu11",
@@ -53,8 +53,11 @@ def vector_math_header() -> str:
 _CTYPES = {"p": ctypes.c_void_p, "l": ctypes.c_long, "f": ctypes.c_float}
 
 
-class CpuBackend(HostMemory):
+class CpuBackend:
+    """Kernels of the C module called through ctypes on host memory."""
+
     def __init__(self, plan):
+        self.device = get_device("cpu")
         header = vector_math_header()
         blas_cflags, blas_libs = blas.build_flags()
         libs = blas_libs + (["-lmvec", "-lm"] if header else ["-lm"])
@@ -68,5 +71,12 @@ class CpuBackend(HostMemory):
             fn.restype = None
             self.fns[name] = fn
 
-    def launch(self, step, packed):
-        self.fns[step.name](*[v for _, v in packed])
+    def prepare(self, step, packed):
+        return functools.partial(self.fns[step.name], *[v for _, v in packed])
+
+    def prepare_gemm(self, step, a, b, c):
+        raise ValueError(f"cpu plans call BLAS from kernels; step {step.name!r} is a "
+                         "device GEMM (the plan was lowered for another backend)")
+
+    def synchronize(self):
+        pass

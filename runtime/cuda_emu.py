@@ -1,14 +1,21 @@
-"""The cuda-emu backend: the CUDA module text compiled for the host by the C++
-compiler against include/sn_cuda_emu.h, launched with the same grid, block and
-argument packing as the cuda backend. It is how the CUDA path runs without a GPU."""
+"""The cuda-emu backend: the CUDA module text compiled for the host by the C++ compiler
+against include/sn_cuda_emu.h, with an emulated device (runtime/memory.py's EmuDevice:
+its own heap, counted copies).
+
+It is launched as the cuda backend launches: each kernel takes one buffer of argument
+addresses, packed once per plan (as cuLaunchKernel's kernelParams), and GEMM steps call a
+shim with cuBLAS's argument list. Every address a kernel or GEMM receives must lie in a
+device allocation; a host address is an error naming the kernel and the argument.
+"""
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from pathlib import Path
 
 from . import cache
-from .host import HostMemory
+from .memory import DeviceError, get_device
 
 CXX = os.environ.get("CXX", "g++")
 FLAGS = ["-O2", "-fopenmp", "-fPIC", "-shared", "-std=c++17", "-w"]
@@ -19,11 +26,13 @@ _CXX_TYPES = {"p": "float*", "l": "long", "f": "float"}
 
 
 def launcher_source(name, arg_types, sync) -> str:
-    params = ", ".join(f"{_CXX_TYPES[t]} a{i}" for i, t in enumerate(arg_types))
+    """``sn_launch_<name>(grid, block, params)``: params holds one address per kernel
+    argument, pointing at the argument's value (CUDA's kernelParams)."""
+    unpack = "".join(f"  {_CXX_TYPES[t]} a{i} = *({_CXX_TYPES[t]}*)p[{i}];\n"
+                     for i, t in enumerate(arg_types))
     args = ", ".join(f"a{i}" for i in range(len(arg_types)))
-    sep = ", " if params else ""
-    return (f'extern "C" int sn_launch_{name}(unsigned grid, unsigned block{sep}{params}) {{\n'
-            f"  return sn_emu_launch(grid, block, {'true' if sync else 'false'}, "
+    return (f'extern "C" int sn_launch_{name}(unsigned grid, unsigned block, void** p) {{\n'
+            f"{unpack}  return sn_emu_launch(grid, block, {'true' if sync else 'false'}, "
             f"[=]() {{ {name}({args}); }});\n}}\n")
 
 
@@ -35,8 +44,24 @@ def uses_barriers(source, name) -> bool:
     return "__syncthreads" in body or "sn_block_" in body
 
 
-class CudaEmuBackend(HostMemory):
+def gemm_extents(attrs):
+    """The number of floats each of A, B and C spans in a column-major strided-batched
+    GEMM with these attrs (cuBLAS's conventions)."""
+    def span(rows, cols, ld, stride):
+        if rows == 0 or cols == 0 or attrs["batch"] == 0:
+            return 0
+        return (attrs["batch"] - 1) * stride + (cols - 1) * ld + rows
+    m, n, k = attrs["m"], attrs["n"], attrs["k"]
+    a_rows, a_cols = (k, m) if attrs["transa"] else (m, k)
+    b_rows, b_cols = (n, k) if attrs["transb"] else (k, n)
+    return (span(a_rows, a_cols, attrs["lda"], attrs["strideA"]),
+            span(b_rows, b_cols, attrs["ldb"], attrs["strideB"]),
+            span(m, n, attrs["ldc"], attrs["strideC"]))
+
+
+class CudaEmuBackend:
     def __init__(self, plan):
+        self.device = get_device("cuda-emu")
         module = plan.sources[plan.backend]
         launchers = [launcher_source(k.name, k.arg_types, uses_barriers(module, k.name))
                      for k in plan.kernels.values()]
@@ -44,14 +69,44 @@ class CudaEmuBackend(HostMemory):
         self.path = cache.build(source, ".cpp", CXX, FLAGS)
         self.lib = ctypes.CDLL(str(self.path))
         self.fns = {}
-        for name, info in plan.kernels.items():
+        for name in plan.kernels:
             fn = getattr(self.lib, f"sn_launch_{name}")
-            fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [_CTYPES[t] for t in info.arg_types]
+            fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
             fn.restype = ctypes.c_int
             self.fns[name] = fn
 
-    def launch(self, step, packed):
-        status = self.fns[step.name](step.grid, step.block, *[v for _, v in packed])
-        if status:
-            raise RuntimeError(f"cuda-emu: OpenMP could not start {step.block} threads for a "
-                               f"block of kernel {step.name}; raise OMP_THREAD_LIMIT")
+    def prepare(self, step, packed):
+        """A launch of ``step`` with its argument buffer packed now; every pointer
+        argument is checked to be a device address."""
+        values = []
+        for i, (t, v) in enumerate(packed):
+            if t == "p" and v and not self.device.check(v):
+                raise DeviceError(f"cuda-emu: kernel {step.name}: argument {i} is "
+                                  f"{v:#x}, not a device address (host memory must be "
+                                  "copied to the device first)")
+            values.append(_CTYPES[t](v))
+        params = (ctypes.c_void_p * max(1, len(values)))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        return functools.partial(self._launch, self.fns[step.name], step, params, values)
+
+    @staticmethod
+    def _launch(fn, step, params, _values):
+        if fn(step.grid, step.block, params):
+            raise RuntimeError(f"cuda-emu: kernel {step.name} failed to run its "
+                               f"{step.grid} x {step.block} launch: OpenMP could not start a "
+                               "block's threads; raise OMP_THREAD_LIMIT")
+
+    def prepare_gemm(self, step, a, b, c):
+        from . import cublas_emu
+        for name, ptr, n in zip("ABC", (a, b, c), gemm_extents(step.attrs)):
+            if n and not self.device.check(ptr, 4 * n):
+                raise DeviceError(f"cuda-emu: GEMM {step.name}: matrix {name} at {ptr:#x} "
+                                  f"({n} floats) is not in a device allocation")
+        t = step.attrs
+        return functools.partial(cublas_emu.sgemm_strided_batched, t["transa"], t["transb"],
+                                 t["m"], t["n"], t["k"], t["alpha"], a, t["lda"],
+                                 t["strideA"], b, t["ldb"], t["strideB"], t["beta"], c,
+                                 t["ldc"], t["strideC"], t["batch"])
+
+    def synchronize(self):
+        pass

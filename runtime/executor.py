@@ -1,16 +1,29 @@
 """Runs a Plan: buffers allocated once and kept between calls, steps in order.
 
-The backends share this executor and the launch code (argument packing, grid and
-block from the Plan); they differ only in how memory is allocated and copied and how
-a prepared launch is issued. Steps are kernel launches (GEMMs included: a BLAS-calling
-kernel on the CPU, a tiled kernel on CUDA) and host callbacks.
+The backends share this executor; they differ in their device (runtime/memory.py: host
+memory for cpu, an emulated device heap for cuda-emu, the GPU for cuda) and in how a
+prepared launch is issued. Steps are kernel launches, GEMM library calls (cuBLAS's
+strided-batched GEMM on the CUDA backends) and host callbacks (Caffe Python layers).
+
+Arguments and results are NumPy arrays or ``SyncedMemory`` objects. A SyncedMemory is
+read and written where it lives: on a device backend it is uploaded only when its host
+copy is newer, and results written into one stay on the device (its head moves there),
+so Nets and solvers keep their blobs on the device between calls. NumPy arrays are
+copied in before the steps and results copied out after them, through buffers the
+executor keeps. Every copy between host and device is counted
+(``symnet.runtime.transfer_counts()``).
+
+Each step's launch arguments are packed once and reused until a buffer's address
+changes (a blob re-allocated by a reshape).
 """
 from __future__ import annotations
 
+import ctypes
 import time
 
 import numpy as np
 
+from .memory import SyncedMemory
 
 
 def make_backend(name, plan):
@@ -31,58 +44,162 @@ class Executor:
         self.plan = plan
         self.callbacks = dict(callbacks or {})   # host step name -> callable(arrays)
         self.backend = backend or make_backend(plan.backend, plan)
-        self.buffers = [None] * len(plan.buffers)
+        self.device = self.backend.device
+        self.on_host = self.device.is_host
+        self._owned = {}           # buffer id -> memory the executor owns (temps, constants)
         for b in plan.buffers:
             if b.role == "temp":
-                self.buffers[b.id] = self.backend.alloc(b.size)
+                self._owned[b.id] = self._alloc(b.size)
         for bid, array in plan.constants.items():
-            self.buffers[bid] = self.backend.upload(np.ascontiguousarray(array).ravel())
+            mem = SyncedMemory.wrap(np.array(array, dtype=np.float32).reshape(-1))
+            if not self.on_host:
+                mem.device_read(self.device)
+            self._owned[bid] = mem
+        self._staging = {}         # buffer id -> memory holding a NumPy argument or result
+        self._ptrs = None
+        self._launches = None
         self.step_times = np.zeros(len(plan.steps))
         self.timed_calls = 0
 
+    def _alloc(self, size):
+        mem = SyncedMemory((int(size),))
+        if not self.on_host:
+            mem.device_overwrite(self.device)      # device memory only; never copied
+        return mem
+
+    # ------------------------------------------------------------------ binding
+    def _stage(self, bid, size):
+        mem = self._staging.get(bid)
+        if mem is None or mem.size != size:
+            mem = self._staging[bid] = self._alloc(size)
+        return mem
+
+    def _bind_in(self, bid, value, keep):
+        """The address of argument ``value`` for buffer ``bid``, its values current."""
+        if isinstance(value, SyncedMemory):
+            if self.on_host:
+                arr = value.host_read()
+                keep.append(arr)
+                return arr.ctypes.data
+            return value.device_read(self.device)
+        arr = np.ascontiguousarray(value, dtype=np.float32)
+        if self.on_host:
+            keep.append(arr)
+            return arr.ctypes.data
+        mem = self._stage(bid, arr.size)
+        ptr = mem.device_ptr(self.device)
+        self.device.htod(ptr, arr.reshape(-1))
+        return ptr
+
+    def _bind_out(self, bid, dst, keep):
+        """The address kernels write result buffer ``bid`` to: the destination itself
+        where it can be written in place, else a staging buffer copied out after."""
+        if isinstance(dst, SyncedMemory):
+            if self.on_host:
+                arr = dst.host_write()
+                keep.append(arr)
+                return arr.ctypes.data
+            return dst.device_overwrite(self.device)
+        if self.on_host:
+            return dst.ctypes.data
+        return self._stage(bid, dst.size).device_ptr(self.device)
+
+    def _ptr_of_owned(self, mem):
+        if self.on_host:
+            return mem.host_read().ctypes.data
+        return mem.device_ptr(self.device)
+
+    # ------------------------------------------------------------------ running
     def run(self, inputs, params, out=None, timed=False):
-        """inputs / params: float32 arrays in the Plan's order. Returns the outputs."""
-        plan, be = self.plan, self.backend
-        for bid, array in zip(plan.inputs, inputs):
-            self.buffers[bid] = be.bind(bid, array)
-        for (_, bid), array in zip(plan.params, params):
-            self.buffers[bid] = be.bind(bid, array)
-        dests = []
+        """inputs / params: arrays or SyncedMemory in the Plan's order; ``out`` the
+        destinations of the outputs (arrays or SyncedMemory). Returns the outputs."""
+        plan = self.plan
+        keep = []
+        ptrs = [0] * len(plan.buffers)
+        for bid, mem in self._owned.items():
+            ptrs[bid] = self._ptr_of_owned(mem)
+        for bid, value in zip(plan.inputs, inputs):
+            ptrs[bid] = self._bind_in(bid, value, keep)
+        for (_, bid), value in zip(plan.params, params):
+            ptrs[bid] = self._bind_in(bid, value, keep)
+        dests, direct = [], set()
         for k, (bid, shape) in enumerate(plan.outputs):
             dst = out[k] if out is not None else np.empty(shape, dtype=np.float32)
             dests.append(dst)
-            if plan.buffers[bid].role == "output" and all(
-                    plan.outputs[j][0] != bid for j in range(k)):
-                self.buffers[bid] = be.bind_output(bid, dst)
-        ptrs = be.pointers(self.buffers)
-        for i, step in enumerate(plan.steps):
+            if plan.buffers[bid].role == "output" and bid not in direct:
+                direct.add(bid)
+                ptrs[bid] = self._bind_out(bid, dst, keep)
+        if ptrs != self._ptrs:
+            self._launches = [self._prepare(step, ptrs) for step in plan.steps]
+            self._ptrs = ptrs
+        be = self.backend
+        for i, (step, launch) in enumerate(zip(plan.steps, self._launches)):
             t0 = time.perf_counter() if timed else 0.0
-            if step.kind == "kernel":
-                be.launch(step, pack_args(step.args, ptrs))
-            elif step.kind == "host":
-                self._host(step)
+            if launch is not None:
+                launch()
             else:
-                raise ValueError(f"plan step {step.name!r}: unknown kind {step.kind!r}")
+                self._host(step, ptrs)
             if timed:
                 be.synchronize()
                 self.step_times[i] += time.perf_counter() - t0
         if timed:
             self.timed_calls += 1
-        for k, (bid, _) in enumerate(plan.outputs):
-            be.download(self.buffers[bid], dests[k])
+        self._collect(dests, ptrs)
         return dests
 
+    def _prepare(self, step, ptrs):
+        """A callable issuing the step (None for host steps)."""
+        if step.kind == "kernel":
+            return self.backend.prepare(step, pack_args(step.args, ptrs))
+        if step.kind == "gemm":
+            a, b, c = (ptrs[arg[1]] + 4 * arg[2] for arg in step.args)
+            return self.backend.prepare_gemm(step, a, b, c)
+        if step.kind == "host":
+            return None
+        raise ValueError(f"plan step {step.name!r}: unknown kind {step.kind!r}")
 
-    def _host(self, step):
-        """A host callback (a Caffe Python layer): its buffers as host arrays, synced
-        from and back to the device around the call by backends with device memory."""
-        be = self.backend
-        views = [be.host_view(self.buffers[a[1]], a[2], size)
-                 for a, size in zip(step.args, step.attrs["sizes"])]
+    def _collect(self, dests, ptrs):
+        """Results that kernels did not write in place: copied out of their buffers."""
+        plan, dev = self.plan, self.device
+        done = set()
+        for (bid, _), dst in zip(plan.outputs, dests):
+            in_place = plan.buffers[bid].role == "output" and bid not in done
+            done.add(bid)
+            if in_place and (self.on_host or isinstance(dst, SyncedMemory)):
+                continue
+            src = ptrs[bid]
+            if isinstance(dst, SyncedMemory):
+                if self.on_host:
+                    dst.host_write().reshape(-1)[...] = self._host_array(src, dst.size)
+                else:
+                    dev.dtod(dst.device_overwrite(dev), src, dst.nbytes)
+            elif self.on_host:
+                dst.reshape(-1)[...] = self._host_array(src, dst.size)
+            else:
+                dev.dtoh(dst.reshape(-1), src)
+
+    @staticmethod
+    def _host_array(ptr, size):
+        return np.ctypeslib.as_array((ctypes.c_float * size).from_address(ptr))
+
+    def _host(self, step, ptrs):
+        """A host callback (a Caffe Python layer): its buffers as host arrays, copied from
+        and back to the device around the call by backends with device memory."""
+        views = []
+        for a, size, mode in zip(step.args, step.attrs["sizes"], step.attrs["modes"]):
+            ptr = ptrs[a[1]] + 4 * a[2]
+            if self.on_host:
+                views.append(self._host_array(ptr, size))
+            else:
+                view = np.zeros(size, dtype=np.float32)
+                if mode == "r":
+                    self.device.dtoh(view, ptr)
+                views.append(view)
         self.callbacks[step.name](views)
-        for a, view, mode in zip(step.args, views, step.attrs["modes"]):
-            if mode == "w":
-                be.host_writeback(self.buffers[a[1]], a[2], view)
+        if not self.on_host:
+            for a, view, mode in zip(step.args, views, step.attrs["modes"]):
+                if mode == "w":
+                    self.device.htod(ptrs[a[1]] + 4 * a[2], view)
 
 
 def pack_args(args, ptrs):

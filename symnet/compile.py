@@ -17,14 +17,14 @@ class CompiledFunction:
         self.param_ops = [graph.op(n) for n, _ in self.plan.params]
 
     def run(self, feeds, out=None, timed=False):
-        params = [op.get_value() for op in self.param_ops]
+        params = [op.get_memory() for op in self.param_ops]
         return self.executor.run(feeds, params, out, timed)
 
-    def report(self):
-        return report_rows(self.plan)
+    def report(self, device=None):
+        return report_rows(self.plan, device) if device else report_rows(self.plan)
 
-    def report_text(self):
-        return report_table(self.plan)
+    def report_text(self, device=None):
+        return report_table(self.plan, device) if device else report_table(self.plan)
 
 
 def compile_function(graph, input_ids, output_ids, backend, name):

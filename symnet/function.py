@@ -8,6 +8,7 @@ import numpy as np
 from . import ops, reference
 from .errors import GraphError, ShapeError
 from .graph import Tensor
+from .runtime.memory import SyncedMemory
 
 BACKENDS = ("numpy", "cpu", "cuda-emu", "cuda")
 
@@ -75,7 +76,8 @@ class Function:
                              f"{len(self.inputs)} inputs {[t.name for t in self.inputs]}")
         feeds = []
         for t, a in zip(self.inputs, arrays):
-            a = np.asarray(a, dtype=np.float32, order="C")
+            if not isinstance(a, SyncedMemory):
+                a = np.asarray(a, dtype=np.float32, order="C")
             if a.shape != t.shape:
                 raise ShapeError(f"function '{self.name}': input '{t.name}' got shape "
                                  f"{a.shape}, expected {t.shape}")
@@ -83,13 +85,20 @@ class Function:
         return feeds
 
     def __call__(self, *arrays, out=None, timed=False):
+        """One array per input (a NumPy array, or a ``SyncedMemory`` read where it is
+        current); returns the outputs as NumPy arrays, or into ``out`` (arrays, or
+        ``SyncedMemory`` that compiled backends write in place on their device)."""
         feeds = self._feeds(arrays)
         if self._impl is None:
+            feeds = [a.host_read() if isinstance(a, SyncedMemory) else a for a in feeds]
             results = reference.evaluate(self.graph, [o.id for o in self.outputs],
                                          {t.id: a for t, a in zip(self.inputs, feeds)})
             if out is not None:
                 for dst, src in zip(self._check_out(out), results):
-                    dst[...] = src
+                    if isinstance(dst, SyncedMemory):
+                        dst.host_write()[...] = src
+                    else:
+                        dst[...] = src
                 results = list(out)
         else:
             results = self._impl.run(feeds, self._check_out(out) if out is not None else None,
@@ -102,6 +111,11 @@ class Function:
             raise GraphError(f"function '{self.name}': out= has {len(out)} arrays for "
                              f"{len(self.outputs)} outputs")
         for o, a in zip(self.outputs, out):
+            if isinstance(a, SyncedMemory):
+                if a.shape != o.shape:
+                    raise ShapeError(f"function '{self.name}': out memory for {o.label()} "
+                                     f"has shape {a.shape}, expected {o.shape}")
+                continue
             if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == o.shape
                     and a.flags.c_contiguous):
                 raise ShapeError(f"function '{self.name}': out array for {o.label()} must be "
@@ -117,11 +131,14 @@ class Function:
     def plan(self):
         return None if self._impl is None else self._impl.plan
 
-    def report(self) -> list:
-        return [] if self._impl is None else self._impl.report()
+    def report(self, device=None) -> list:
+        """One row per plan step: kernels, bytes moved, flops, launch shape; with
+        ``device`` (e.g. "H100 SXM") a roofline time estimate per step (an estimate on
+        paper, not a measurement)."""
+        return [] if self._impl is None else self._impl.report(device)
 
-    def report_text(self) -> str:
-        return "" if self._impl is None else self._impl.report_text()
+    def report_text(self, device=None) -> str:
+        return "" if self._impl is None else self._impl.report_text(device)
 
 
 def function(inputs, outputs, backend=None, name=None) -> Function:

@@ -42,6 +42,9 @@ class BlobParam(ops.Param):
     def get_value(self):
         return self.blob.data
 
+    def get_memory(self):
+        return self.blob.data_mem
+
     def set_value(self, array, shape):
         if hasattr(self, "blob"):
             self.blob.data[...] = array

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GraphError, ShapeError
+from ..runtime.memory import SyncedMemory
 
 
 class Op:
@@ -101,14 +102,20 @@ class Param(Leaf):
         return {"name": self.name, "shape": self.shape}
 
     def get_value(self):
-        return self._value
+        """The value as a host array (writing into it is seen by the next call)."""
+        return self._mem.host_write()
+
+    def get_memory(self) -> SyncedMemory:
+        """The value's memory, which compiled calls read where it is current (kept on a
+        device between calls)."""
+        return self._mem
 
     def set_value(self, array, shape):
         array = np.asarray(array, dtype=np.float32)
         if array.shape != tuple(shape):
             raise ShapeError(f"param '{self.name}': value has shape {array.shape}, "
                              f"expected {tuple(shape)}")
-        self._value = np.array(array, dtype=np.float32, order="C")
+        self._mem = SyncedMemory.wrap(np.array(array, dtype=np.float32, order="C"))
 
     def vjp(self, args, out, g):
         return []
