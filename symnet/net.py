@@ -26,6 +26,7 @@ from . import data as data_sources
 from . import pylayer
 from .layers import registry
 from .runtime.blob import Blob
+from .runtime.memory import SyncedMemory
 from .runtime.prefetch import Prefetcher
 
 TRAIN, TEST = 0, 1
@@ -434,16 +435,31 @@ class Net:
         return cur is not None and cur.id == t.id
 
     def _store(self, t):
-        """The array holding version t: its blob's data if it is the blob's latest
-        version, else a private array (an in-place layer's earlier value)."""
+        """The memory holding version t: its blob's data if it is the blob's latest
+        version, else a private memory (an in-place layer's earlier value). Memories stay
+        where the compiled calls left them (on the device for the CUDA backends)."""
         if t.id == self._counter.id:
-            return np.array(self._counter_value, dtype=np.float32)
+            mem = self._private.get(t.id)
+            if mem is None:
+                mem = self._private[t.id] = SyncedMemory(())
+                mem.host_write()[...] = self._counter_value
+            elif mem.host_read() != self._counter_value:
+                mem.host_write()[...] = self._counter_value
+            return mem
         if self._is_final(t):
-            return self.blobs[t.name].data
-        arr = self._private.get(t.id)
-        if arr is None or arr.shape != t.shape:
-            arr = self._private[t.id] = np.zeros(t.shape, dtype=np.float32)
-        return arr
+            return self.blobs[t.name].data_mem
+        mem = self._private.get(t.id)
+        if mem is None or mem.shape != t.shape:
+            mem = self._private[t.id] = SyncedMemory(t.shape)
+        return mem
+
+    def _update_store(self, k, shape):
+        """A private memory for the k-th state update's new value."""
+        key = ("update", k)
+        mem = self._private.get(key)
+        if mem is None or mem.shape != tuple(shape):
+            mem = self._private[key] = SyncedMemory(shape)
+        return mem
 
     @property
     def _private(self):
@@ -487,18 +503,25 @@ class Net:
         return outputs + [v for _, v in updates], updates, cut
 
     def _backward_fn(self):
-        """(Function, fed stored tensors, the sinks whose diffs are its cotangents), or
-        None when nothing needs backward."""
+        """(Function, fed stored tensors, the extra inputs it reads: sink diffs as
+        cotangents, then param diffs), or None when nothing needs backward. Its outputs
+        are the bottom diffs, then each learned param's diff plus its gradient (Caffe
+        accumulates param diffs)."""
         sinks, firsts, params = self._backward_parts()
         if not sinks or not (firsts or params):
             return None
         if "backward" not in self._fns:
             with graph_scope(self.graph):
                 cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
+                diffs = [F.input(f"{blob.name}_diff", t.shape) for t, blob in params]
                 grads = vjp(sinks, cots, [t for _, t in firsts] + [t for t, _ in params])
-            self._compile("backward", grads, self._all_versions(), extra=cots)
+                grads = grads[:len(firsts)] + [
+                    F.add(d, g) for d, g in zip(diffs, grads[len(firsts):])]
+            self._compile("backward", grads, self._all_versions(), extra=cots + diffs)
         fn, feeds, used = self._fns["backward"]
-        return fn, feeds, [sinks[i] for i in used]
+        extra = [self.blobs[t.name].diff_mem for t in sinks] + \
+            [blob.diff_mem for _, blob in params]
+        return fn, feeds, [extra[i] for i in used]
 
     def functions(self):
         """The whole net's forward and backward Functions (backward None when nothing
@@ -526,11 +549,11 @@ class Net:
     def _forward_outs(self, outputs, updates):
         n_blob = len(outputs) - len(updates)
         return [self._store(t) for t in outputs[:n_blob]] + \
-            [np.empty(v.shape, np.float32) for _, v in updates]
+            [self._update_store(k, v.shape) for k, (_, v) in enumerate(updates)]
 
-    def _forward_done(self, updates, update_arrays, blobs):
-        for (param, _), arr in zip(updates, update_arrays):
-            param.op.blob.data[...] = arr
+    def _forward_done(self, updates, update_mems, blobs):
+        for (param, _), mem in zip(updates, update_mems):
+            param.op.blob.data_mem.copy_from(mem)
         self._last_counter = self.iteration
         if self.phase == TRAIN:
             self.iteration += 1
@@ -586,9 +609,11 @@ class Net:
         outputs = self._forward_parts(0, len(self.layers) - 1)[0]
         self._counter_value = self.iteration
         outs = self._forward_outs(outputs, updates)
-        extra = [self.blobs[t.name].diff for t in sinks] + [blob.diff for _, blob in params]
+        extra = [self.blobs[t.name].diff_mem for t in sinks] + \
+            [blob.diff_mem for _, blob in params]
         arrays = [self._store(t) for t in feeds] + [extra[i] for i in used]
-        outs += [self.blobs[name].diff for name, _ in firsts] + [blob.diff for _, blob in params]
+        outs += [self.blobs[name].diff_mem for name, _ in firsts] + \
+            [blob.diff_mem for _, blob in params]
         fn(*arrays, out=outs, timed=self._timed)
         n_fwd = len(outputs)
         return self._forward_done(updates, outs[n_fwd - len(updates):n_fwd], blobs)
@@ -652,15 +677,13 @@ class Net:
         compiled = self._backward_fn()
         if compiled is None:
             return {b: self.blobs[b].diff for b in (diffs or [])}
-        fn, feeds, cot_feeds = compiled
+        fn, feeds, extra = compiled
         _, firsts, params = self._backward_parts()
         self._counter_value = self._last_counter
-        arrays = [self._store(t) for t in feeds] + [self.blobs[t.name].diff for t in cot_feeds]
-        outs = [self.blobs[name].diff for name, _ in firsts] + \
-            [np.empty(t.shape, np.float32) for t, _ in params]
+        arrays = [self._store(t) for t in feeds] + extra
+        outs = [self.blobs[name].diff_mem for name, _ in firsts] + \
+            [blob.diff_mem for _, blob in params]
         fn(*arrays, out=outs, timed=self._timed)
-        for (_, blob), g in zip(params, outs[len(firsts):]):
-            blob.diff[...] += g
         return {b: self.blobs[b].diff for b in (diffs or [])}
 
     def time(self, iterations=10):

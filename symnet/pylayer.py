@@ -21,6 +21,7 @@ import numpy as np
 
 from .layers.registry import LayerError
 from .runtime.blob import Blob
+from .runtime.memory import SyncedMemory
 
 log = logging.getLogger("symnet")
 
@@ -241,15 +242,17 @@ class PythonLayerRunner:
         top_diffs[k][...] = np.asarray(g, np.float32).reshape(self.top_shapes[k])
         tops = [Blob.wrap(np.asarray(a, np.float32).reshape(s), d)
                 for a, s, d in zip(top_arrays, self.top_shapes, top_diffs)]
-        saved = [p.diff.copy() for p in self.params]
+        # the layer's blobs get zeroed diffs of their own for the call, so it never
+        # touches the diff memories a compiled plan is accumulating into meanwhile
+        saved = [p.diff_mem for p in self.params]
         for p in self.params:
-            p.diff[...] = 0
+            p.diff_mem = SyncedMemory(p.shape)
         try:
             self._call("backward", tops, [i in wanted for i in range(nb)], bottoms)
-            grads = bottom_diffs + [p.diff.copy() for p in self.params]
+            grads = bottom_diffs + [p.diff for p in self.params]
         finally:
-            for p, s in zip(self.params, saved):
-                p.diff[...] = s
+            for p, mem in zip(self.params, saved):
+                p.diff_mem = mem
         for i in wanted:
             grad_arrays[i][...] = grads[i].reshape(grad_arrays[i].shape)
 

@@ -68,6 +68,7 @@ from .function import Function
 from .graph import Graph, graph_scope
 from .net import TEST, TRAIN, Net
 from .runtime.blob import flatten_blobs, is_view_of
+from .runtime.memory import SyncedMemory
 
 log = logging.getLogger("symnet.solver")
 
@@ -329,6 +330,8 @@ class Solver:
         for w in ([weights] if weights else []) + list(p.weights):
             self.copy_weights(w)
         self._build_layout()
+        for net in self.test_nets:
+            self.share_weights(net)
 
     # ------------------------------------------------------------------ setup
     def _check_param(self):
@@ -451,43 +454,48 @@ class Solver:
         for (lr, dm), idx in classes.items():
             blobs = [params[i][0] for i in idx]
             data, diff, offsets = flatten_blobs(blobs)
-            hist = [np.zeros_like(data) for _ in range(self.n_histories)]
+            hist = [SyncedMemory(data.shape) for _ in range(self.n_histories)]
             groups.append({"lr_mult": lr, "decay_mult": dm, "index": idx, "blobs": blobs,
                            "offsets": offsets, "data": data, "diff": diff, "hist": hist})
         views = [[None] * len(params) for _ in range(self.n_histories)]
         for g in groups:
             for i, b, off in zip(g["index"], g["blobs"], g["offsets"]):
                 for j in range(self.n_histories):
-                    views[j][i] = g["hist"][j][off:off + b.count].reshape(b.shape)
+                    views[j][i] = g["hist"][j].view(off, b.shape)
         if old_histories is not None:
             for j, arrays in enumerate(old_histories[:self.n_histories]):
                 for i, a in enumerate(arrays[:len(params)]):
                     if a is not None and a.shape == views[j][i].shape:
-                        views[j][i][...] = a
+                        views[j][i].host_write()[...] = a
         self._params = params
         self._layout = groups
         self._history_views = views
         self._layout_key = [id(b) for b, _, _ in params]
         self._update_fn = None
+        for net in getattr(self, "test_nets", []):
+            self.share_weights(net)
 
     def _sync_layout(self):
         """Rebuild the flat layout when the net's params changed (net.reshape) or a
         blob's arrays no longer lie in the flat buffers."""
         if [id(b) for b, _, _ in self.learnable_params()] != self._layout_key:
-            self._build_layout([[np.array(a) for a in hs] for hs in self._history_views])
+            self._build_layout(self._history_copies())
             return
         for g in self._layout:
             for b, off in zip(g["blobs"], g["offsets"]):
                 if not (is_view_of(b, g["data"], off, "data")
                         and is_view_of(b, g["diff"], off, "diff")):
-                    self._build_layout([[np.array(a) for a in hs]
-                                        for hs in self._history_views])
+                    self._build_layout(self._history_copies())
                     return
+
+    def _history_copies(self):
+        return [[np.array(v.host_read()) for v in hs] for hs in self._history_views]
 
     @property
     def history(self):
-        """The history blobs' arrays in Caffe's order (one list per history set)."""
-        return [a for hs in self._history_views for a in hs]
+        """The history blobs' arrays in Caffe's order (one list per history set); the host
+        becomes their head, as pycaffe's ``blob.data``."""
+        return [v.host_write() for hs in self._history_views for v in hs]
 
     # ------------------------------------------------------------------ update graph
     def _rule(self, p, g, hs, lr, lm, scalars):
@@ -579,7 +587,7 @@ class Solver:
     def _log_clip(self):
         if not log.isEnabledFor(logging.INFO):
             return
-        sumsq = sum(float(np.dot(g["diff"], g["diff"])) for g in self._layout)
+        sumsq = sum(float(np.dot(d, d)) for d in (g["diff"].host_read() for g in self._layout))
         norm = math.sqrt(sumsq)
         clip = self.param.clip_gradients
         if norm > clip:
@@ -603,7 +611,7 @@ class Solver:
     def clear_param_diffs(self):
         self._sync_layout()
         for g in self._layout:         # every param blob's diff is a view of these
-            g["diff"].fill(0)
+            g["diff"].fill_zero()
 
     def forward_backward(self, sub=0):
         """One forward and backward pass of the train net; the loss."""
@@ -707,8 +715,9 @@ class Solver:
 
     # ------------------------------------------------------------------ testing
     def share_weights(self, net):
-        """Copy the train net's params into ``net`` layer by layer, by name (Caffe's
-        ShareTrainedLayersWith)."""
+        """Make ``net``'s params use the train net's param memories, layer by layer, by
+        name (Caffe's ShareTrainedLayersWith): the same values on the host and the
+        device, so a test net measures the current weights without copies."""
         source = dict(zip(self.net._layer_names, self.net.layers))
         for name, layer in zip(net._layer_names, net.layers):
             src = source.get(name)
@@ -723,7 +732,7 @@ class Solver:
                 if dst.shape != s.shape:
                     raise SolverError(f"layer '{name}' blob {j}: shape {dst.shape} in the "
                                       f"test net, {s.shape} in the train net")
-                dst.data[...] = s.data
+                dst.share_data(s)
 
     def test_all(self):
         for i in range(len(self.test_nets)):
@@ -813,7 +822,7 @@ class Solver:
         state.iter = self.iter
         state.learned_net = model_filename
         state.current_step = self.current_step
-        for a in self.history:
+        for a in (v.host_read() for hs in self._history_views for v in hs):
             state.history.append(prototxt.array_to_blob(np.ascontiguousarray(a)))
         extra = {"format": EXTRA_FORMAT, "type": self.type,
                  "net_iteration": int(self.net.iteration),
