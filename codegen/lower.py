@@ -1,8 +1,9 @@
 """Lowering: a partitioned graph becomes a Plan for one backend.
 
-Each fused kernel becomes one launch; library ops become launches of templates (GEMMs:
-a tiled kernel on CUDA, a kernel calling BLAS's sgemm on the CPU); values get buffers,
-and temporaries whose lifetimes do not overlap share one.
+Each fused kernel becomes one launch; library ops become launches of templates; GEMMs
+are cuBLAS calls on the CUDA backends (Plan steps of kind "gemm", see ``sgemm``) and
+kernels calling BLAS's sgemm on the CPU. Values get buffers, and temporaries whose
+lifetimes do not overlap share one.
 """
 from __future__ import annotations
 
@@ -141,6 +142,27 @@ class Lowering:
         self.steps.append(step)
         return step
 
+    def sgemm(self, nodes, a, b, c, attrs):
+        """A cuBLAS call (column-major ``cublasSgemmStridedBatched``) as a Plan step:
+        ``Step("gemm", "sgemm", [A, B, C], attrs)`` with A and B read, C written, and
+        attrs transa, transb (0 = N, 1 = T), m, n, k, alpha, beta, lda, ldb, ldc,
+        strideA, strideB, strideC (elements), batch and flops. The executor hands the
+        backend the three device addresses (offsets applied)."""
+        m, n, k, batch = attrs["m"], attrs["n"], attrs["k"], attrs["batch"]
+        mats = lambda stride: batch if stride and batch > 1 else 1   # noqa: E731
+        rw = [[a[1], "r"], [b[1], "r"], [c[1], "w"]]
+        read = m * k * mats(attrs["strideA"]) + k * n * mats(attrs["strideB"])
+        if attrs["beta"] != 0.0:
+            rw.append([c[1], "r"])
+            read += m * n * batch
+        attrs = dict(attrs, flops=2 * m * n * k * batch)
+        step = Step("gemm", "sgemm", [a[:3], b[:3], c[:3]], ops=[self._op_name(x) for x in nodes],
+                    bytes_read=4 * read, bytes_written=4 * m * n * batch, attrs=attrs)
+        step.attrs["_rw"] = rw
+        step.attrs["layers"] = self._layers_of(nodes)
+        self.steps.append(step)
+        return step
+
     def _layers_of(self, nodes):
         tags = [self.graph.nx.nodes[n].get("layer") for n in nodes]
         return sorted({t for t in tags if t})
@@ -202,19 +224,50 @@ class Lowering:
 
     _lower_Transpose = _lower_Slice = _lower_Pad = _lower_SliceGrad = _lower_Concat = _copy
 
-    # GEMM: C[b0, b1] = alpha A[b0, b1] B[b0, b1] + beta C[b0, b1], strided A and B
+    # GEMM on the CPU: C[b0, b1] = A[b0, b1] B[b0, b1] + beta C[b0, b1], strided A and B
     def gemm(self, nodes, a, b, c, nb, M, N, Kd, sa, sb, sc, beta=0.0):
         """a, b, c: value args; nb (nb0, nb1); sa (sAm, sAk, sA0, sA1); sb (sBk, sBn, sB0,
         sB1); sc (sC0, sC1)."""
         args = [["long", nb[0]], ["long", nb[1]], ["long", M], ["long", N], ["long", Kd],
                 ["float", 1.0], ["float", beta], a] + [["long", s] for s in sa] + [b] + \
             [["long", s] for s in sb] + [c] + [["long", s] for s in sc]
-        if self.device_gemm:
-            tiles = nb[0] * nb[1] * -(-M // 16) * -(-N // 16)
-            step = self.launch(self._template(T.GEMM), args, tiles * T.GEMM.block, nodes)
-        else:
-            step = self.launch(self._template(T.GEMM_BLAS), args, 1, nodes)
+        step = self.launch(self._template(T.GEMM_BLAS), args, 1, nodes)
         step.attrs["flops"] = 2 * nb[0] * nb[1] * M * N * Kd
+
+    # GEMM on the CUDA backends: cuBLAS calls
+    def device_gemm_rm(self, nodes, a, b, c, M, N, Kd, sa, sb, ldc, levels, beta=0.0):
+        """Row-major C (M x N, rows ldc apart) = A (M x K, strides sa = (sAm, sAk)) times
+        B (K x N, strides sb = (sBk, sBn)) + beta C, for every index of the batch
+        ``levels`` [(count, stride of A, of B, of C), ...] (outermost first; offsets in
+        elements from a, b, c). As column-major cuBLAS sees it, C^T (N x M) = B^T A^T:
+        cuBLAS's A is our B and its B is our A. Levels merge where their strides allow;
+        the largest remaining level is the call's batch and any others become separate
+        calls."""
+        levels = [list(lv) for lv in levels if lv[0] > 1]
+        merged = True
+        while merged:
+            merged = False
+            for i in range(len(levels) - 1):
+                o, n_ = levels[i], levels[i + 1]
+                if all(o[j] == n_[j] * n_[0] for j in (1, 2, 3)):
+                    levels[i:i + 2] = [[o[0] * n_[0], n_[1], n_[2], n_[3]]]
+                    merged = True
+                    break
+        batch = max(levels, key=lambda lv: lv[0]) if levels else [1, 0, 0, 0]
+        loops = [lv for lv in levels if lv is not batch]
+        transa, lda = _cublas_operand(N, Kd, sb[1], sb[0])    # B^T: N x K
+        transb, ldb = _cublas_operand(Kd, M, sa[1], sa[0])    # A^T: K x M
+        if M > 1 and ldc < N:
+            raise ValueError(f"GEMM output rows {ldc} apart overlap ({N} columns)")
+        attrs = {"transa": transa, "transb": transb, "m": N, "n": M, "k": Kd,
+                 "alpha": 1.0, "beta": float(beta), "lda": lda, "ldb": ldb,
+                 "ldc": ldc if M > 1 else max(1, N),
+                 "strideA": batch[2], "strideB": batch[1], "strideC": batch[3],
+                 "batch": batch[0]}
+        for idx in _product([lv[0] for lv in loops]):
+            oa, ob, oc = (sum(i * lv[j] for i, lv in zip(idx, loops)) for j in (1, 2, 3))
+            self.sgemm(nodes, ["val", b[1], b[2] + ob, "r"], ["val", a[1], a[2] + oa, "r"],
+                       ["val", c[1], c[2] + oc, "w"], dict(attrs))
 
     def _lower_MatMul(self, n, op):
         g = self.graph
@@ -243,6 +296,10 @@ class Lowering:
         # operands that are transposes of the last two axes are read with swapped strides
         a_src, sa_mk = (self.views[a], (1, M)) if a in self.views else (a, (Kd, 1))
         b_src, sb_kn = (self.views[b], (1, Kd)) if b in self.views else (b, (N, 1))
+        if self.device_gemm:
+            self.device_gemm_rm([n], self.r(a_src), self.r(b_src), self.w(n), M, N, Kd, sa_mk,
+                                sb_kn, N, merged)
+            return
         for idx in _product([m[0] for m in outer]):
             oa = sum(i * m[1] for i, m in zip(idx, outer))
             ob = sum(i * m[2] for i, m in zip(idx, outer))
@@ -275,6 +332,36 @@ class Lowering:
                     self._conv_dims(p, xs, k_hw, out_hw), rows, [n])
         return ["val", col, 0, "r"]
 
+    # Convolutions on the CUDA backends: columns of the whole batch, (rows, N*oh*ow)
+    def _batch_to_cols(self, n, src, NB, R, P, name):
+        """src (NB, R, P) as a new value (R, NB*P)."""
+        dst = self.new_value(NB * R * P, "temp", name)
+        size = NB * R * P
+        self.launch(self._template(T.BATCH_TO_COLS), [["long", size], src, ["val", dst, 0, "w"],
+                    ["long", NB], ["long", R], ["long", P]], size, [n])
+        return ["val", dst, 0, "r"]
+
+    def _device_cols(self, n, x, p, k_hw, out_hw, folded=False):
+        """x's im2col columns for the device GEMMs as (value arg, row stride, image
+        stride): (C*kh*kw, N*oh*ow), or x itself (C, oh*ow) per image for a 1x1 kernel,
+        unless ``folded`` asks for one matrix over the batch (the weight gradient)."""
+        N, C, H, W = self.graph.shape(x)
+        P = out_hw[0] * out_hw[1]
+        if self._is_pointwise(p, k_hw) and (N == 1 or not folded):
+            return self.r(x), P, C * P
+        key = (x, p.stride, p.pad, p.dilation, tuple(k_hw), "device")
+        if key not in self.cols:        # a convolution and its weight gradient share it
+            if self._is_pointwise(p, k_hw):
+                self.cols[key] = self._batch_to_cols(n, self.r(x), N, C, P, "col")[1]
+            else:
+                rows = C * k_hw[0] * k_hw[1]
+                col = self.cols[key] = self.new_value(rows * N * P, "temp", "col")
+                size = rows * N * P
+                self.launch(self._template(T.IM2COL_COLS), [["long", size], self.r(x),
+                            ["val", col, 0, "w"], ["long", N]] +
+                            self._conv_dims(p, (N, C, H, W), k_hw, out_hw), size, [n])
+        return ["val", self.cols[key], 0, "r"], N * P, P
+
     def _by_image(self, N, p, k_hw):
         """Whether a convolution runs image by image (CPU, a kernel wider than 1x1, at
         least an image per thread): each image's columns stay in cache beside its GEMM."""
@@ -298,8 +385,13 @@ class Lowering:
                                                                  (oh, ow))),
                          2 * N * O * Kd * P)
             return
-        col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
         M = O // G
+        if self.device_gemm:    # y[b, g] = w[g] (M x Kd) cols[g, b] (Kd x P)
+            col, ld, img = self._device_cols(n, x, op.p, (kh, kw), (oh, ow))
+            self.device_gemm_rm([n], self.r(w), col, self.w(n), M, P, Kd, (Kd, 1), (ld, 1), P,
+                                [(N, 0, img, O * P), (G, M * Kd, Kd * ld, M * P)])
+            return
+        col = self._im2col(n, x, op.p, (kh, kw), (oh, ow))
         self.gemm([n], self.r(w), col, self.w(n), (N, G), M, P, Kd,
                   (Kd, 1, 0, M * Kd), (P, 1, G * Kd * P, Kd * P), (O * P, M * P))
 
@@ -316,6 +408,9 @@ class Lowering:
                          2 * N * G * M * Kd * P)
             return
         direct = self._is_pointwise(op.p, (kh, kw))
+        if self.device_gemm:
+            self._device_conv_transpose(n, op, direct)
+            return
         col = self.w(n) if direct else ["val", self.new_value(N * G * M * P, "temp", "col"), 0,
                                          "w"]
         self.gemm([n], self.r(w), self.r(x), col, (N, G), M, P, Kd,
@@ -325,6 +420,42 @@ class Lowering:
             self.launch(self._template(T.COL2IM), [["long", size], ["val", col[1], 0, "r"], self.w(n)] +
                         self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd)), size, [n])
 
+    def _device_conv_transpose(self, n, op, direct):
+        """cols[g, b] (M x P) = w[g]^T (M x Kd) x[b, g] (Kd x P) for the columns
+        (Co*kh*kw, N*h*w) (or y itself for a 1x1 kernel), then col2im."""
+        g = self.graph
+        x, w = g.args(n)
+        (N, Ci, h, wd), (_, Og, kh, kw), (_, Co, H, W) = g.shape(x), g.shape(w), g.shape(n)
+        G, P = op.p.group, h * wd
+        Kd, M = Ci // G, Og * kh * kw
+        if direct:
+            out, ld, img = self.w(n), P, Co * P
+        else:
+            out, ld, img = ["val", self.new_value(G * M * N * P, "temp", "col"), 0, "w"], \
+                N * P, P
+        self.device_gemm_rm([n], self.r(w), self.r(x), out, M, P, Kd, (1, M), (P, 1), ld,
+                            [(N, 0, Ci * P, img), (G, Kd * M, Kd * P, M * ld)])
+        if not direct:
+            size = N * Co * H * W
+            self.launch(self._template(T.COL2IM_COLS), [["long", size], ["val", out[1], 0, "r"],
+                        self.w(n), ["long", N]] +
+                        self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd)), size, [n])
+
+    def _device_weight_grad(self, n, op):
+        """gw[g] (M x Kd) = gy[g] (M x N*P) cols[g]^T (N*P x Kd): one GEMM per call with
+        the batch folded into K, batched over the groups; gy is laid out (O, N*P)."""
+        g = self.graph
+        x, gy = g.args(n)
+        (N, C, _, _), (_, O, oh, ow) = g.shape(x), g.shape(gy)
+        kh, kw = op.kernel_hw
+        G, P = op.p.group, oh * ow
+        Kd, M, NP = C // G * kh * kw, O // G, N * oh * ow
+        col, ld, _ = self._device_cols(n, x, op.p, (kh, kw), (oh, ow), folded=True)
+        assert ld == NP
+        gyt = self.r(gy) if N == 1 else self._batch_to_cols(n, self.r(gy), N, O, P, "gy_cols")
+        self.device_gemm_rm([n], gyt, col, self.w(n), M, Kd, NP, (NP, 1), (1, NP), Kd,
+                            [(G, M * NP, Kd * NP, M * Kd)])
+
     def _lower_ConvWeightGrad(self, n, op):
         g = self.graph
         x, gy = g.args(n)
@@ -332,6 +463,9 @@ class Lowering:
         kh, kw = op.kernel_hw
         G, P = op.p.group, oh * ow
         Kd, M = C // G * kh * kw, O // G
+        if self.device_gemm:
+            self._device_weight_grad(n, op)
+            return
         if self._by_image(N, op.p, (kh, kw)):
             xs = g.shape(x)
             self._images(T.CONV_WGRAD_CPU, n, [self.r(x), self.r(gy), self.w(n), ["long", O]],
@@ -344,21 +478,15 @@ class Lowering:
             self.gemm([n], self.r(gy), col, self.w(n), (1, G), M, Kd, P,
                       (P, 1, 0, M * P), (1, P, 0, Kd * P), (0, M * Kd))
             return
-        if not self.device_gemm:        # per-thread sums of the images' products
-            args = [["long", N], ["long", G], ["long", M], ["long", Kd], ["long", P],
-                    self.r(gy), ["long", P], ["long", 1], ["long", O * P], ["long", M * P],
-                    col, ["long", 1], ["long", P], ["long", G * Kd * P], ["long", Kd * P],
-                    self.w(n), ["long", M * Kd],
-                    ["val", self.new_value(self.threads * G * M * Kd, "temp", "scratch"), 0,
-                     "w"], ["long", self.threads]]
-            step = self.launch(self._template(T.GEMM_BLAS_SUM), args, 1, [n])
-            step.attrs["flops"] = 2 * N * G * M * Kd * P
-            return
-        tmp = self.new_value(N * G * M * Kd, "temp", "partial")
-        self.gemm([n], self.r(gy), col, ["val", tmp, 0, "w"], (N, G), M, Kd, P,
-                  (P, 1, O * P, M * P), (1, P, G * Kd * P, Kd * P), (G * M * Kd, M * Kd))
-        m = G * M * Kd
-        self.launch(self._template(T.SUM_BATCH), [["long", m], ["long", N], ["val", tmp, 0, "r"], self.w(n)], m, [n])
+        # per-thread sums of the images' products
+        args = [["long", N], ["long", G], ["long", M], ["long", Kd], ["long", P],
+                self.r(gy), ["long", P], ["long", 1], ["long", O * P], ["long", M * P],
+                col, ["long", 1], ["long", P], ["long", G * Kd * P], ["long", Kd * P],
+                self.w(n), ["long", M * Kd],
+                ["val", self.new_value(self.threads * G * M * Kd, "temp", "scratch"), 0,
+                 "w"], ["long", self.threads]]
+        step = self.launch(self._template(T.GEMM_BLAS_SUM), args, 1, [n])
+        step.attrs["flops"] = 2 * N * G * M * Kd * P
 
     def _pool_dims(self, p, x_shape, out_shape):
         return [["long", v] for v in (x_shape[2], x_shape[3], out_shape[2], out_shape[3],
@@ -601,6 +729,23 @@ class Lowering:
         parts = [CUDA_PRELUDE if self.backend != "cpu" else C_PRELUDE]
         parts.extend(text for _, text in self.sources)
         return "\n".join(parts)
+
+
+def _cublas_operand(rows, cols, s_row, s_col):
+    """(op, leading dimension) for cuBLAS to read a rows x cols matrix whose element
+    (i, j) is at i * s_row + j * s_col: op N if it is column-major (s_row = 1), op T
+    if its transpose is (s_col = 1). The stride of a single row or column is arbitrary
+    and cuBLAS wants a leading dimension of at least max(1, rows as stored)."""
+    if s_row == 1 or rows == 1:
+        ld = s_col if cols > 1 else max(1, rows)
+        if ld >= max(1, rows):
+            return 0, ld
+    if s_col == 1 or cols == 1:
+        ld = s_row if rows > 1 else max(1, cols)
+        if ld >= max(1, cols):
+            return 1, ld
+    raise NotImplementedError(f"codegen: a GEMM operand with strides ({s_row}, {s_col}) "
+                              "is neither column- nor row-major")
 
 
 def _unique(args):

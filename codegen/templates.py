@@ -2,10 +2,10 @@
 the CPU (through the prelude); lowering bakes their sizes into the text as constants.
 
 Each template is (name, parameter signature, body). Parameter types: ``p`` a float
-pointer, ``c`` a read-only float pointer, ``l`` a long, ``f`` a float. The tiled GEMM
-is launched only on the CUDA backends; on the CPU, GEMM_BLAS calls BLAS (OpenBLAS's
-``cblas_sgemm``, single-threaded) from the module's own OpenMP threads, so GEMMs and
-kernels share one thread pool.
+pointer, ``c`` a read-only float pointer, ``l`` a long, ``f`` a float. On the CPU,
+GEMM_BLAS calls BLAS (OpenBLAS's ``cblas_sgemm``, single-threaded) from the module's own
+OpenMP threads, so GEMMs and kernels share one thread pool; the CUDA backends run GEMMs
+as cuBLAS calls (Plan steps of kind "gemm"), around the layout kernels *_COLS below.
 """
 from __future__ import annotations
 
@@ -69,12 +69,55 @@ COL2IM = Template("sn_col2im", (("l", "n"), ("c", "col"), ("p", "x")) + _CONV, r
   }
 """)
 
-# out[j] = sum over b of src[b * m + j]: folds a batch of partial results.
-SUM_BATCH = Template("sn_sum_batch", (("l", "m"), ("l", "nb"), ("c", "src"), ("p", "out")), r"""
-  SN_FOR(j, m) {
+# ---------------------------------------------------------------- device layouts
+# The CUDA backends keep a convolution's columns for the whole batch as one matrix
+# (C*kh*kw, NB*oh*ow): row (c, ki, kj), column (image, output position). cuBLAS reads
+# it with leading dimension NB*oh*ow, strided over images for the forward and the input
+# gradient, and with the batch folded into K for the weight gradient.
+
+# One thread per element of the columns, so a warp's stores are contiguous.
+IM2COL_COLS = Template("sn_im2col_cols", (("l", "n"), ("c", "x"), ("p", "col"), ("l", "NB"))
+                       + _CONV, r"""
+  SN_FOR(i, n) {
+    const long p = i % (oh * ow), b = (i / (oh * ow)) % NB, row = i / (oh * ow * NB);
+    const long xx = p % ow, yy = p / ow;
+    const long kj = row % kw, ki = (row / kw) % kh, c = row / (kw * kh);
+    const long h = yy * sh - ph + ki * dh, w = xx * sw - pw + kj * dw;
+    col[i] = (h >= 0 && h < H && w >= 0 && w < W) ? x[((b * C + c) * H + h) * W + w] : 0.0f;
+  }
+""")
+
+# The adjoint of IM2COL_COLS: one thread per pixel of x gathers the column entries of
+# the windows that cover it (no atomics).
+COL2IM_COLS = Template("sn_col2im_cols", (("l", "n"), ("c", "col"), ("p", "x"), ("l", "NB"))
+                       + _CONV, r"""
+  SN_FOR(i, n) {
+    const long w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, b = i / (W * H * C);
     float acc = 0.0f;
-    for (long b = 0; b < nb; ++b) acc += src[b * m + j];
-    out[j] = acc;
+    for (long ki = 0; ki < kh; ++ki) {
+      const long ty = h + ph - ki * dh;
+      if (ty < 0 || ty % sh) continue;
+      const long y = ty / sh;
+      if (y >= oh) continue;
+      for (long kj = 0; kj < kw; ++kj) {
+        const long tx = w + pw - kj * dw;
+        if (tx < 0 || tx % sw) continue;
+        const long xx = tx / sw;
+        if (xx >= ow) continue;
+        acc += col[((c * kh + ki) * kw + kj) * (NB * oh * ow) + (b * oh + y) * ow + xx];
+      }
+    }
+    x[i] = acc;
+  }
+""")
+
+# src (NB, R, P) as dst (R, NB*P): a batch's planes side by side, one thread per element
+# of dst (a 1x1 convolution's columns, an output gradient with the batch folded into K).
+BATCH_TO_COLS = Template("sn_batch_to_cols", (("l", "n"), ("c", "src"), ("p", "dst"),
+                                              ("l", "NB"), ("l", "R"), ("l", "P")), r"""
+  SN_FOR(i, n) {
+    const long p = i % P, b = (i / P) % NB, row = i / (P * NB);
+    dst[i] = src[(b * R + row) * P + p];
   }
 """)
 
@@ -251,40 +294,13 @@ RANDOM_UNIFORM = Template("sn_random_uniform", (("l", "n"), ("p", "y"), ("c", "c
   }
 """)
 
-# C[b] = alpha * A[b] B[b] + beta * C[b] for strided A (M x K) and B (K x N); C is
-# contiguous (M x N) per batch. Batch index b = (b0, b1) over nb0 x nb1. 16x16 tiles in
-# shared memory; a 256-thread block walks tiles with a grid-stride loop.
-GEMM = Template("sn_gemm", (
+# C[b0, b1] = alpha A[b0, b1] B[b0, b1] + beta C[b0, b1] for strided A (M x K) and B
+# (K x N); C is contiguous (M x N) per batch. Batch index (b0, b1) over nb0 x nb1.
+_GEMM_PARAMS = (
     ("l", "nb0"), ("l", "nb1"), ("l", "M"), ("l", "N"), ("l", "K"), ("f", "alpha"),
     ("f", "beta"), ("c", "A"), ("l", "sAm"), ("l", "sAk"), ("l", "sA0"), ("l", "sA1"),
     ("c", "B"), ("l", "sBk"), ("l", "sBn"), ("l", "sB0"), ("l", "sB1"), ("p", "Cm"),
-    ("l", "sC0"), ("l", "sC1")), r"""
-  __shared__ float As[16][17];
-  __shared__ float Bs[16][17];
-  long tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  long tm = (M + 15) / 16, tn = (N + 15) / 16;
-  long tiles = nb0 * nb1 * tm * tn;
-  for (long t = blockIdx.x; t < tiles; t += gridDim.x) {
-    long bn = t % tn, bm = (t / tn) % tm, b1 = (t / (tn * tm)) % nb1, b0 = t / (tn * tm * nb1);
-    const float* a = A + b0 * sA0 + b1 * sA1;
-    const float* bb = B + b0 * sB0 + b1 * sB1;
-    float* c = Cm + b0 * sC0 + b1 * sC1;
-    long m = bm * 16 + ty, col = bn * 16 + tx;
-    float acc = 0.0f;
-    for (long k0 = 0; k0 < K; k0 += 16) {
-      long ka = k0 + tx, kb = k0 + ty;
-      As[ty][tx] = (m < M && ka < K) ? a[m * sAm + ka * sAk] : 0.0f;
-      Bs[ty][tx] = (kb < K && col < N) ? bb[kb * sBk + col * sBn] : 0.0f;
-      __syncthreads();
-      for (int kk = 0; kk < 16; ++kk) acc += As[ty][kk] * Bs[kk][tx];
-      __syncthreads();
-    }
-    if (m < M && col < N) {
-      float prev = beta != 0.0f ? beta * c[m * N + col] : 0.0f;
-      c[m * N + col] = alpha * acc + prev;
-    }
-  }
-""", block=256)
+    ("l", "sC0"), ("l", "sC1"))
 
 # Row-major A (M x K) and B (K x N) or their transposes, by which stride is 1; the
 # stride of a single row or column is arbitrary and BLAS wants it at least its length.
@@ -296,7 +312,7 @@ _BLAS_OPERANDS = r"""
   const long ldb = nb ? (K == 1 ? N : sBk) : (N == 1 ? K : sBn);
 """
 
-GEMM_BLAS = Template("sn_gemm_blas", GEMM.params, r"""
+GEMM_BLAS = Template("sn_gemm_blas", _GEMM_PARAMS, r"""
   /* one BLAS call per batch, or per piece of a batch's C (rows or columns) when there
      are fewer batches than threads; the pieces are split among the OpenMP threads */
 """ + _BLAS_OPERANDS + r"""  const long nbat = nb0 * nb1;
@@ -499,7 +515,8 @@ CONV_WGRAD_CPU = Template("sn_conv_weight_grad_images", (("c", "x"), ("c", "gy")
 CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU,
                                     COL2IM_CPU)}
 
-ALL = {t.name: t for t in (IM2COL, COL2IM, SUM_BATCH, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
+ALL = {t.name: t for t in (IM2COL, COL2IM, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            MAXPOOL_GRAD_DISJOINT,
                            AVEPOOL_GRAD, MAXPOOL_SELECT, WINDOW_SUM, GATHER, GATHER_GRAD,
-                           ARGTOPK, RANDOM_UNIFORM, GEMM, GEMM_BLAS, GEMM_BLAS_SUM)}
+                           ARGTOPK, RANDOM_UNIFORM, GEMM_BLAS, GEMM_BLAS_SUM,
+                           IM2COL_COLS, COL2IM_COLS, BATCH_TO_COLS)}
