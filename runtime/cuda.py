@@ -89,8 +89,8 @@ class CudaBackend:
 
     def prepare_gemm(self, step, a, b, c):
         if self._blas is None:
-            from .cublas import Cublas
-            self._blas = Cublas.instance()
+            from .cublas import handle
+            self._blas = handle()
         t = step.attrs
         return functools.partial(self._blas.sgemm_strided_batched, t["transa"], t["transb"],
                                  t["m"], t["n"], t["k"], t["alpha"], a, t["lda"],

@@ -179,7 +179,7 @@ def test_compile(tmp_path, capsys):
     assert set(plan["plans"]["forward"]) == {"cpu", "cuda"}
     steps = plan["plans"]["forward"]["cpu"]["steps"]
     assert any(s["kind"] == "kernel" and s["name"].startswith("sn_gemm_blas") for s in steps)
-    assert any(s["name"].startswith("sn_gemm") and "blas" not in s["name"]
+    assert any(s["kind"] == "gemm" and s["name"] == "sgemm"
                for s in plan["plans"]["forward"]["cuda"]["steps"])
 
 

@@ -64,7 +64,7 @@ def test_plan_json_round_trip(backend):
     assert back.to_json() == text          # stable
     assert plan.constants, "the graph has a constant"
     assert plan.params, "the graph has a param"
-    assert {s.kind for s in plan.steps} <= {"kernel", "host"}
+    assert {s.kind for s in plan.steps} <= {"kernel", "gemm", "host"}
     for s in plan.steps:
         if s.kind == "kernel":
             assert s.name in plan.kernels and s.grid >= 1 and s.block >= 1

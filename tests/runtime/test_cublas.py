@@ -9,15 +9,13 @@
   dilation, 1x1; deconvolution; weight and input gradients): each step's attrs are a
   combination the shim test covers, run correctly through the shim, and write
   disjoint outputs per batch entry.
-- ``replay``: a cuda-emu Plan run with NumPy buffers (kernels through the compiled
+- ``replay``: a cuda-emu Plan run by the Executor on the emulated device (kernels through the
   emulator module, GEMM steps through the shim), compared with the NumPy reference.
 """
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import itertools
-import math
 import re
 from pathlib import Path
 
@@ -26,7 +24,8 @@ import pytest
 
 import symnet as sn
 from symnet.codegen import lower
-from symnet.runtime import cache, cublas_emu, cuda_emu
+from symnet.runtime import cublas_emu
+from symnet.runtime.executor import Executor
 from symnet.runtime.cublas_emu import CublasArgumentError, sgemm_strided_batched
 
 R = np.random.default_rng(12)
@@ -313,47 +312,11 @@ def test_convolution_gemms_are_batched_not_per_image():
 
 
 # ------------------------------------------------------------------ replay
-_CTYPES = {"p": ctypes.c_void_p, "l": ctypes.c_long, "f": ctypes.c_float}
-
-
 def replay(plan, inputs):
-    """Run a cuda-emu Plan with NumPy buffers: kernels through the emulator module
-    compiled from the Plan's source, GEMM steps through the cuBLAS shim. Returns the
-    outputs."""
-    module = plan.sources[plan.backend]
-    launchers = [cuda_emu.launcher_source(k.name, k.arg_types,
-                                          cuda_emu.uses_barriers(module, k.name))
-                 for k in plan.kernels.values()]
-    path = cache.build(cuda_emu.HEADER.read_text() + "\n" + module + "\n" +
-                       "\n".join(launchers), ".cpp", cuda_emu.CXX, cuda_emu.FLAGS)
-    lib = ctypes.CDLL(str(path))
-    bufs = [np.zeros(b.size, np.float32) for b in plan.buffers]
-    for bid, array in plan.constants.items():
-        bufs[bid][:] = np.ravel(array)
-    for bid, array in zip(plan.inputs, inputs):
-        bufs[bid][:] = np.ravel(array)
+    """Run a cuda-emu Plan on the emulated device (kernels through the emulator module,
+    GEMM steps through the cuBLAS shim). Returns the outputs."""
     assert not plan.params
-    addr = [b.ctypes.data for b in bufs]
-    for step in plan.steps:
-        if step.kind == "gemm":
-            t = step.attrs
-            a, b, c = (addr[x[1]] + 4 * x[2] for x in step.args)
-            sgemm_strided_batched(t["transa"], t["transb"], t["m"], t["n"], t["k"],
-                                  t["alpha"], a, t["lda"], t["strideA"], b, t["ldb"],
-                                  t["strideB"], t["beta"], c, t["ldc"], t["strideC"],
-                                  t["batch"])
-            continue
-        assert step.kind == "kernel", step.kind
-        types = plan.kernels[step.name].arg_types
-        fn = getattr(lib, f"sn_launch_{step.name}")
-        fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [_CTYPES[x] for x in types]
-        fn.restype = ctypes.c_int
-        vals = []
-        for x in step.args:
-            vals.append(addr[x[1]] + 4 * x[2] if x[0] == "buf" else 0 if x[0] == "null"
-                        else x[1])
-        assert fn(step.grid, step.block, *vals) == 0
-    return [bufs[bid][:math.prod(shape)].reshape(shape).copy() for bid, shape in plan.outputs]
+    return Executor(plan).run(inputs, [])
 
 
 # nvcc's cnn graph reads an input ('wt') that its builder does not list, which
