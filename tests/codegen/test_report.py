@@ -130,6 +130,8 @@ def test_rows_are_json_and_take_any_step_kind():
     # a gemm step with m, n, k but no recorded flops: 2 * batch * m * n * k
     del plan.steps[-2].attrs["flops"]
     assert report_rows(plan)[-2]["flops"] == 2 * batch * m * n * k
+    del plan.steps[-2].attrs["batch"]
+    assert report_rows(plan)[-2]["flops"] == 2 * m * n * k
 
 
 def test_cpu_plan_has_no_launch_shape():
