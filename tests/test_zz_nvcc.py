@@ -56,7 +56,7 @@ def _find_disassembler():
     """(argv prefix that prints a cubin's SASS, tool name), or None."""
     dirs = [os.path.dirname(os.path.realpath(NVCC))] if NVCC else []
     dirs += [os.path.join(os.environ[v], "bin") for v in ("CUDA_HOME", "CUDA_PATH")
-             if os.environ.get(v)]
+             if os.environ.get(v)] + ["/usr/local/cuda/bin"]
     spec = importlib.util.find_spec("nvidia")
     for root in (spec.submodule_search_locations or []) if spec else []:
         dirs += sorted(glob.glob(os.path.join(root, "cu*", "bin")), reverse=True)
