@@ -213,6 +213,8 @@ def cmd_time(args):
     report = net.time(n)                      # per step, with the layers of each step
     backward = any(s["phase"] == "backward" for s in report["steps"])
     t_fwd = t_bwd = 0.0
+    from .runtime import memory
+    memory.reset_transfer_counts()
     for _ in range(n):                        # wall clock, untimed steps
         t0 = time.perf_counter()
         net.forward()
@@ -231,6 +233,11 @@ def cmd_time(args):
     _out(f"Average Forward pass: {1000 * t_fwd / n:.4f} ms.")
     _out(f"Average Backward pass: {1000 * t_bwd / n:.4f} ms.")
     _out(f"Average Forward-Backward: {1000 * (t_fwd + t_bwd) / n:.4f} ms.")
+    if not memory.get_device(net.backend).is_host:
+        c = memory.transfer_counts()
+        _out(f"Transfers per iteration: host to device {c['h2d_bytes'] / n:,.0f} bytes in "
+             f"{c['h2d_calls'] / n:g} copies, device to host {c['d2h_bytes'] / n:,.0f} bytes "
+             f"in {c['d2h_calls'] / n:g} copies.")
     _out("")
     _out("Per kernel (plan steps in order):")
     _out(f"{'pass':<9} {'#':>3} {'kind':<8} {'kernel':<36} {'ms':>9}  layers")

@@ -928,7 +928,7 @@ def net_loss(net) -> float:
     for layer in net.layers:
         for name, w in zip(layer.tops, layer.loss_weights):
             if w:
-                loss += float(w) * float(net.blobs[name].data.sum(dtype=np.float64))
+                loss += float(w) * float(net.blobs[name].read_data().sum(dtype=np.float64))
     return loss
 
 
@@ -941,7 +941,7 @@ def output_scores(net):
                 weights[name] = float(w)
     out = []
     for name in net.outputs:
-        for v in np.asarray(net.blobs[name].data, dtype=np.float64).reshape(-1):
+        for v in np.asarray(net.blobs[name].read_data(), dtype=np.float64).reshape(-1):
             out.append({"name": name, "value": float(v), "loss_weight": weights.get(name, 0.0)})
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -165,6 +166,18 @@ def test_time(capsys):
     assert any("ip1, relu1" in l for l in kernels)      # a kernel fusing two layers
     ms = [float(l.split()[4]) for l in kernels]
     assert sum(ms) > 0
+
+
+def test_time_prints_transfers_on_the_emulated_device(capsys):
+    assert cli.main(["time", "--model", LENET, "--input-shape", "data=2,1,28,28",
+                     "--input-shape", "label=2", "--iterations", "2",
+                     "--backend", "cuda-emu"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines()
+                if l.startswith("Transfers per iteration"))
+    up, down = [int(v.replace(",", "")) for v in re.findall(r"([\d,]+) bytes", line)]
+    # the stand-in inputs went up once, before the timed iterations (nothing writes
+    # them again); forward() returns the loss, which comes down; backward() moves nothing
+    assert up <= 1.05 * (2 * 28 * 28 * 4 + 2 * 4) and down <= 64, line
 
 
 def test_compile(tmp_path, capsys):

@@ -67,7 +67,7 @@ def net_to_proto(net, with_blobs=True):
         del lp.blobs[:]
         if with_blobs:
             for blob in layer.blobs:
-                lp.blobs.append(prototxt.array_to_blob(np.ascontiguousarray(blob.data)))
+                lp.blobs.append(prototxt.array_to_blob(np.ascontiguousarray(blob.read_data())))
     return out
 
 
