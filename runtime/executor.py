@@ -172,7 +172,9 @@ class Executor:
                 if self.on_host:
                     dst.host_write().reshape(-1)[...] = self._host_array(src, dst.size)
                 else:
-                    dev.dtod(dst.device_overwrite(dev), src, dst.nbytes)
+                    ptr = dst.device_overwrite(dev)
+                    if ptr != src:
+                        dev.dtod(ptr, src, dst.nbytes)
             elif self.on_host:
                 dst.reshape(-1)[...] = self._host_array(src, dst.size)
             else:
