@@ -8,10 +8,12 @@ float64 functions: errors are in units of the float spacing of the binade holdin
 exact value (the smaller spacing just below a power of two), so a correctly rounded
 result is within 0.5.
 
-Measured with an exhaustive host run over every positive finite float (the
-implementations are odd/even by construction): max error sin 0.71, cos 0.72, tan 0.82
-ulp, the tan maximum including the neighbours of its poles (odd multiples of pi/2).
-The tests below assert 1 ulp on their sets (the project's requirement is 2).
+Measured with an exhaustive host run over every non-negative finite float (g++ -O2,
+against glibc's double sin/cos/tan; the implementations are odd/even by construction, so
+negative arguments mirror these): max error sin 0.722 ulp (at 1.67388673e+25), cos 0.721
+(1.75948788e+38), tan 0.880 (3.21768736e+31); the tan figure covers the floats nearest
+its poles (odd multiples of pi/2), where the reduced argument is kept to about 2^-50
+relative. The tests below assert 1 ulp on their sets (the project's requirement is 2).
 """
 from __future__ import annotations
 
@@ -70,10 +72,11 @@ def _neighbours(v, k=3):
     """Float32 values v and their k next floats on each side, the finite ones."""
     v = np.asarray(v, dtype=F32)
     out, lo, hi = [v], v, v
-    for _ in range(k):
-        lo = np.nextafter(lo, F32(-np.inf))
-        hi = np.nextafter(hi, F32(np.inf))
-        out += [lo, hi]
+    with np.errstate(over="ignore"):
+        for _ in range(k):
+            lo = np.nextafter(lo, F32(-np.inf))
+            hi = np.nextafter(hi, F32(np.inf))
+            out += [lo, hi]
     out = np.concatenate(out)
     return out[np.isfinite(out)]
 
