@@ -17,13 +17,16 @@ from symnet.errors import UnsupportedFunctionError
 
 C_FUNCTIONS = {
     sp.exp: "expf", sp.log: "logf", sp.tanh: "tanhf", sp.sinh: "sinhf", sp.cosh: "coshf",
-    sp.sin: "sinf", sp.cos: "cosf", sp.tan: "tanf", sp.atan: "atanf", sp.asin: "asinf",
+    sp.atan: "atanf", sp.asin: "asinf",
     sp.acos: "acosf", sp.atan2: "atan2f", sp.erf: "erff", sp.erfc: "erfcf",
     sp.Abs: "fabsf", sp.floor: "floorf", sp.ceiling: "ceilf",
     # prelude helpers: NaN-propagating max/min (as NumPy and Caffe's std::max), sign
     # and Heaviside that pass NaN through, and overflow-free logistic functions
     sp.sign: "sn_sign", sp.Max: "sn_max", sp.Min: "sn_min", sp.Heaviside: "sn_heaviside",
     scalar.sigmoid: "sn_sigmoid", scalar.softplus: "sn_softplus", scalar.rsqrt: "sn_rsqrt",
+    # sinf/cosf/tanf on the CPU (vectorised by libmvec); on CUDA float-only versions,
+    # since CUDA's own convert huge arguments through double
+    sp.sin: "sn_sin", sp.cos: "sn_cos", sp.tan: "sn_tan",
 }
 
 MAX_PRODUCT_POWER = 4     # x**n for |n| <= this prints as a product
