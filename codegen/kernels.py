@@ -6,6 +6,7 @@ value, then ``sympy.cse`` shares common work across all of the kernel's outputs.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sympy as sp
@@ -14,6 +15,7 @@ from symnet import ops, scalar
 
 from .cprinter import ccode
 from .indexing import Space, coords_of, offset_of, split_inner
+from .prelude import CUDA_REDUCE_BLOCK
 
 
 @dataclass
@@ -158,59 +160,193 @@ _REDUCE = {
     "min": ("INFINITY", "{acc} = sn_min({acc}, {v});", "sn_block_min"),
 }
 
+# Reductions on CUDA (lower.py picks the form from the sizes; the CPU keeps one form:
+# a thread owns a row, with vector inner loops).
+#
+# - Group per row, rows of up to WARP_ROW_MAX elements: a group of L lanes (L the
+#   smallest power of two >= the row length, at most a warp of 32) reduces a row with
+#   a shuffle butterfly (sn_block_group_*), so a warp handles 32 / L rows and a block
+#   of 128 threads 4 to 128 rows; no shared memory, no block barrier. A 10-class
+#   softmax uses 16 lanes per row instead of one block of 128 threads.
+# - Block per row, longer rows when there are enough rows to give every SM blocks
+#   (at least BLOCK_ROWS_PER_SM per SM): a block of 256 threads per row, warp
+#   butterflies then the warps' results through shared memory (sn_block_*).
+# - Two stages, long rows with few rows and full sums: each stage of the kernel
+#   becomes two launches. The partial launch splits every row into chunks, one block
+#   per chunk, and writes a partial per (row, chunk); the combine launch reduces a row's
+#   partials with a group per row. A later stage reads the results of earlier ones
+#   (softmax: the max, then the sum of exp(x - max)) from memory.
+#
+# max and min propagate NaN in every form (sn_max, sn_min and the reductions'
+# combines pick the NaN). Loops are 32-bit (SN_IDX) when the kernel's sizes fit, and
+# the CUDA-only forms print their offsets without long literals then, so index
+# arithmetic is 32-bit.
+WARP_ROW_MAX = 1024
+BLOCK_ROWS_PER_SM = 2
+CHUNK_MIN = 2048           # elements per partial block at least (8 per thread)
+CHUNKS_MAX = 1024          # partials per row (a combine group reads at most 32 each)
+_GROUP = {"sum": "sn_block_group_sum", "max": "sn_block_group_max",
+          "min": "sn_block_group_min"}
 
-def reduce_kernel(graph, k, pos, consts) -> KernelText:
-    first = k.stages[0]
-    x_shape = graph.shape(graph.args(first)[0])
-    axes = graph.op(first).axes
-    roles = ["r" if d in axes else "o" for d in range(len(x_shape))]
-    loads = k.loads
-    index = {a: j for j, a in enumerate(loads)}
-    shapes = [graph.shape(a) for a in loads]
-    split, inner = split_inner(x_shape, roles, shapes, "r", "q")
-    sp_ = Space(x_shape, split or roles, shapes)
-    stage_sym = {s: sp.Symbol(f"acc{j}", real=True) for j, s in enumerate(k.stages)}
-    body = ["  SN_ROWS(o, n_out) {"]
-    for j, s in enumerate(k.stages):
-        op = graph.op(s)
-        init, combine, block = _REDUCE[op.how]
-        pro = k.prologue[s]
-        order = sorted(pro, key=pos.get)
+
+class _Reduce:
+    """What the forms of a reduce kernel share: its index space, loads, and each stage's
+    per-element value (lines computing it, the value, the symbols used)."""
+
+    def __init__(self, graph, k, pos, consts):
+        self.graph, self.k, self.pos, self.consts = graph, k, pos, consts
+        first = k.stages[0]
+        x_shape = graph.shape(graph.args(first)[0])
+        axes = graph.op(first).axes
+        roles = ["r" if d in axes else "o" for d in range(len(x_shape))]
+        self.loads = k.loads
+        self.index = {a: j for j, a in enumerate(self.loads)}
+        shapes = [graph.shape(a) for a in self.loads]
+        self.split, self.inner = split_inner(x_shape, roles, shapes, "r", "q")
+        self.space = Space(x_shape, self.split or roles, shapes)
+        self.stage_sym = {s: sp.Symbol(f"acc{j}", real=True) for j, s in enumerate(k.stages)}
+        self.nodes = sorted(set().union(*k.prologue.values()), key=pos.get) + list(k.stages)
+        self.name = _name_of(graph, self.nodes)
+        self.comment = "reduces with prologue: " + _describe(graph, self.nodes, pos)
+
+    def stage(self, j, indent):
+        s = self.k.stages[j]
+        pro = self.k.prologue[s]
+        order = sorted(pro, key=self.pos.get)
 
         def leaf(a):
-            return stage_sym[a] if a in stage_sym else _load_symbol(index[a])
+            return self.stage_sym[a] if a in self.stage_sym else _load_symbol(self.index[a])
 
-        (x,) = graph.args(s)
+        (x,) = self.graph.args(s)
         if pro:
-            value = _compose(graph, order, leaf, consts)[x]
+            value = _compose(self.graph, order, leaf, self.consts)[x]
         else:
-            value = consts[x] if x in consts else leaf(x)
-        lines, (v,) = _cse_lines([value], "      ")
-        used = value.free_symbols
-        if split is None:
-            loop = f"SN_ROW_LOOP_SUM(r, n_red, acc{j})" if op.how == "sum" else \
+            value = self.consts[x] if x in self.consts else leaf(x)
+        lines, (v,) = _cse_lines([value], indent)
+        return self.graph.op(s).how, lines, v, value.free_symbols
+
+    def load_lines(self, used, indent):
+        return [f"{indent}const float x{jj} = in{jj}[{self.space.offset(jj)}];"
+                for jj in range(len(self.loads)) if _load_symbol(jj) in used]
+
+
+def reduce_kernel(graph, k, pos, consts, form=None) -> KernelText:
+    """A reduce kernel computing all stages of ``k`` in one launch. ``form``: None, the
+    text both preludes run (a row per block on CUDA: the CPU form, and the block per
+    row form with ``("block",)``); ``("group", L)``: rows of L lanes (CUDA only)."""
+    red = _Reduce(graph, k, pos, consts)
+    split, inner = red.split, red.inner
+    group = form is not None and form[0] == "group"
+    lanes = form[1] if group else 0
+    if group:
+        body = [f"  const int sn_lane = threadIdx.x % {lanes};",
+                f"  SN_GROUP_ROWS(o, n_out, {lanes}) {{",
+                "    const bool sn_ok = o < n_out;"]
+    else:
+        body = ["  SN_ROWS(o, n_out) {"]
+    for j, s in enumerate(k.stages):
+        how, lines, v, used = red.stage(j, "      ")
+        init, combine, block = _REDUCE[how]
+        if group:
+            span = f"sn_lane, sn_ok ? n_red : 0, {lanes}, n_out * n_red"
+            loop = f"SN_LANE_LOOP(r, {span})" if split is None else \
+                f"SN_LANE_LOOP2(r, q, {inner}L, {span})"
+        elif split is None:
+            loop = f"SN_ROW_LOOP_SUM(r, n_red, acc{j})" if how == "sum" else \
                 "SN_ROW_LOOP(r, n_red)"
         else:
             loop = f"SN_ROW_LOOP2_SUM(r, n_red / {inner}L, q, {inner}L, acc{j})" \
-                if op.how == "sum" else f"SN_ROW_LOOP2(r, n_red / {inner}L, q, {inner}L)"
+                if how == "sum" else f"SN_ROW_LOOP2(r, n_red / {inner}L, q, {inner}L)"
         body.append(f"    float acc{j} = {init};")
         body.append(f"    {loop} {{")
-        for jj, a in enumerate(loads):
-            if _load_symbol(jj) in used:
-                body.append(f"      const float x{jj} = in{jj}[{sp_.offset(jj)}];")
+        body.extend(red.load_lines(used, "      "))
         body.extend(lines)
         body.append("      " + combine.format(acc=f"acc{j}", v=ccode(v)))
         body.append("    }")
-        body.append(f"    acc{j} = {block}(acc{j});")
+        if not group:
+            body.append(f"    acc{j} = {block}(acc{j});")
+        elif lanes > 1:
+            body.append(f"    acc{j} = {_GROUP[how]}<{lanes}>(acc{j});")
     stores = [f"out{i}[o] = acc{k.stages.index(s)};" for i, s in enumerate(k.stored)]
-    body.append(f"    if (SN_ROW_LEADER) {{ {' '.join(stores)} }}")
+    leader = "sn_ok && sn_lane == 0" if group else "SN_ROW_LEADER"
+    body.append(f"    if ({leader}) {{ {' '.join(stores)} }}")
     body.append("  }")
     params = (("l", "n_out"), ("l", "n_red")) + \
         tuple(("p", f"out{o}") for o in range(len(k.stored))) + \
-        tuple(("c", f"in{j}") for j in range(len(loads)))
-    nodes = sorted(set().union(*k.prologue.values()), key=pos.get) + list(k.stages)
-    return KernelText(_name_of(graph, nodes), params, "\n".join(body) + "\n",
-        "reduces with prologue: " + _describe(graph, nodes, pos))
+        tuple(("c", f"in{j}") for j in range(len(red.loads)))
+    text = "\n".join(body) + "\n"
+    if group:
+        text = _int_literals(text, graph, k)
+    return KernelText(red.name, params, text, red.comment, 128)
+
+
+def reduce_partial_kernel(graph, k, pos, consts, j) -> tuple:
+    """Stage ``j`` of ``k``, first of its two launches: block ``p`` of the grid-stride
+    loop reduces chunk ``p % n_chunk`` (``chunk`` elements) of row ``p / n_chunk`` into
+    ``part[p]``; earlier stages' results are read from ``st{i}[o]``. Returns the text
+    and the loads (operand numbers) and earlier stages it reads."""
+    red = _Reduce(graph, k, pos, consts)
+    how, lines, v, used = red.stage(j, "      ")
+    init, combine, block = _REDUCE[how]
+    prev = [i for i in range(j) if red.stage_sym[k.stages[i]] in used]
+    loads = [jj for jj in range(len(red.loads)) if _load_symbol(jj) in used]
+    span = "sn_c * (sn_t)chunk + threadIdx.x, sn_end, blockDim.x, n_out * n_red"
+    loop = f"SN_LANE_LOOP(r, {span})" if red.split is None else \
+        f"SN_LANE_LOOP2(r, q, {red.inner}L, {span})"
+    body = ["  typedef SN_IDX(n_out * n_red) sn_t;",
+            "  SN_ROWS(sn_p, n_out * n_chunk) {",
+            "    const sn_t o = sn_p / (sn_t)n_chunk, sn_c = sn_p % (sn_t)n_chunk;",
+            "    const sn_t sn_end = sn_c * (sn_t)chunk + (sn_t)chunk < n_red ? "
+            "sn_c * (sn_t)chunk + (sn_t)chunk : (sn_t)n_red;"]
+    body += [f"    const float acc{i} = st{i}[o];" for i in prev]
+    body += [f"    float acc{j} = {init};", f"    {loop} {{"]
+    body += red.load_lines(used, "      ") + lines
+    body += ["      " + combine.format(acc=f"acc{j}", v=ccode(v)), "    }",
+             f"    acc{j} = {block}(acc{j});",
+             f"    if (threadIdx.x == 0) part[sn_p] = acc{j};", "  }"]
+    params = (("l", "n_out"), ("l", "n_red"), ("l", "n_chunk"), ("l", "chunk"),
+              ("p", "part")) + tuple(("c", f"st{i}") for i in prev) + \
+        tuple(("c", f"in{jj}") for jj in loads)
+    text = _int_literals("\n".join(body) + "\n", graph, k)
+    return KernelText(f"{red.name}_part{j}", params, text,
+                      f"stage {j} partials ({how}) of: {red.comment}", CUDA_REDUCE_BLOCK), loads, prev
+
+
+def reduce_combine_kernel(how, lanes) -> KernelText:
+    """Second launch of a two-stage reduction: ``res[o]`` is the ``how`` of row o's
+    ``n_chunk`` partials, reduced by a group of ``lanes`` lanes per row."""
+    init, combine, _ = _REDUCE[how]
+    body = [f"  const int sn_lane = threadIdx.x % {lanes};",
+            f"  SN_GROUP_ROWS(o, n_out, {lanes}) {{",
+            "    const bool sn_ok = o < n_out;",
+            f"    float acc = {init};",
+            f"    SN_LANE_LOOP(r, sn_lane, sn_ok ? n_chunk : 0, {lanes}, n_out * n_chunk) {{",
+            "      " + combine.format(acc="acc", v="part[o * n_chunk + r]"),
+            "    }"]
+    if lanes > 1:
+        body.append(f"    acc = {_GROUP[how]}<{lanes}>(acc);")
+    body += ["    if (sn_ok && sn_lane == 0) res[o] = acc;", "  }"]
+    params = (("l", "n_out"), ("l", "n_chunk"), ("p", "res"), ("c", "part"))
+    return KernelText(f"k_combine_{how}", params, "\n".join(body) + "\n",
+                      f"combines partial {how}s of rows", 128)
+
+
+def group_lanes(n):
+    """Lanes of a row group for rows of n elements: a power of two, at most a warp."""
+    lanes = 1
+    while lanes < min(n, 32):
+        lanes *= 2
+    return lanes
+
+
+def _int_literals(text, graph, k):
+    """CUDA-only reduce text with its long literals printed as plain ones when every
+    index of the kernel fits 32 bits (the loop variables are then ints, SN_IDX), so
+    offset arithmetic stays 32-bit; unchanged otherwise."""
+    n_out, n_red = reduce_sizes(graph, k)
+    if n_out * n_red >= 1 << 30:
+        return text
+    return re.sub(r"\b(\d+)L\b", r"\1", text)
 
 
 def reduce_sizes(graph, k):

@@ -17,7 +17,7 @@ from .kernels import _ident
 from . import templates as T
 from .fusion import partition
 from .plan import Buffer, KernelInfo, Plan, Step
-from .prelude import C_PRELUDE, CUDA_MAX_GRID, CUDA_PRELUDE
+from .prelude import C_PRELUDE, CUDA_PRELUDE, DEVICE_SMS, blocks_per_sm, device_grid
 
 
 def cpu_threads() -> int:
@@ -30,7 +30,8 @@ def cpu_threads() -> int:
 
 
 def _grid(extent, block):
-    return max(1, min(CUDA_MAX_GRID, -(-int(extent) // block)))
+    """Blocks for ``extent`` threads on the model device (prelude.DEVICE_SMS SMs)."""
+    return device_grid(extent, block)
 
 
 class Lowering:
@@ -200,13 +201,7 @@ class Lowering:
             self.launch(text, args, n, k.needed, boundary=self._boundary(k))
             return
         if k.kind == "reduce":
-            text = K.reduce_kernel(g, k, self.pos, self.part.consts)
-            n_out, n_red = K.reduce_sizes(g, k)
-            args = [["long", n_out], ["long", n_red]] + [self.w(s) for s in k.stored] + \
-                [self.r(a) for a in k.loads]
-            nodes = sorted(set().union(*k.prologue.values()), key=self.pos.get) + k.stages
-            self.launch(text, args, n_out, nodes, grid=min(max(n_out, 1), CUDA_MAX_GRID),
-                        boundary=self._boundary(k))
+            self._lower_reduce(k)
             return
         (n,) = k.members
         op = g.op(n)
@@ -214,6 +209,58 @@ class Lowering:
         if method is None:
             raise NotImplementedError(f"codegen: no lowering for {op.describe()}")
         method(n, op)
+
+    def _lower_reduce(self, k):
+        """A reduce kernel: on the CPU one launch (a thread per row); on CUDA the form
+        that fits its sizes (kernels.py: a group of lanes per row, a block per row, or
+        each stage as partial and combine launches)."""
+        g = self.graph
+        n_out, n_red = K.reduce_sizes(g, k)
+        nodes = sorted(set().union(*k.prologue.values()), key=self.pos.get) + k.stages
+        outs = [self.w(s) for s in k.stored]
+        ins = [self.r(a) for a in k.loads]
+        sizes = [["long", n_out], ["long", n_red]]
+        boundary = self._boundary(k)
+        if self.backend == "cpu":
+            text = K.reduce_kernel(g, k, self.pos, self.part.consts)
+            self._reduce_launch(text, sizes + outs + ins, n_out * text.block, nodes, boundary)
+            return
+        if n_red <= K.WARP_ROW_MAX:
+            lanes = K.group_lanes(n_red)
+            text = K.reduce_kernel(g, k, self.pos, self.part.consts, ("group", lanes))
+            extent = -(-n_out * lanes // 32) * 32
+            self._reduce_launch(text, sizes + outs + ins, extent, nodes, boundary)
+            return
+        block = K.CUDA_REDUCE_BLOCK
+        want = DEVICE_SMS * blocks_per_sm(block)
+        chunks = min(-(-want // max(n_out, 1)), -(-n_red // K.CHUNK_MIN), K.CHUNKS_MAX)
+        if n_out >= DEVICE_SMS * K.BLOCK_ROWS_PER_SM or chunks <= 1:
+            text = K.reduce_kernel(g, k, self.pos, self.part.consts)
+            text.block = block
+            self._reduce_launch(text, sizes + outs + ins, n_out * block, nodes, boundary)
+            return
+        chunk = -(-n_red // chunks)
+        chunks = -(-n_red // chunk)
+        results = {}
+        for j, s in enumerate(k.stages):
+            text, loads, prev = K.reduce_partial_kernel(g, k, self.pos, self.part.consts, j)
+            part = self.new_value(n_out * chunks, "temp", "partials")
+            args = sizes + [["long", chunks], ["long", chunk], ["val", part, 0, "w"]] + \
+                [results[i][:3] + ["r"] for i in prev] + [ins[jj] for jj in loads]
+            self._reduce_launch(text, args, n_out * chunks * block, nodes, boundary)
+            res = self.w(s) if s in k.stored else \
+                ["val", self.new_value(n_out, "temp", "stage"), 0, "w"]
+            lanes = K.group_lanes(chunks)
+            self._reduce_launch(K.reduce_combine_kernel(g.op(s).how, lanes),
+                                [["long", n_out], ["long", chunks], res, ["val", part, 0, "r"]],
+                                -(-n_out * lanes // 32) * 32, nodes, boundary)
+            results[j] = res
+
+    def _reduce_launch(self, text, args, extent, nodes, boundary):
+        step = self.launch(text, args, extent, nodes, grid=_grid(extent, text.block),
+                           boundary=boundary)
+        step.attrs["extent"] = int(extent)
+        return step
 
     # layout ops: index-mapping copies
     def _copy(self, n, op):

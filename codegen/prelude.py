@@ -131,45 +131,99 @@ SN_DEVICE void sn_col2im_image(const float* col, float* x, long C, long H, long 
 }
 """
 
-CUDA_BLOCK = 128          # threads per block for every launch (a power of two)
-CUDA_MAX_GRID = 1024      # grid-stride loops cover the rest
+CUDA_BLOCK = 128          # threads per block of most launches (a power of two)
+CUDA_WARP = 32
+CUDA_REDUCE_BLOCK = 256   # threads per block of block-per-row and partial reductions
 
-CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops and shared-memory block reductions */
+# The model device grids are sized for: an H100 SXM. The cuda adapter re-derives a
+# step's grid for the real device from ``step.attrs["extent"]`` (threads wanted).
+DEVICE_SMS = 132
+DEVICE_THREADS_PER_SM = 2048
+DEVICE_BLOCKS_PER_SM = 32
+
+
+def blocks_per_sm(block):
+    """Blocks of ``block`` threads resident on one SM at full occupancy (threads and
+    block slots only; registers and shared memory may allow fewer)."""
+    return max(1, min(DEVICE_BLOCKS_PER_SM, DEVICE_THREADS_PER_SM // block))
+
+
+def device_grid(extent, block, sms=DEVICE_SMS):
+    """Blocks for ``extent`` threads: as many as needed, at most enough to fill every
+    SM of the device once (grid-stride loops cover the rest)."""
+    return max(1, min(-(-int(extent) // block), sms * blocks_per_sm(block)))
+
+
+CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops, warp and block reductions */
 #include <stdint.h>
 #define SN_KERNEL extern "C" __global__ void
 #define SN_DEVICE static __device__ __forceinline__
 #define SN_BLOCK %(block)d
+/* The index type of loops over n elements: 32-bit when n (a constant of the kernel)
+   and a grid stride past it fit, 64-bit otherwise. */
+template <bool Small> struct sn_index_type { typedef long type; };
+template <> struct sn_index_type<true> { typedef int type; };
+#define SN_IDX(n) sn_index_type<((n) < (1L << 30))>::type
 #define SN_FOR(i, n) \
-  for (long i = (long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-       i += (long)blockDim.x * gridDim.x)
-#define SN_ROWS(o, n) for (long o = blockIdx.x; o < (n); o += gridDim.x)
+  for (SN_IDX(n) i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+       i += blockDim.x * gridDim.x)
+#define SN_ROWS(o, n) for (SN_IDX(n) o = blockIdx.x; o < (n); o += gridDim.x)
 #define SN_FOR_OUTER(i, n) SN_FOR(i, n)
 #define SN_FOR2(o, no, j, nj) SN_FOR(sn_i_, (no) * (nj)) \
-  for (long o = sn_i_ / (nj), j = sn_i_ %% (nj), sn_once_ = 1; sn_once_; sn_once_ = 0)
-#define SN_ROW_LOOP(r, n) for (long r = threadIdx.x; r < (n); r += blockDim.x)
+  for (SN_IDX((no) * (nj)) o = sn_i_ / (nj), j = sn_i_ %% (nj), sn_once_ = 1; sn_once_; \
+       sn_once_ = 0)
+#define SN_ROW_LOOP(r, n) for (SN_IDX(n) r = threadIdx.x; r < (n); r += blockDim.x)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_ROW_LOOP(r, n)
 #define SN_ROW_LOOP2(r, nr, q, nq) SN_ROW_LOOP(sn_k_, (nr) * (nq)) \
-  for (long r = sn_k_ / (nq), q = sn_k_ %% (nq), sn_once_ = 1; sn_once_; sn_once_ = 0)
+  for (SN_IDX((nr) * (nq)) r = sn_k_ / (nq), q = sn_k_ %% (nq), sn_once_ = 1; sn_once_; \
+       sn_once_ = 0)
 #define SN_ROW_LOOP2_SUM(r, nr, q, nq, acc) SN_ROW_LOOP2(r, nr, q, nq)
 #define SN_ROW_LEADER (threadIdx.x == 0)
 #define SN_ATOMIC_ADD(p, v) atomicAdd((p), (v))
-#define SN_BLOCK_REDUCE(NAME, COMBINE) \
+/* Rows handled by groups of L lanes (L a power of two <= 32; 32 / L rows per warp):
+   every lane of a warp runs the same iterations, o >= n on lanes past the last row, so
+   the group reductions' shuffles always see full warps. */
+#define SN_GROUP_ROWS(o, n, L) \
+  for (SN_IDX(n) sn_b_ = (blockIdx.x * blockDim.x + threadIdx.x) / 32 * (32 / (L)); \
+       sn_b_ < (n); sn_b_ += blockDim.x * gridDim.x / (L)) \
+    for (SN_IDX(n) o = sn_b_ + threadIdx.x %% 32 / (L), sn_once_ = 1; sn_once_; sn_once_ = 0)
+/* r over [start, end) in steps of step; the 2-D form splits r into (r, q), q < nq */
+#define SN_LANE_LOOP(r, start, end, step, n) \
+  for (SN_IDX(n) r = (start); r < (end); r += (step))
+#define SN_LANE_LOOP2(r, q, nq, start, end, step, n) SN_LANE_LOOP(sn_k_, start, end, step, n) \
+  for (SN_IDX(n) r = sn_k_ / (nq), q = sn_k_ %% (nq), sn_once_ = 1; sn_once_; sn_once_ = 0)
+#define SN_FULL_MASK 0xffffffffu
+/* Block reductions (blockDim.x a multiple of 32): a butterfly in each warp, the warps'
+   results through shared memory, then every warp reduces those, so all threads return
+   the same value. */
+#define SN_BLOCK_REDUCE(NAME, IDENTITY, COMBINE) \
   static __device__ float NAME(float v) { \
-    __shared__ float sn_sh[SN_BLOCK]; \
-    unsigned t = threadIdx.x; \
-    sn_sh[t] = v; \
+    __shared__ float sn_sh[32]; \
+    const unsigned lane = threadIdx.x %% 32, nw = blockDim.x / 32; \
+    for (int d = 16; d > 0; d >>= 1) { \
+      float a = v, b = __shfl_xor_sync(SN_FULL_MASK, v, d); v = COMBINE; } \
     __syncthreads(); \
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) { \
-      if (t < s) { float a = sn_sh[t], b = sn_sh[t + s]; sn_sh[t] = COMBINE; } \
-      __syncthreads(); \
-    } \
-    float r = sn_sh[0]; \
+    if (lane == 0) sn_sh[threadIdx.x / 32] = v; \
     __syncthreads(); \
-    return r; \
+    v = lane < nw ? sn_sh[lane] : IDENTITY; \
+    for (int d = 16; d > 0; d >>= 1) { \
+      float a = v, b = __shfl_xor_sync(SN_FULL_MASK, v, d); v = COMBINE; } \
+    return v; \
   }
-SN_BLOCK_REDUCE(sn_block_sum, a + b)
-SN_BLOCK_REDUCE(sn_block_max, ((a > b || a != a) ? a : b))
-SN_BLOCK_REDUCE(sn_block_min, ((a < b || a != a) ? a : b))
+SN_BLOCK_REDUCE(sn_block_sum, 0.0f, a + b)
+SN_BLOCK_REDUCE(sn_block_max, (-INFINITY), ((a > b || a != a) ? a : b))
+SN_BLOCK_REDUCE(sn_block_min, INFINITY, ((a < b || a != a) ? a : b))
+/* Reductions among the L lanes of a row group (a butterfly: every lane gets the
+   result; sums come out bitwise equal in all lanes) */
+#define SN_GROUP_REDUCE(NAME, COMBINE) \
+  template <int L> static __device__ __forceinline__ float NAME(float v) { \
+    for (int d = L / 2; d > 0; d >>= 1) { \
+      float a = v, b = __shfl_xor_sync(SN_FULL_MASK, v, d, L); v = COMBINE; } \
+    return v; \
+  }
+SN_GROUP_REDUCE(sn_block_group_sum, a + b)
+SN_GROUP_REDUCE(sn_block_group_max, ((a > b || a != a) ? a : b))
+SN_GROUP_REDUCE(sn_block_group_min, ((a < b || a != a) ? a : b))
 """ % {"block": CUDA_BLOCK} + _HELPERS
 
 
