@@ -160,18 +160,24 @@ CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops, warp and block red
 #define SN_DEVICE static __device__ __forceinline__
 #define SN_BLOCK %(block)d
 /* The index type of loops over n elements: 32-bit when n (a constant of the kernel)
-   and a grid stride past it fit, 64-bit otherwise. */
+   and a grid stride past it fit, 64-bit otherwise. SN_FOR, SN_FOR_OUTER and SN_FOR2
+   count in that type and give their bodies long indices (library templates do 64-bit
+   arithmetic on them); the row loops below, used only by generated reductions, give
+   the 32-bit index itself. */
 template <bool Small> struct sn_index_type { typedef long type; };
 template <> struct sn_index_type<true> { typedef int type; };
 #define SN_IDX(n) sn_index_type<((n) < (1L << 30))>::type
 #define SN_FOR(i, n) \
-  for (SN_IDX(n) i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
-       i += blockDim.x * gridDim.x)
-#define SN_ROWS(o, n) for (SN_IDX(n) o = blockIdx.x; o < (n); o += gridDim.x)
+  for (SN_IDX(n) sn_f_ = blockIdx.x * blockDim.x + threadIdx.x; sn_f_ < (n); \
+       sn_f_ += blockDim.x * gridDim.x) \
+    for (long i = sn_f_, sn_once_ = 1; sn_once_; sn_once_ = 0)
 #define SN_FOR_OUTER(i, n) SN_FOR(i, n)
-#define SN_FOR2(o, no, j, nj) SN_FOR(sn_i_, (no) * (nj)) \
-  for (SN_IDX((no) * (nj)) o = sn_i_ / (nj), j = sn_i_ %% (nj), sn_once_ = 1; sn_once_; \
-       sn_once_ = 0)
+#define SN_FOR2(o, no, j, nj) \
+  for (SN_IDX((no) * (nj)) sn_f_ = blockIdx.x * blockDim.x + threadIdx.x; \
+       sn_f_ < (no) * (nj); sn_f_ += blockDim.x * gridDim.x) \
+    for (long o = sn_f_ / (SN_IDX((no) * (nj)))(nj), j = sn_f_ %% (SN_IDX((no) * (nj)))(nj), \
+         sn_once_ = 1; sn_once_; sn_once_ = 0)
+#define SN_ROWS(o, n) for (SN_IDX(n) o = blockIdx.x; o < (n); o += gridDim.x)
 #define SN_ROW_LOOP(r, n) for (SN_IDX(n) r = threadIdx.x; r < (n); r += blockDim.x)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_ROW_LOOP(r, n)
 #define SN_ROW_LOOP2(r, nr, q, nq) SN_ROW_LOOP(sn_k_, (nr) * (nq)) \

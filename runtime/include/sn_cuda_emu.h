@@ -10,7 +10,7 @@
  * - A kernel that synchronises (__syncthreads, block reductions, warp shuffles) runs its
  *   block's threads as fibers: user-mode contexts on the one OS thread that runs the
  *   block, each with a small stack of its own (SN_EMU_STACK bytes; the stacks of an OS
- *   thread are mapped once and reused by every block and launch). threadIdx is per
+ *   thread are one mapping, made once and reused by every block and launch). threadIdx is per
  *   fiber: it is set on every switch. A fiber runs until it waits at a barrier or
  *   returns, then switches directly to the next fiber that can run (round robin).
  *   - __syncthreads() is a block barrier: it releases when every live thread of the
@@ -35,7 +35,8 @@
  *
  * sn_emu_launch(grid, block, sync, body) returns 0, or nonzero on an error: 1 a block
  * larger than SN_EMU_MAX_BLOCK threads, 2 a deadlocked barrier, 3 a barrier in a launch
- * run without fibers, 4 fiber stacks could not be mapped.
+ * run without fibers, 4 fiber stacks could not be mapped, 5 a thread overflowed its
+ * fiber stack (found by a canary word after the block; the process may be corrupt).
  */
 #pragma once
 #include <math.h>
@@ -121,6 +122,7 @@ __asm__(
 #endif
 
 /* ------------------------------------------------------------------ scheduler */
+static const uint64_t SN_EMU_CANARY = 0x5e5e5e5e0dd0c0deull;
 enum { SN_READY = 0, SN_WAIT_BLOCK = 1, SN_WAIT_WARP = 2, SN_DONE = 3 };
 
 struct sn_fiber {
@@ -242,8 +244,8 @@ static void sn_emu_fiber_entry(unsigned hi, unsigned lo) {
 }
 #endif
 
-/* Run one block of s->n threads as fibers; false on a deadlock. */
-static bool sn_emu_run_block(sn_sched* s) {
+/* Run one block of s->n threads as fibers: 0, 2 on a deadlock, 5 on a stack overflow. */
+static int sn_emu_run_block(sn_sched* s) {
   unsigned n = s->n;
   s->live = n;
   s->block_wait = 0;
@@ -254,6 +256,7 @@ static bool sn_emu_run_block(sn_sched* s) {
   }
   for (unsigned t = 0; t < n; ++t) {
     sn_fiber* f = &s->fibers[t];
+    *(uint64_t*)(s->stacks + (size_t)t * SN_EMU_STACK) = SN_EMU_CANARY;
     f->state = SN_READY;
     f->slot = 0;
     char* top = s->stacks + (size_t)(t + 1) * SN_EMU_STACK;
@@ -294,7 +297,9 @@ static bool sn_emu_run_block(sn_sched* s) {
   swapcontext(&s->main_ctx, &s->fibers[0].ctx);
 #endif
   sn_emu_cur = nullptr;
-  return !s->deadlock;
+  for (unsigned t = 0; t < n; ++t)
+    if (*(uint64_t*)(s->stacks + (size_t)t * SN_EMU_STACK) != SN_EMU_CANARY) return 5;
+  return s->deadlock ? 2 : 0;
 }
 
 /* ------------------------------------------------------------------ barriers */
@@ -380,15 +385,15 @@ static void sn_emu_thunk(void* body) {
   (*(Body*)body)();
 }
 
+/* One mapping (one kernel VMA; per-stack guard pages would cost two each and
+   exhaust vm.max_map_count with many modules loaded); a canary word at the bottom of
+   every stack (SN_EMU_CANARY) detects an overflow after the block instead. */
 static inline bool sn_emu_map_stacks(sn_sched* s) {
   if (s->stacks) return true;
   void* p = mmap(nullptr, (size_t)SN_EMU_MAX_BLOCK * SN_EMU_STACK, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) return false;
   s->stacks = (char*)p;
-  /* a guard page at the bottom of every stack turns an overflow into a fault */
-  for (unsigned t = 0; t < SN_EMU_MAX_BLOCK; ++t)
-    mprotect(s->stacks + (size_t)t * SN_EMU_STACK, 4096, PROT_NONE);
   return true;
 }
 
@@ -423,7 +428,7 @@ static int sn_emu_launch(unsigned grid, unsigned block, bool sync, Body body) {
       if (stop || mine) continue;
       blockIdx = {b, 0u, 0u};
       if (sync) {
-        if (!sn_emu_run_block(s)) mine = 2;
+        mine = sn_emu_run_block(s);
       } else {
         for (unsigned t = 0; t < block; ++t) {
           threadIdx = {t, 0u, 0u};
