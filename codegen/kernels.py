@@ -317,11 +317,12 @@ def reduce_combine_kernel(how, lanes) -> KernelText:
     ``n_chunk`` partials, reduced by a group of ``lanes`` lanes per row."""
     init, combine, _ = _REDUCE[how]
     body = [f"  const int sn_lane = threadIdx.x % {lanes};",
+            "  typedef SN_IDX(n_out * n_chunk) sn_t;",
             f"  SN_GROUP_ROWS(o, n_out, {lanes}) {{",
             "    const bool sn_ok = o < n_out;",
             f"    float acc = {init};",
             f"    SN_LANE_LOOP(r, sn_lane, sn_ok ? n_chunk : 0, {lanes}, n_out * n_chunk) {{",
-            "      " + combine.format(acc="acc", v="part[o * n_chunk + r]"),
+            "      " + combine.format(acc="acc", v="part[o * (sn_t)n_chunk + r]"),
             "    }"]
     if lanes > 1:
         body.append(f"    acc = {_GROUP[how]}<{lanes}>(acc);")

@@ -261,10 +261,10 @@ static int sn_emu_run_block(sn_sched* s) {
     f->slot = 0;
     char* top = s->stacks + (size_t)(t + 1) * SN_EMU_STACK;
 #if defined(__x86_64__)
-    /* the frame sn_emu_switch pops: control words, r15..rbp, return address; the start
-       routine then runs with rsp % 16 == 0 before its call, as the ABI requires */
+    /* the frame sn_emu_switch pops: control words, r15..rbp, return address; its ret
+       leaves rsp = top - 16, so the start routine's call enters sn_emu_fiber_main with
+       rsp % 16 == 8, as the ABI requires */
     uint64_t* sp = (uint64_t*)(top - 16);
-    *--sp = 0;                                  /* padding: alignment */
     *--sp = (uint64_t)(uintptr_t)&sn_emu_fiber_start;
     *--sp = 0;                                  /* rbp */
     *--sp = 0;                                  /* rbx */

@@ -230,6 +230,27 @@ def test_deadlock_is_reported_not_hung():
     assert sums.sum() == x.sum()
 
 
+ALIGN = r"""
+/* fibers start on stacks aligned as the x86-64 ABI requires: the compiler places a
+   16-byte aligned local by offset from the stack pointer */
+SN_KERNEL align(float* out) {
+  alignas(16) volatile float v[4];
+  v[0] = 1.0f;
+  __syncthreads();
+  uintptr_t at = (uintptr_t)&v[0];
+  __asm__ volatile("" : "+r"(at));   /* hide the address from alignment folding */
+  out[blockIdx.x * blockDim.x + threadIdx.x] = (at % 16 == 0) ? v[0] : -1.0f;
+}
+"""
+
+
+def test_fiber_stacks_are_aligned():
+    fns = build(ALIGN, [("align", "p", None)])
+    out = np.zeros(2 * 64, np.float32)
+    assert fns["align"](2, 64, ptr(out)) == 0
+    np.testing.assert_array_equal(out, 1.0)
+
+
 def test_synchronising_launch_stays_within_the_openmp_team():
     fns = build(BLOCK_SUM, [("block_sum", "ppl", None)])
     team = ctypes.CDLL("libgomp.so.1").omp_get_max_threads()
@@ -255,3 +276,153 @@ def test_synchronising_launch_stays_within_the_openmp_team():
     assert out.sum() == x.size
     # the watcher is one more thread; the launch may add at most the team's workers
     assert peak[0] <= base + 1 + max(team - 1, 0), (peak[0], base, team)
+
+
+# ------------------------------------------------------------------ reductions
+# The shapes of reduce kernels on CUDA (codegen/kernels.py): a lane group per row up to
+# 1024 elements, a block per row for many long rows, partial and combine launches for
+# long rows with few rows and full sums; each checked on cuda-emu against NumPy.
+
+import re                     # noqa: E402
+import shutil                 # noqa: E402
+import subprocess             # noqa: E402
+
+import symnet as sn           # noqa: E402
+from symnet.codegen import lower  # noqa: E402
+
+
+def reductions(x):
+    e = sn.exp(x - x.max(-1, keepdims=True))
+    return [e / e.sum(-1, keepdims=True), x.sum(-1), x.max(-1), x.min(-1), (x * x).sum(-1)]
+
+
+def numpy_reductions(a):
+    a64 = a.astype(np.float64)
+    e = np.exp(a64 - a64.max(-1, keepdims=True))
+    return [e / e.sum(-1, keepdims=True), a64.sum(-1), a.max(-1), a.min(-1),
+            (a64 * a64).sum(-1)]
+
+
+def reduce_function(shape, build=reductions):
+    with sn.graph_scope():
+        x = sn.input("x", shape)
+        return sn.function([x], build(x), backend="cuda-emu")
+
+
+def kernel_steps(fn):
+    return [s for s in fn.plan.steps if s.kind == "kernel"]
+
+
+# (shape, form of the reduction steps: "group" lanes per row, "block", "two-stage")
+SHAPES = [((6, 10), "group"), ((40, 1), "group"), ((3, 33), "group"), ((5, 1024), "group"),
+          ((5, 1025), "block"), ((300, 1025), "block"), ((3, 50000), "two-stage"),
+          ((2, 5000), "two-stage"), ((1, 10 ** 6), "two-stage"), ((129, 7, 3), "group")]
+
+
+@pytest.mark.parametrize("shape, form", SHAPES, ids=[f"{s}-{f}" for s, f in SHAPES])
+def test_reduction_shapes_match_numpy(shape, form):
+    fn = reduce_function(shape)
+    steps = kernel_steps(fn)
+    names = [s.name for s in steps]
+    if form == "two-stage":
+        assert any("_part" in n for n in names) and any("k_combine" in n for n in names), names
+    else:
+        assert not any("k_combine" in n for n in names), names
+    reduce_blocks = {s.block for s in steps if "div" not in s.name}
+    assert reduce_blocks == ({256} if form == "block" else {128} if form == "group"
+                             else {128, 256}), (names, reduce_blocks)
+    assert all(s.attrs["extent"] >= 1 for s in steps if "div" not in s.name)
+    rng = np.random.default_rng(sum(shape))
+    a = rng.standard_normal(shape).astype(np.float32) * 3
+    got = fn(a)
+    want = numpy_reductions(a)
+    n = shape[-1]
+    for g, w, what in zip(got, want, ["softmax", "sum", "max", "min", "sumsq"]):
+        assert g.shape == w.shape and g.dtype == np.float32, what
+        if what in ("max", "min"):
+            np.testing.assert_array_equal(g, w, err_msg=what)
+        else:
+            # float32 sums of n terms against float64: error grows like sqrt(n) eps
+            scale = np.abs(a.astype(np.float64)).sum(-1) if what == "sum" else \
+                (a.astype(np.float64) ** 2).sum(-1) if what == "sumsq" else 1.0
+            tol = 4e-7 * np.sqrt(n) * (scale if what != "softmax" else 1.0) + 1e-7
+            assert np.all(np.abs(g - w) <= tol), (what, np.abs(g - w).max())
+
+
+def test_grids_fit_the_model_device():
+    from symnet.codegen import prelude
+    fn = reduce_function((1, 10 ** 6))
+    for s in kernel_steps(fn):
+        cap = prelude.DEVICE_SMS * prelude.blocks_per_sm(s.block)
+        if "extent" in s.attrs:
+            assert s.grid == max(1, min(-(-s.attrs["extent"] // s.block), cap)), s
+        assert 1 <= s.grid <= cap
+    part = [s for s in kernel_steps(fn) if "_part" in s.name]
+    # a full sum of 1e6 elements spreads over hundreds of blocks, not one SM
+    assert part and all(s.grid >= prelude.DEVICE_SMS for s in part)
+
+
+@pytest.mark.parametrize("shape", [(4, 10), (4, 1024), (3, 1025), (2, 50000), (300, 1500)])
+def test_max_min_propagate_nan(shape):
+    fn = reduce_function(shape, lambda x: [x.max(-1), x.min(-1), x.sum(-1)])
+    a = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    a[0, shape[1] // 2] = np.nan
+    a[-1, -1] = np.nan
+    a[1, :] = np.inf if shape[0] > 2 else a[1, :]
+    mx, mn, s = fn(a)
+    np.testing.assert_array_equal(np.isnan(mx), np.isnan(a.max(-1)))
+    np.testing.assert_array_equal(np.isnan(mn), np.isnan(a.min(-1)))
+    np.testing.assert_array_equal(np.isnan(s), np.isnan(a.sum(-1)))
+    ok = ~np.isnan(a).any(-1)
+    np.testing.assert_array_equal(mx[ok], a.max(-1)[ok])
+    np.testing.assert_array_equal(mn[ok], a.min(-1)[ok])
+
+
+def test_multi_stage_softmax_rows():
+    """softmax: max, then the sum of exp(x - max) reading it; rows of 10 (a group per
+    row) and of 5000 (with few rows: each stage as partial and combine launches)."""
+    for shape in [(64, 10), (3, 5000)]:
+        with sn.graph_scope():
+            x = sn.input("x", shape)
+            e = sn.exp(x - x.max(1, keepdims=True))
+            fn = sn.function([x], [e / e.sum(1, keepdims=True)], backend="cuda-emu")
+        a = np.random.default_rng(shape[1]).standard_normal(shape).astype(np.float32) * 10
+        (got,) = fn(a)
+        e = np.exp(a.astype(np.float64) - a.max(1, keepdims=True))
+        np.testing.assert_allclose(got, e / e.sum(1, keepdims=True), rtol=2e-6, atol=1e-9)
+        np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-5)
+
+
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NVCC is None, reason="nvcc not installed")
+def test_reduction_modules_compile_for_sm80_sm90_without_spills(tmp_path):
+    sources = {}
+    lower.module_listeners.append(lambda be, src: sources.setdefault(src, be))
+    try:
+        for shape, _ in SHAPES:
+            with sn.graph_scope() as g:
+                x = sn.input("x", shape)
+                lower.lower(g, [x.id], [t.id for t in reductions(x)], "cuda")
+    finally:
+        lower.module_listeners.pop()
+    assert len(sources) == len(SHAPES)
+    procs = []
+    for k, src in enumerate(sources):
+        (tmp_path / f"m{k}.cu").write_text(src)
+        procs.append(subprocess.Popen(
+            [NVCC, "-c", "-std=c++17", "-diag-suppress", "177", "-Xptxas", "-v",
+             "--generate-code", "arch=compute_80,code=sm_80",
+             "--generate-code", "arch=compute_90,code=sm_90", f"m{k}.cu", "-o", f"m{k}.o"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        if len(procs) >= 2:
+            procs[-2].wait()
+    outputs = [p.communicate()[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0, out[-3000:]
+    text = "\n".join(outputs)
+    spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
+    assert spills, text[-2000:]
+    assert all(a == "0" and b == "0" for a, b in spills), text[-3000:]
