@@ -3,6 +3,37 @@ and the index-mapping copy kernels of layout ops.
 
 Expressions of a group are composed by substitution into one sympy tree per stored
 value, then ``sympy.cse`` shares common work across all of the kernel's outputs.
+
+Reductions on CUDA (lower.py picks the form from the sizes; the CPU keeps one form:
+a thread owns a row, with vector inner loops).
+
+- Group per row, rows of up to WARP_ROW_MAX elements: a group of L lanes (L the
+  smallest power of two >= the row length, at most a warp of 32) reduces a row with
+  a shuffle butterfly (sn_block_group_*), so a warp handles 32 / L rows and a block
+  of 128 threads 4 to 128 rows; no shared memory, no block barrier. A 10-class
+  softmax uses 16 lanes per row instead of one block of 128 threads.
+- Block per row, longer rows when there are enough rows to give every SM blocks (at
+  least BLOCK_ROWS_PER_SM rows per SM of the model device), or when a row is shorter
+  than two chunks: a block of 256 threads per row, warp butterflies then the warps'
+  results through shared memory (sn_block_*).
+- Two stages, long rows with few rows and full sums: each stage of the kernel
+  becomes two launches. The partial launch splits every row into chunks (enough
+  (row, chunk) blocks to fill the device once, each chunk at least CHUNK_MIN
+  elements, at most CHUNKS_MAX chunks), one block per chunk, and writes a partial per
+  (row, chunk) to a scratch buffer; the combine launch reduces a row's partials with
+  a group per row. A later stage reads the results of earlier ones (softmax: the max,
+  then the sum of exp(x - max)) from memory.
+
+Every launch records ``step.attrs["extent"]``, the threads it wants; its grid is
+min(blocks needed, blocks that fill the model device once) (prelude.device_grid).
+The helpers that synchronise are named sn_block_* so that the cuda-emu launcher,
+which looks for "sn_block_" or "__syncthreads" in a kernel's text, runs them as
+fibers.
+
+max and min propagate NaN in every form (sn_max, sn_min and the reductions'
+combines pick the NaN). Loops are 32-bit (SN_IDX) when the kernel's sizes fit, and
+the CUDA-only forms print their offsets without long literals then, so index
+arithmetic is 32-bit.
 """
 from __future__ import annotations
 
@@ -160,27 +191,6 @@ _REDUCE = {
     "min": ("INFINITY", "{acc} = sn_min({acc}, {v});", "sn_block_min"),
 }
 
-# Reductions on CUDA (lower.py picks the form from the sizes; the CPU keeps one form:
-# a thread owns a row, with vector inner loops).
-#
-# - Group per row, rows of up to WARP_ROW_MAX elements: a group of L lanes (L the
-#   smallest power of two >= the row length, at most a warp of 32) reduces a row with
-#   a shuffle butterfly (sn_block_group_*), so a warp handles 32 / L rows and a block
-#   of 128 threads 4 to 128 rows; no shared memory, no block barrier. A 10-class
-#   softmax uses 16 lanes per row instead of one block of 128 threads.
-# - Block per row, longer rows when there are enough rows to give every SM blocks
-#   (at least BLOCK_ROWS_PER_SM per SM): a block of 256 threads per row, warp
-#   butterflies then the warps' results through shared memory (sn_block_*).
-# - Two stages, long rows with few rows and full sums: each stage of the kernel
-#   becomes two launches. The partial launch splits every row into chunks, one block
-#   per chunk, and writes a partial per (row, chunk); the combine launch reduces a row's
-#   partials with a group per row. A later stage reads the results of earlier ones
-#   (softmax: the max, then the sum of exp(x - max)) from memory.
-#
-# max and min propagate NaN in every form (sn_max, sn_min and the reductions'
-# combines pick the NaN). Loops are 32-bit (SN_IDX) when the kernel's sizes fit, and
-# the CUDA-only forms print their offsets without long literals then, so index
-# arithmetic is 32-bit.
 WARP_ROW_MAX = 1024
 BLOCK_ROWS_PER_SM = 2
 CHUNK_MIN = 2048           # elements per partial block at least (8 per thread)
