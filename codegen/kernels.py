@@ -37,6 +37,7 @@ arithmetic is 32-bit.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -166,13 +167,17 @@ def elementwise_kernel(graph, k, pos, consts) -> KernelText:
     lines, reduced = _cse_lines(out_exprs, "    ")
     shapes = [graph.shape(a) for a in loads]
     roles, inner = split_inner(space, ["o"] * len(space), shapes, "o", "j")
+    # every operand is broadcast into the space: when the space has fewer than 2**30
+    # elements, so has every offset, and the kernel indexes in 32 bits on CUDA
+    small = math.prod(space) < 1 << 30
     if roles is None:
         sp_ = Space(space, ["i"] * len(space), shapes)
-        body = ["  SN_FOR(i, n) {"]
+        body = ["  SN_FOR_I32(i, n) {" if small else "  SN_FOR(i, n) {"]
     else:
         sp_ = Space(space, roles, shapes)
-        body = [f"  SN_FOR2(o, n / {inner}L, j, {inner}L) {{",
-                f"    const long i = o * {inner}L + j;"]
+        body = [f"  SN_FOR2_I32(o, n / {inner}L, j, {inner}L) {{" if small else
+                f"  SN_FOR2(o, n / {inner}L, j, {inner}L) {{",
+                f"    const {'SN_I32' if small else 'long'} i = o * {inner}L + j;"]
     for j, a in enumerate(loads):
         body.append(f"    const float x{j} = in{j}[{sp_.offset(j)}];")
     body += lines
@@ -181,7 +186,10 @@ def elementwise_kernel(graph, k, pos, consts) -> KernelText:
     body.append("  }")
     params = (("l", "n"),) + tuple(("p", f"out{o}") for o in range(len(k.stored))) + \
         tuple(("c", f"in{j}") for j in range(len(loads)))
-    return KernelText(_name_of(graph, k.needed), params, "\n".join(body) + "\n",
+    text = "\n".join(body) + "\n"
+    if small:
+        text = re.sub(r"\b(\d+)L\b", r"\1", text)
+    return KernelText(_name_of(graph, k.needed), params, text,
                       "fuses " + _describe(graph, k.needed, pos))
 
 

@@ -78,6 +78,10 @@ C_PRELUDE = r"""/* symnet CPU prelude: kernels as OpenMP loops; GEMMs call CBLAS
   for (long i = 0; i < (n); ++i)
 #define SN_FOR2(o, no, j, nj) SN_PRAGMA(omp parallel for schedule(static) if((no) > 1)) \
   for (long o = 0; o < (no); ++o) SN_PRAGMA(omp simd) for (long j = 0; j < (nj); ++j)
+/* the 32-bit loops of generated elementwise kernels (CUDA) are the long loops here */
+#define SN_I32 long
+#define SN_FOR_I32(i, n) SN_FOR(i, n)
+#define SN_FOR2_I32(o, no, j, nj) SN_FOR2(o, no, j, nj)
 #define SN_ROW_LOOP(r, n) for (long r = 0; r < (n); ++r)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_PRAGMA(omp simd reduction(+:acc)) \
   for (long r = 0; r < (n); ++r)
@@ -177,6 +181,13 @@ template <> struct sn_index_type<true> { typedef int type; };
        sn_f_ < (no) * (nj); sn_f_ += blockDim.x * gridDim.x) \
     for (long o = sn_f_ / (SN_IDX((no) * (nj)))(nj), j = sn_f_ %% (SN_IDX((no) * (nj)))(nj), \
          sn_once_ = 1; sn_once_; sn_once_ = 0)
+/* Loops of generated elementwise kernels, whose offsets (below 2**30) are 32-bit */
+#define SN_I32 int
+#define SN_FOR_I32(i, n) \
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += blockDim.x * gridDim.x)
+#define SN_FOR2_I32(o, no, j, nj) SN_FOR_I32(sn_i_, (no) * (nj)) \
+  for (int o = sn_i_ / (int)(nj), j = sn_i_ %% (int)(nj), sn_once_ = 1; sn_once_; \
+       sn_once_ = 0)
 #define SN_ROWS(o, n) for (SN_IDX(n) o = blockIdx.x; o < (n); o += gridDim.x)
 #define SN_ROW_LOOP(r, n) for (SN_IDX(n) r = threadIdx.x; r < (n); r += blockDim.x)
 #define SN_ROW_LOOP_SUM(r, n, acc) SN_ROW_LOOP(r, n)
