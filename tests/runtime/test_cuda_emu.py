@@ -32,14 +32,21 @@ def build(source, kernels):
     out = {}
     for name, types, _ in kernels:
         fn = getattr(lib, f"sn_launch_{name}")
-        fn.argtypes = [ctypes.c_uint, ctypes.c_uint] + [ctype[t] for t in types]
+        fn.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p]
         fn.restype = ctypes.c_int
-        out[name] = fn
+
+        def launch(grid, block, *args, fn=fn, types=types):
+            # one address per argument, pointing at its value (CUDA's kernelParams)
+            values = [ctype[t](a) for t, a in zip(types, args, strict=True)]
+            params = (ctypes.c_void_p * max(1, len(values)))(
+                *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+            return fn(grid, block, params)
+        out[name] = launch
     return out
 
 
 def ptr(a):
-    return a.ctypes.data_as(ctypes.c_void_p)
+    return a.ctypes.data
 
 
 BLOCK_SUM = r"""
