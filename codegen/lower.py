@@ -115,9 +115,12 @@ class Lowering:
         return K.KernelText(t.name, t.params, t.body.strip("\n") + "\n", "library kernel",
                             t.block)
 
-    def launch(self, spec: K.KernelText, args, extent, nodes, grid=None, boundary=""):
-        """Launch ``spec`` with ``args``; its sizes (long parameters) are baked into the
-        kernel text as constants, so index arithmetic divides by literals."""
+    def launch(self, spec: K.KernelText, args, extent, nodes, boundary=""):
+        """Launch ``spec`` with ``args`` over ``extent`` threads; its sizes (long
+        parameters) are baked into the kernel text as constants, so index arithmetic
+        divides by literals. The grid is sized for the model device; CUDA steps record
+        the extent and blocks per SM, so the cuda backend re-derives the grid for the
+        device it runs on."""
         consts, params, kept = [], [], []
         for (t, pname), a in zip(spec.params, args):
             if t == "l":
@@ -133,13 +136,16 @@ class Lowering:
         reads = [a for a in args if a[0] == "val" and a[3] == "r"]
         writes = [a for a in args if a[0] == "val" and a[3] == "w"]
         step = Step("kernel", name, [a[:3] if a[0] == "val" else a for a in args],
-                    grid=grid or _grid(extent, block), block=block,
+                    grid=_grid(extent, block), block=block,
                     ops=[self._op_name(n) for n in nodes],
                     bytes_read=4 * sum(self.vsize[a[1]] for a in _unique(reads)),
                     bytes_written=4 * sum(self.vsize[a[1]] for a in _unique(writes)),
                     boundary=boundary)
         step.attrs["_rw"] = [[a[1], a[3]] for a in args if a[0] == "val"]
         step.attrs["layers"] = self._layers_of(nodes)
+        if self.backend != "cpu":
+            step.attrs["extent"] = int(extent)
+            step.attrs["blocks_per_sm"] = blocks_per_sm(block)
         self.steps.append(step)
         return step
 
@@ -257,10 +263,7 @@ class Lowering:
             results[j] = res
 
     def _reduce_launch(self, text, args, extent, nodes, boundary):
-        step = self.launch(text, args, extent, nodes, grid=_grid(extent, text.block),
-                           boundary=boundary)
-        step.attrs["extent"] = int(extent)
-        return step
+        return self.launch(text, args, extent, nodes, boundary=boundary)
 
     # layout ops: index-mapping copies
     def _copy(self, n, op):

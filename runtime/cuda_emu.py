@@ -36,12 +36,25 @@ def launcher_source(name, arg_types, sync) -> str:
             f"[=]() {{ {name}({args}); }});\n}}\n")
 
 
+# sn_emu_launch's error codes (include/sn_cuda_emu.h)
+_LAUNCH_ERRORS = {
+    1: "a block has more than 1024 threads",
+    2: "deadlock: a barrier that not every live thread of the block reaches (divergent "
+       "__syncthreads or warp primitive)",
+    3: "a barrier or warp primitive in a kernel launched without fibers",
+    4: "the fibers' stacks could not be mapped",
+    5: "a fiber overflowed its stack",
+}
+_SYNC_TOKENS = ("__syncthreads", "sn_block_", "__shfl", "__syncwarp")
+
+
 def uses_barriers(source, name) -> bool:
-    """Whether kernel ``name`` synchronises its block (shared memory, __syncthreads)."""
+    """Whether kernel ``name`` synchronises its threads (__syncthreads, warp shuffles,
+    __syncwarp, the prelude's sn_block_* reductions): its blocks then run as fibers."""
     start = source.find(f"SN_KERNEL {name}(")
     end = source.find("SN_KERNEL ", start + 1)
     body = source[start:end if end > 0 else len(source)]
-    return "__syncthreads" in body or "sn_block_" in body
+    return any(t in body for t in _SYNC_TOKENS)
 
 
 def gemm_extents(attrs):
@@ -91,10 +104,11 @@ class CudaEmuBackend:
 
     @staticmethod
     def _launch(fn, step, params, _values):
-        if fn(step.grid, step.block, params):
-            raise RuntimeError(f"cuda-emu: kernel {step.name} failed to run its "
-                               f"{step.grid} x {step.block} launch: OpenMP could not start a "
-                               "block's threads; raise OMP_THREAD_LIMIT")
+        status = fn(step.grid, step.block, params)
+        if status:
+            why = _LAUNCH_ERRORS.get(status, f"status {status}")
+            raise RuntimeError(f"cuda-emu: kernel {step.name} ({step.grid} blocks of "
+                               f"{step.block} threads): {why}")
 
     def prepare_gemm(self, step, a, b, c):
         from . import cublas_emu
