@@ -56,6 +56,14 @@ class Executor:
                 mem.device_read(self.device)
             self._owned[bid] = mem
         self._staging = {}         # buffer id -> memory holding a NumPy argument or result
+        # whether kernels write output k straight into its destination: the first output
+        # of each buffer of its own; the others (an input or param returned, a result
+        # returned twice) are copied out after the steps
+        seen = set()
+        self._in_place = []
+        for bid, _ in plan.outputs:
+            self._in_place.append(plan.buffers[bid].role == "output" and bid not in seen)
+            seen.add(bid)
         self._ptrs = None
         self._launches = None
         self.step_times = np.zeros(len(plan.steps))
@@ -122,12 +130,11 @@ class Executor:
             ptrs[bid] = self._bind_in(bid, value, keep)
         for (_, bid), value in zip(plan.params, params):
             ptrs[bid] = self._bind_in(bid, value, keep)
-        dests, direct = [], set()
-        for k, (bid, shape) in enumerate(plan.outputs):
+        dests = []
+        for k, ((bid, shape), in_place) in enumerate(zip(plan.outputs, self._in_place)):
             dst = out[k] if out is not None else np.empty(shape, dtype=np.float32)
             dests.append(dst)
-            if plan.buffers[bid].role == "output" and bid not in direct:
-                direct.add(bid)
+            if in_place:
                 ptrs[bid] = self._bind_out(bid, dst, keep)
         if ptrs != self._ptrs:
             self._launches = [self._prepare(step, ptrs) for step in plan.steps]
@@ -161,10 +168,7 @@ class Executor:
     def _collect(self, dests, ptrs):
         """Results that kernels did not write in place: copied out of their buffers."""
         plan, dev = self.plan, self.device
-        done = set()
-        for (bid, _), dst in zip(plan.outputs, dests):
-            in_place = plan.buffers[bid].role == "output" and bid not in done
-            done.add(bid)
+        for (bid, _), dst, in_place in zip(plan.outputs, dests, self._in_place):
             if in_place and (self.on_host or isinstance(dst, SyncedMemory)):
                 continue
             src = ptrs[bid]
