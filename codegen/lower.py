@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 from symnet import ops
 
@@ -121,14 +122,17 @@ class Lowering:
         divides by literals. The grid is sized for the model device; CUDA steps record
         the extent and blocks per SM, so the cuda backend re-derives the grid for the
         device it runs on."""
+        narrow = self._narrow(spec, args, extent)
         consts, params, kept = [], [], []
         for (t, pname), a in zip(spec.params, args):
             if t == "l":
-                consts.append(f"  const long {pname} = {int(a[1])}L;")
+                consts.append(f"  const int {pname} = {int(a[1])};" if narrow else
+                              f"  const long {pname} = {int(a[1])}L;")
             else:
                 params.append((t, pname))
                 kept.append(a)
-        text = K.KernelText(spec.base_name, tuple(params), "\n".join(consts + [spec.body]),
+        body = re.sub(r"\blong\b", "int", spec.body) if narrow else spec.body
+        text = K.KernelText(spec.base_name, tuple(params), "\n".join(consts + [body]),
                             spec.comment, spec.block)
         name = self._kernel_name(text)
         block = spec.block
@@ -148,6 +152,16 @@ class Lowering:
             step.attrs["blocks_per_sm"] = blocks_per_sm(block)
         self.steps.append(step)
         return step
+
+    def _narrow(self, spec, args, extent):
+        """Whether a CUDA library kernel does its index arithmetic in 32 bits: every size
+        it is given and every buffer it touches hold fewer than 2**30 values, so no
+        offset into them overflows (generated kernels decide this for themselves)."""
+        if self.backend == "cpu" or spec.comment != "library kernel":
+            return False
+        sizes = [int(extent)] + [abs(int(a[1])) for a in args if a[0] == "long"] + \
+            [self.vsize[a[1]] for a in args if a[0] == "val"]
+        return max(sizes) < 2 ** 30
 
     def sgemm(self, nodes, a, b, c, attrs):
         """A cuBLAS call (column-major ``cublasSgemmStridedBatched``) as a Plan step:

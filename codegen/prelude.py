@@ -164,23 +164,23 @@ CUDA_PRELUDE = r"""/* symnet CUDA prelude: grid-stride loops, warp and block red
 #define SN_DEVICE static __device__ __forceinline__
 #define SN_BLOCK %(block)d
 /* The index type of loops over n elements: 32-bit when n (a constant of the kernel)
-   and a grid stride past it fit, 64-bit otherwise. SN_FOR, SN_FOR_OUTER and SN_FOR2
-   count in that type and give their bodies long indices (library templates do 64-bit
-   arithmetic on them); the row loops below, used only by generated reductions, give
-   the 32-bit index itself. */
+   and a grid stride past it fit, 64-bit otherwise. SN_FOR, SN_FOR_OUTER, SN_FOR2 and
+   the row loops count in that type and give it to their bodies; a library kernel whose
+   sizes all fit also does its own arithmetic in 32 bits (lowering writes its `long`s
+   as `int`), else in 64 bits, to which a 32-bit index promotes. */
 template <bool Small> struct sn_index_type { typedef long type; };
 template <> struct sn_index_type<true> { typedef int type; };
 #define SN_IDX(n) sn_index_type<((n) < (1L << 30))>::type
 #define SN_FOR(i, n) \
   for (SN_IDX(n) sn_f_ = blockIdx.x * blockDim.x + threadIdx.x; sn_f_ < (n); \
        sn_f_ += blockDim.x * gridDim.x) \
-    for (long i = sn_f_, sn_once_ = 1; sn_once_; sn_once_ = 0)
+    for (SN_IDX(n) i = sn_f_, sn_once_ = 1; sn_once_; sn_once_ = 0)
 #define SN_FOR_OUTER(i, n) SN_FOR(i, n)
 #define SN_FOR2(o, no, j, nj) \
   for (SN_IDX((no) * (nj)) sn_f_ = blockIdx.x * blockDim.x + threadIdx.x; \
        sn_f_ < (no) * (nj); sn_f_ += blockDim.x * gridDim.x) \
-    for (long o = sn_f_ / (SN_IDX((no) * (nj)))(nj), j = sn_f_ %% (SN_IDX((no) * (nj)))(nj), \
-         sn_once_ = 1; sn_once_; sn_once_ = 0)
+    for (SN_IDX((no) * (nj)) o = sn_f_ / (SN_IDX((no) * (nj)))(nj), \
+         j = sn_f_ %% (SN_IDX((no) * (nj)))(nj), sn_once_ = 1; sn_once_; sn_once_ = 0)
 /* Loops of generated elementwise kernels, whose offsets (below 2**30) are 32-bit */
 #define SN_I32 int
 #define SN_FOR_I32(i, n) \

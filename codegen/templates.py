@@ -289,7 +289,7 @@ RANDOM_UNIFORM = Template("sn_random_uniform", (("l", "n"), ("p", "y"), ("c", "c
                                                 ("l", "seed_lo"), ("l", "seed_hi")), r"""
   uint32_t off = counter ? (uint32_t)(long)counter[0] : 0u;
   SN_FOR(i, n) {
-    y[i] = sn_philox_uniform((uint32_t)i, (uint32_t)(i >> 32), off,
+    y[i] = sn_philox_uniform((uint32_t)i, (uint32_t)((int64_t)i >> 32), off,
                              (uint32_t)seed_lo, (uint32_t)seed_hi);
   }
 """)

@@ -309,6 +309,31 @@ def test_cuda_module_shape():
     assert set(p.kernels) == set(kernel_definitions(src))
 
 
+def _kernel_text(src, name):
+    start = src.index(f"SN_KERNEL {name}(")
+    end = src.find("SN_KERNEL ", start + 1)
+    return src[start:end if end > 0 else len(src)]
+
+
+def test_cuda_library_kernels_index_in_32_bits_when_sizes_allow():
+    """im2col over a small batch does its arithmetic in int on CUDA (64-bit division is
+    many instructions on a GPU); the CPU text keeps long."""
+    def build(n):
+        with sn.graph_scope() as g:
+            x, w = sn.input("x", (n, 3, 9, 9)), sn.input("w", (4, 3, 3, 3))
+            y = sn.conv2d(x, w, pad=1)
+            return {be: lower.lower(g, [x.id, w.id], [y.id], be) for be in ("cuda", "cpu")}
+    small = build(2)
+    src = small["cuda"].sources["cuda"]
+    text = _kernel_text(src, "sn_im2col_cols")
+    assert "const int n = " in text and "long" not in text.split("{", 1)[1]
+    assert "const long" in _kernel_text(small["cpu"].sources["cpu"], "sn_conv_images")
+    # a batch whose columns hold 2**30 values or more keeps 64-bit arithmetic
+    big = build(2 ** 30 // (27 * 81) + 1)
+    text = _kernel_text(big["cuda"].sources["cuda"], "sn_im2col_cols")
+    assert "const long n = " in text
+
+
 def test_report(backend):
     def f(x, w):
         h = sn.tanh(x) * 2.0
