@@ -555,6 +555,8 @@ class Solver:
             if not outs:
                 self._update_fn = None
                 return
+            if scale is not None:       # the squared norm, read back only to log it
+                outs.append(sumsq)
             name = f"{self.type.lower()}_update"
             self._update_fn = Function(ins, outs, backend=self.net.backend, name=name)
 
@@ -572,8 +574,6 @@ class Solver:
         self.lr = rate
         if self.param.display and self.iter % self.param.display == 0:
             log.info("Iteration %d, lr = %.6g", self.iter, rate)
-        if self.param.clip_gradients >= 0:
-            self._log_clip()
         fn = self.update_function()
         if fn is None:
             return
@@ -582,12 +582,18 @@ class Solver:
         for gr in self._layout:
             arrays += [gr["data"], gr["diff"]] + gr["hist"]
             out += [gr["data"]] + gr["hist"]
+        clipping = len(fn.outputs) > len(out)
+        if clipping:                    # the gradients' squared norm, computed on the device
+            out.append(np.empty((), np.float32))
         fn(*arrays, out=out)
+        if clipping:
+            self._log_clip(float(out[-1]))
 
-    def _log_clip(self):
+    def _log_clip(self, sumsq):
+        """Caffe's ClipGradients message, from the squared L2 norm of all diffs that the
+        update computed (only that scalar leaves the device)."""
         if not log.isEnabledFor(logging.INFO):
             return
-        sumsq = sum(float(np.dot(d, d)) for d in (g["diff"].host_read() for g in self._layout))
         norm = math.sqrt(sumsq)
         clip = self.param.clip_gradients
         if norm > clip:

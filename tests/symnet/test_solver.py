@@ -2,8 +2,10 @@
 policies against closed forms, snapshots and exact resume, atomic snapshot writes."""
 from __future__ import annotations
 
+import logging
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -333,6 +335,26 @@ def test_loss_goes_down(tmp_path):
     solver.solve()
     assert solver.iter == 60
     assert np.mean(losses[-10:]) < 0.2 * np.mean(losses[:5])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emu"])
+def test_clip_message_reports_the_norm_of_all_diffs(tmp_path, caplog, backend):
+    """Caffe's "Gradient clipping" line gives the L2 norm of every param diff; the update
+    computes it where the diffs live and only that scalar is read back."""
+    solver = make_solver(tmp_path, BASE + "clip_gradients: 1e-4\ndisplay: 1\n",
+                         backend=backend)
+    solver.net.forward_backward()
+    diffs = [b.diff.astype(np.float64) for blobs in solver.net.params.values() for b in blobs]
+    norm = np.sqrt(sum(float((d ** 2).sum()) for d in diffs))
+    from symnet import runtime
+    runtime.reset_transfer_counts()
+    with caplog.at_level(logging.INFO, logger="symnet"):
+        solver.apply_update()
+    if backend != "cpu":        # the diffs stay on the device; the scalar comes down
+        assert runtime.transfer_counts()["d2h_bytes"] == 4
+    (line,) = [r.getMessage() for r in caplog.records if "Gradient clipping" in r.getMessage()]
+    got = float(re.search(r"L2 norm ([\d.e+-]+) >", line).group(1))
+    assert got == pytest.approx(norm, rel=1e-5) and norm > 1e-4
 
 
 def test_update_is_a_few_fused_kernels(tmp_path):
