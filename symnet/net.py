@@ -64,6 +64,7 @@ class Layer:
     loss_weights: list = field(default_factory=list)
     source: object = None          # the LayerParameter
     top_tensors: list = field(default_factory=list, repr=False)
+    bottom_tensors: list = field(default_factory=list, repr=False)   # as they came in
     params: list = field(default_factory=list, repr=False)     # Param Tensors
     updates: list = field(default_factory=list, repr=False)    # (Param Tensor, value)
 
@@ -170,6 +171,8 @@ class Net:
         self.blobs = collections.OrderedDict()
         self.iteration = 0
         self._timed = False
+        self._hooks = {k: [] for k in ("before_forward", "after_forward", "before_backward",
+                                       "after_backward")}
         self._build()
         if weights is not None:
             self.copy_from(weights)
@@ -183,6 +186,7 @@ class Net:
         self.layers, self._layer_names = [], []
         self.params = collections.OrderedDict()
         self.inputs = []
+        self._built_shapes = {}      # input blob -> the shape the graph was built for
         self._current = {}           # blob name -> latest version (Tensor)
         self._version_ids = set()
         self._shared = {}            # param share name -> (Tensor, Blob)
@@ -239,6 +243,7 @@ class Net:
         else:
             spec = registry.get(lp.type)
             extra = {}
+        raw = [self._current.get(b) for b in lp.bottom]
         bottoms = self._bottoms(lp)
         kwargs = {}
         for pname in spec.params:
@@ -246,7 +251,8 @@ class Net:
                 kwargs.update(message_kwargs(getattr(lp, pname)))
         kwargs.update(extra)
         specs = [message_kwargs(ps) for ps in lp.param]
-        layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp)
+        layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp,
+                      bottom_tensors=raw)
         ctx = registry.LayerContext(lp.name, lp.type, _PHASES[self.phase], len(lp.top), specs,
                                     lambda c, i, shape, filler: self._make_param(
                                         layer, c, i, shape, filler),
@@ -281,6 +287,7 @@ class Net:
         for name, shape in zip(lp.top, self._input_layer_shapes(lp)):
             self._add_version(layer, name, F.input(name, shape))
             self.inputs.append(name)
+            self._built_shapes[name] = tuple(shape)
         self.layers.append(layer)
         self._layer_names.append(lp.name)
 
@@ -303,10 +310,12 @@ class Net:
 
     def _build_python(self, lp, cls):
         """A Caffe Python layer: a host call in the graph (a fusion boundary)."""
+        raw = [self._current.get(b) for b in lp.bottom]
         bottoms = self._bottoms(lp)
         runner = pylayer.PythonLayerRunner(cls, lp, self.phase, [b.shape for b in bottoms],
                                            self._where(lp))
-        layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp)
+        layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp,
+                      bottom_tensors=raw)
         specs = [message_kwargs(ps) for ps in lp.param]
         params = []
         for i, blob in enumerate(runner.params):
@@ -537,13 +546,18 @@ class Net:
 
     # ------------------------------------------------------------------ forward
     def _set_inputs(self, kwargs, what="forward"):
+        """Caffe's Forward reshapes every layer first: input blobs reshaped since the net
+        was built (``net.blobs['data'].reshape(...)``) re-size the whole net here. Then
+        keyword arrays are written into their blobs."""
+        if any(self.blobs[b].shape != shape for b, shape in self._built_shapes.items()):
+            self.reshape()
         for name, array in kwargs.items():
             if name not in self.blobs:
                 raise KeyError(f"{what}: no blob named '{name}'")
             if self.blobs[name].shape != np.shape(array):
                 raise ValueError(f"{what}: '{name}' got shape {np.shape(array)}, the blob has "
-                                 f"{self.blobs[name].shape}; reshape the blob and call "
-                                 "net.reshape() first")
+                                 f"{self.blobs[name].shape}; reshape the blob first "
+                                 f"(net.blobs['{name}'].reshape(...))")
             self.blobs[name].data[...] = array
 
     def _forward_outs(self, outputs, updates):
@@ -551,30 +565,63 @@ class Net:
         return [self._store(t) for t in outputs[:n_blob]] + \
             [self._update_store(k, v.shape) for k, (_, v) in enumerate(updates)]
 
-    def _forward_done(self, updates, update_mems, blobs):
-        for (param, _), mem in zip(updates, update_mems):
+    def _forward_done(self, updates, blobs, end=None):
+        """updates: (param Tensor, memory of its new value) pairs."""
+        for param, mem in updates:
             param.op.blob.data_mem.copy_from(mem)
         self._last_counter = self.iteration
         if self.phase == TRAIN:
             self.iteration += 1
-        names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
-        return {b: self.blobs[b].data for b in names}
+        # pycaffe's contract: the net's outputs, or the tops of ``end`` when it is given
+        first = list(self.outputs) if end is None else list(self.layers[end].tops)
+        names = first + [b for b in (blobs or []) if b not in first]
+        return {b: self.blobs[b].data for b in dict.fromkeys(names)}
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run layers start..end (names, inclusive); keyword arrays set input blobs.
-        Returns {blob: data} for the outputs (and the blobs named in ``blobs``)."""
+        Returns {blob: data} for the outputs, or the tops of ``end`` when it is given (and
+        the blobs named in ``blobs``)."""
         self._set_inputs(kwargs)
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self.layers) - 1)
         if s == 0:
             self._feed_data(kwargs)
-        outputs, updates, cut = self._forward_parts(s, e)
         self._counter_value = self.iteration
+        updates = []
+        if self._hooks["before_forward"] or self._hooks["after_forward"]:
+            for i in range(s, e + 1):       # layer by layer, so hooks see each layer
+                self._run_hooks("before_forward", i)
+                updates += self._forward_range(i, i)
+                self._run_hooks("after_forward", i)
+        else:
+            updates = self._forward_range(s, e)
+        return self._forward_done(updates, blobs, None if end is None else e)
+
+    def _forward_range(self, s, e):
+        """Layers s..e as one compiled call; their state updates (param, memory)."""
+        outputs, updates, cut = self._forward_parts(s, e)
         outs = self._forward_outs(outputs, updates)
         if outputs:
             fn, feeds, _ = self._compile(("forward", s, e), outputs, cut)
             fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
-        return self._forward_done(updates, outs[len(outs) - len(updates):], blobs)
+        return list(zip([p for p, _ in updates], outs[len(outs) - len(updates):]))
+
+    # pycaffe's hooks: callables of the layer index, run around each layer
+    def before_forward(self, fn):
+        self._hooks["before_forward"].append(fn)
+
+    def after_forward(self, fn):
+        self._hooks["after_forward"].append(fn)
+
+    def before_backward(self, fn):
+        self._hooks["before_backward"].append(fn)
+
+    def after_backward(self, fn):
+        self._hooks["after_backward"].append(fn)
+
+    def _run_hooks(self, when, i):
+        for fn in self._hooks[when]:
+            fn(i)
 
     def _forward_backward_fn(self):
         """One Function for the whole net's forward and backward: its outputs are the
@@ -616,7 +663,8 @@ class Net:
             [blob.diff_mem for _, blob in params]
         fn(*arrays, out=outs, timed=self._timed)
         n_fwd = len(outputs)
-        return self._forward_done(updates, outs[n_fwd - len(updates):n_fwd], blobs)
+        return self._forward_done(list(zip([p for p, _ in updates],
+                                           outs[n_fwd - len(updates):n_fwd])), blobs)
 
     # ------------------------------------------------------------------ backward
     def _needs_backward(self):
@@ -664,27 +712,83 @@ class Net:
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
         """Back-propagate from the loss (and output blobs' diffs, set by keyword arrays):
-        bottom blobs get their diffs, parameter diffs accumulate, as in Caffe."""
-        if start is not None or end is not None:
-            raise NotImplementedError("backward over a layer range is not supported; "
-                                      "call backward() for the whole net")
-        if not hasattr(self, "_last_counter"):
-            raise RuntimeError("backward: call forward() first")
+        bottom blobs get their diffs, parameter diffs accumulate, as in Caffe. ``start``
+        and ``end`` (layer names, start the later one) run Caffe's BackwardFromTo: the
+        layers from start down to end, from the diffs their tops hold. Before any forward
+        it runs on the zeros the blobs hold, as in Caffe. Returns {blob: diff} for the
+        net's inputs, or the bottoms of ``end`` (and the blobs named in ``diffs``)."""
         for name, array in kwargs.items():
             if name not in self.outputs:
                 raise KeyError(f"backward: '{name}' is not an output blob {self.outputs}")
             self.blobs[name].diff[...] = array
+        last = len(self.layers) - 1
+        s, e = self._layer_index(start, last), self._layer_index(end, 0)
+        self._counter_value = getattr(self, "_last_counter", self.iteration)
+        if self._hooks["before_backward"] or self._hooks["after_backward"]:
+            for i in range(s, e - 1, -1):
+                self._run_hooks("before_backward", i)
+                self._backward_range(i, i)
+                self._run_hooks("after_backward", i)
+        elif (s, e) == (last, 0):
+            self._backward_all()
+        elif s >= e:
+            self._backward_range(s, e)
+        first = list(self.inputs) if end is None else list(self.layers[e].bottoms)
+        names = first + [b for b in (diffs or []) if b not in first]
+        return {b: self.blobs[b].diff for b in dict.fromkeys(names)}
+
+    def _backward_all(self):
         compiled = self._backward_fn()
         if compiled is None:
-            return {b: self.blobs[b].diff for b in (diffs or [])}
+            return
         fn, feeds, extra = compiled
         _, firsts, params = self._backward_parts()
-        self._counter_value = self._last_counter
         arrays = [self._store(t) for t in feeds] + extra
         outs = [self.blobs[name].diff_mem for name, _ in firsts] + \
             [blob.diff_mem for _, blob in params]
         fn(*arrays, out=outs, timed=self._timed)
-        return {b: self.blobs[b].diff for b in (diffs or [])}
+
+    def _backward_range(self, s, e):
+        """Layers s down to e: the diffs of their tops that no layer of the range reads
+        are the cotangents; the bottoms coming from outside the range (that need
+        backward) get their diffs, learned params accumulate theirs. The bottoms are cut
+        from what computed them, so a diff counts only the range's layers, as Caffe's."""
+        key = ("backward_range", s, e)
+        if key not in self._fns:
+            rng = self.layers[e:s + 1]
+            made = {t.id for l in rng for t in l.top_tensors}
+            read = {t.id for l in rng for t in l.bottom_tensors if t is not None}
+            need = self._needs_backward()
+            sinks = list({t.id: t for l in rng for t in l.top_tensors
+                          if t.id not in read and not isinstance(t.op, ops.Input)}.values())
+            wrt = list({t.id: t for l in rng for t in l.bottom_tensors
+                        if t is not None and t.id not in made and
+                        (need.get(t.name) or self.force_backward)}.values())
+            params = list({t.id: (t, blob) for l in rng
+                           for t, blob, m in zip(l.params, l.blobs, l.lr_mult) if m}.values())
+            if not sinks or not (wrt or params):
+                self._fns[key] = (None,)
+                return
+            with graph_scope(self.graph):
+                cut = {t: F.input(f"{t.name}_bottom", t.shape) for t in wrt}
+                tops = self.graph.clone(sinks, cut) if cut else sinks
+                cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
+                pdiffs = [F.input(f"{blob.name}_diff", t.shape) for t, blob in params]
+                grads = vjp(tops, cots, list(cut.values()) + [t for t, _ in params])
+                grads = grads[:len(wrt)] + [F.add(d, g) for d, g in
+                                            zip(pdiffs, grads[len(wrt):])]
+            extra = list(cut.values()) + cots + pdiffs
+            fn, feeds, used = self._compile(key, grads, self._all_versions(), extra=extra)
+            self._fns[key] = (fn, feeds, used, wrt, sinks, params)
+        entry = self._fns[key]
+        if entry[0] is None:
+            return
+        fn, feeds, used, wrt, sinks, params = entry
+        extra = [self._store(t) for t in wrt] + \
+            [self.blobs[t.name].diff_mem for t in sinks] + [blob.diff_mem for _, blob in params]
+        outs = [self.blobs[t.name].diff_mem for t in wrt] + [blob.diff_mem for _, blob in params]
+        fn(*[self._store(t) for t in feeds], *[extra[i] for i in used], out=outs,
+           timed=self._timed)
 
     def time(self, iterations=10):
         """Per-layer forward and backward milliseconds (averaged), attributing a fused
@@ -728,9 +832,10 @@ class Net:
         return {"layers": layers, "steps": steps}
 
     def clear_param_diffs(self):
+        """Zero every param diff where it lives (on the device: nothing moves)."""
         for blobs in self.params.values():
             for b in blobs:
-                b.diff[...] = 0
+                b.diff_mem.fill_zero()
 
     def reshape(self):
         """Rebuild after input blobs were reshaped; compiled modules come from the cache."""
