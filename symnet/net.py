@@ -69,6 +69,14 @@ class Layer:
     updates: list = field(default_factory=list, repr=False)    # (Param Tensor, value)
 
 
+def _h5py(what):
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(f"{what} needs h5py: pip install 'symnet[data]'") from None
+    return h5py
+
+
 def state_meets_rule(rule, phase, level, stages) -> bool:
     """Caffe's NetStateRule: phase, min_level, max_level, stage, not_stage."""
     if rule.HasField("phase") and rule.phase != phase:
@@ -425,7 +433,9 @@ class Net:
                     f"{t.shape}, this layer needs {shape}")
             layer.blobs.append(blob)
             return t
-        key = (ctx.name, index)
+        # by position as well as name: layers of the same name keep their own blobs,
+        # as in Caffe; a rebuild (reshape) finds each layer's blobs again
+        key = (len(self.layers), ctx.name, index)
         blob = self._param_blobs.get(key)
         if blob is None or blob.shape != shape:
             blob = Blob(shape, f"{ctx.name}[{index}]")
@@ -869,3 +879,144 @@ class Net:
     @property
     def _blob_names(self):
         return list(self.blobs)
+
+    # ------------------------------------------------------------------ pycaffe extras
+    @property
+    def _blob_loss_weights(self):
+        """The loss weight of each blob, in blob order (0 for blobs that are no loss)."""
+        weights = dict.fromkeys(self.blobs, 0.0)
+        for layer in self.layers:
+            for name, w in zip(layer.tops, layer.loss_weights):
+                weights[name] = float(w)
+        return list(weights.values())
+
+    @property
+    def blob_loss_weights(self):
+        return collections.OrderedDict(zip(self.blobs, self._blob_loss_weights))
+
+    @property
+    def _inputs(self):
+        """Indices of the input blobs in blob order (pycaffe's ``net._inputs``)."""
+        names = list(self.blobs)
+        return [names.index(b) for b in self.inputs]
+
+    @property
+    def _outputs(self):
+        names = list(self.blobs)
+        return [names.index(b) for b in self.outputs]
+
+    def share_with(self, other):
+        """Use ``other``'s param memories, layer by layer, by name (Caffe's
+        ShareTrainedLayersWith): layers missing from ``other`` keep their own."""
+        source = {}
+        for name, layer in zip(other._layer_names, other.layers):
+            source.setdefault(name, layer)
+        for name, layer in zip(self._layer_names, self.layers):
+            src = source.get(name)
+            if src is None or not layer.blobs:
+                continue
+            if len(src.blobs) != len(layer.blobs):
+                raise ValueError(f"share_with: layer '{name}' has {len(layer.blobs)} blobs, "
+                                 f"the source layer {len(src.blobs)}")
+            for j, (dst, s) in enumerate(zip(layer.blobs, src.blobs)):
+                if dst is s:
+                    continue
+                if dst.shape != s.shape:
+                    raise ValueError(f"share_with: layer '{name}' blob {j} has shape "
+                                     f"{dst.shape}, the source's {s.shape}")
+                dst.share_data(s)
+
+    def _batches(self, arrays):
+        """pycaffe's _batch: the given input arrays in batches of the net's batch size,
+        the last one padded with zeros."""
+        n = len(next(iter(arrays.values())))
+        size = self.blobs[next(iter(arrays))].shape[0]
+        for name, a in arrays.items():
+            if len(a) != n:
+                raise ValueError(f"'{name}' has {len(a)} items, the others {n}")
+        for i in range(0, n, size):
+            batch = {}
+            for name, a in arrays.items():
+                chunk = np.asarray(a[i:i + size], dtype=np.float32)
+                if len(chunk) < size:
+                    pad = np.zeros((size - len(chunk),) + chunk.shape[1:], np.float32)
+                    chunk = np.concatenate([chunk, pad])
+                batch[name] = chunk
+            yield batch
+
+    def forward_all(self, blobs=None, **kwargs):
+        """Forward every item of the given inputs in batches; {blob: all its values}."""
+        outs = {b: [] for b in dict.fromkeys(list(self.outputs) + list(blobs or []))}
+        if not kwargs:
+            kwargs = {b: self.blobs[b].data.copy() for b in self.inputs}
+        n = len(next(iter(kwargs.values())))
+        for batch in self._batches(kwargs):
+            got = self.forward(blobs=blobs, **batch)
+            for b in outs:
+                outs[b].extend(np.array(got[b], copy=True))
+        return {b: np.asarray(v[:n]) for b, v in outs.items()}
+
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """forward_all, then backward in the same batches with the output diffs given as
+        keyword arrays; ({blob: values}, {blob: diffs})."""
+        fwd = {b: a for b, a in kwargs.items() if b in self.inputs}
+        bwd = {b: a for b, a in kwargs.items() if b in self.outputs}
+        outs = {b: [] for b in dict.fromkeys(list(self.outputs) + list(blobs or []))}
+        grads = {b: [] for b in dict.fromkeys(list(self.inputs) + list(diffs or []))}
+        n = len(next(iter(fwd.values())))
+        bwd_batches = self._batches(bwd) if bwd else None
+        for batch in self._batches(fwd):
+            got = self.forward(blobs=blobs, **batch)
+            got_d = self.backward(diffs=diffs, **(next(bwd_batches) if bwd else {}))
+            for b in outs:
+                outs[b].extend(np.array(got[b], copy=True))
+            for b in grads:
+                grads[b].extend(np.array(got_d[b], copy=True))
+        return ({b: np.asarray(v[:n]) for b, v in outs.items()},
+                {b: np.asarray(v[:n]) for b, v in grads.items()})
+
+    def save_hdf5(self, path, write_diff=False):
+        """Caffe's Net::ToHDF5: group ``data`` (and ``diff``) holding a group per layer
+        with params, a dataset per blob named by its index; written atomically."""
+        h5py = _h5py("save_hdf5")
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with h5py.File(tmp, "w") as f:
+                for what in ("data", "diff") if write_diff else ("data",):
+                    group = f.create_group(what)
+                    for name, layer in zip(self._layer_names, self.layers):
+                        if not layer.blobs or name in group:
+                            continue
+                        lg = group.create_group(name)
+                        for j, blob in enumerate(layer.blobs):
+                            arr = blob.read_data() if what == "data" else blob.read_diff()
+                            lg.create_dataset(str(j), data=arr)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def load_hdf5(self, path):
+        """Caffe's CopyTrainedLayersFromHDF5: each layer with params takes the blobs of
+        the group of its name in ``data``; counts and shapes must match."""
+        h5py = _h5py("load_hdf5")
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise ValueError(f"{path}: no 'data' group (not a net saved by save_hdf5)")
+            data = f["data"]
+            arrays = {}
+            for name, layer in zip(self._layer_names, self.layers):
+                if name not in data or not layer.blobs:
+                    continue
+                group = data[name]
+                if len(group) != len(layer.blobs):
+                    raise ValueError(f"{path}: layer '{name}' has {len(group)} blobs in the "
+                                     f"file, {len(layer.blobs)} in the net")
+                for j, blob in enumerate(layer.blobs):
+                    a = np.asarray(group[str(j)], dtype=np.float32)
+                    if a.shape != blob.shape:
+                        raise ValueError(f"{path}: layer '{name}' blob {j} has shape "
+                                         f"{a.shape} in the file, {blob.shape} in the net")
+                    arrays[id(blob)] = (blob, a)
+        for blob, a in arrays.values():        # all checked before anything is written
+            blob.data[...] = a

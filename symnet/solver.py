@@ -724,21 +724,10 @@ class Solver:
         """Make ``net``'s params use the train net's param memories, layer by layer, by
         name (Caffe's ShareTrainedLayersWith): the same values on the host and the
         device, so a test net measures the current weights without copies."""
-        source = dict(zip(self.net._layer_names, self.net.layers))
-        for name, layer in zip(net._layer_names, net.layers):
-            src = source.get(name)
-            if src is None or not layer.blobs:
-                continue
-            if len(src.blobs) != len(layer.blobs):
-                raise SolverError(f"layer '{name}': the test net has {len(layer.blobs)} "
-                                  f"blobs, the train net {len(src.blobs)}")
-            for j, (dst, s) in enumerate(zip(layer.blobs, src.blobs)):
-                if dst is s:
-                    continue
-                if dst.shape != s.shape:
-                    raise SolverError(f"layer '{name}' blob {j}: shape {dst.shape} in the "
-                                      f"test net, {s.shape} in the train net")
-                dst.share_data(s)
+        try:
+            net.share_with(self.net)
+        except ValueError as e:
+            raise SolverError(f"{self._where()}: test net: {e}") from None
 
     def test_all(self):
         for i in range(len(self.test_nets)):

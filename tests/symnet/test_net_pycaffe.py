@@ -1,0 +1,188 @@
+"""Net behaviours pycaffe scripts rely on, as Caffe has them.
+
+- Net::Forward reshapes every layer first: after ``net.blobs['data'].reshape(...)``,
+  ``forward()`` re-sizes the net (no explicit ``net.reshape()``).
+- pycaffe's ``forward(end=)`` returns the tops of ``end``; ``backward(start=, end=)`` is
+  Caffe's BackwardFromTo (layers start down to end, from the diffs their tops hold), so
+  running it layer by layer from the last to the first gives what Backward() gives;
+  ``backward()`` before any forward runs on the zeros the blobs hold.
+- the before/after forward/backward hooks (Net::add_before_forward, ...) are called with
+  each layer's index, around that layer.
+- ``share_with`` is ShareTrainedLayersWith (the same memory); ``blob_loss_weights``,
+  ``_inputs``, ``_outputs``; ``forward_all`` batches and pads as pycaffe's;
+  ``save_hdf5`` / ``load_hdf5`` use Net::ToHDF5's layout (data/<layer>/<i>).
+- layer names need not be unique, and each layer keeps its own blobs.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import pytest
+
+import symnet as sn
+
+MODELS = pathlib.Path(__file__).parents[1] / "data" / "models"
+DEPLOY = MODELS / "mnist_input_shape" / "lenet.prototxt"
+TRAIN = MODELS / "bvlc_mnist" / "lenet_train_test.prototxt"
+BACKENDS = ["cpu", "cuda-emu"]
+
+
+def deploy(batch, backend="cpu"):
+    return sn.Net(str(DEPLOY), sn.TEST, backend=backend,
+                  input_shapes={"data": (batch, 1, 28, 28)})
+
+
+def copy_params(src, dst):
+    for name, blobs in src.params.items():
+        for a, b in zip(dst.params[name], blobs):
+            a.data[...] = b.data
+
+
+def train_net(backend="cpu", batch=4):
+    net = sn.Net(str(TRAIN), sn.TRAIN, backend=backend,
+                 input_shapes={"data": (batch, 1, 28, 28), "label": (batch,)})
+    rng = np.random.default_rng(0)
+    net.blobs["data"].data[...] = rng.random((batch, 1, 28, 28), dtype=np.float32)
+    net.blobs["label"].data[...] = rng.integers(0, 10, batch)
+    return net
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_forward_resizes_after_an_input_reshape(backend):
+    net = deploy(2, backend)
+    net.blobs["data"].reshape(3, 1, 28, 28)
+    x = np.random.default_rng(1).random((3, 1, 28, 28), dtype=np.float32)
+    net.blobs["data"].data[...] = x
+    out = net.forward()
+    assert out["prob"].shape == (3, 10)
+    ref = deploy(3)
+    copy_params(net, ref)
+    np.testing.assert_allclose(out["prob"], ref.forward(data=x)["prob"], rtol=1e-5,
+                               atol=1e-7)
+
+
+def test_forward_end_returns_the_tops_of_end():
+    net = deploy(1)
+    out = net.forward(end="ip1")
+    assert list(out) == ["ip1"]
+    out = net.forward(end="pool2", blobs=["conv1"])
+    assert list(out) == ["pool2", "conv1"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_layer_by_layer_equals_backward(backend):
+    whole, steps = train_net(backend), train_net(backend)
+    copy_params(whole, steps)
+    for net in (whole, steps):
+        net.forward()
+        net.clear_param_diffs()
+    whole.backward()
+    names = steps._layer_names
+    for i in range(len(names) - 1, -1, -1):      # Caffe's BackwardFromTo(i, i) in turn
+        steps.backward(start=names[i], end=names[i])
+    for b in ("conv1", "pool1", "conv2", "pool2", "ip1", "ip2"):
+        np.testing.assert_allclose(steps.blobs[b].diff, whole.blobs[b].diff, rtol=1e-5,
+                                   atol=1e-7, err_msg=b)
+    for name, blobs in whole.params.items():
+        for k, (a, b) in enumerate(zip(steps.params[name], blobs)):
+            np.testing.assert_allclose(a.diff, b.diff, rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{name}[{k}]")
+
+
+def test_backward_range_returns_the_bottoms_of_end():
+    net = train_net()
+    net.forward()
+    out = net.backward(start="loss", end="ip2")
+    assert list(out) == ["ip1"]
+    assert np.any(out["ip1"])
+
+
+def test_backward_before_forward_runs_on_zeros():
+    net = train_net()
+    net.blobs["data"].data[...] = 0
+    net.backward()                      # Caffe: on the zeros the blobs hold
+    for blobs in net.params.values():
+        for b in blobs:
+            assert np.isfinite(b.diff).all()
+
+
+def test_hooks_run_around_each_layer():
+    net = train_net()
+    seen = []
+    net.before_forward(lambda i: seen.append(("bf", i)))
+    net.after_forward(lambda i: seen.append(("af", i, net.blobs[net.layers[i].tops[0]]
+                                             .data.copy())))
+    net.before_backward(lambda i: seen.append(("bb", i)))
+    net.after_backward(lambda i: seen.append(("ab", i)))
+    net.forward()
+    n = len(net.layers)
+    assert [s[:2] for s in seen] == [(k, i) for i in range(n) for k in ("bf", "af")]
+    ip1 = net._layer_names.index("ip1")
+    conv1 = [s[2] for s in seen if s[:2] == ("af", net._layer_names.index("conv1"))][0]
+    ref = train_net()
+    copy_params(net, ref)
+    ref.forward()
+    np.testing.assert_allclose(conv1, ref.blobs["conv1"].data, rtol=1e-5, atol=1e-7)
+    assert ip1 > 0
+    seen.clear()
+    net.backward()
+    assert seen == [(k, i) for i in range(n - 1, -1, -1) for k in ("bb", "ab")]
+
+
+def test_share_with_shares_memory():
+    a, b = deploy(1), deploy(1)
+    b.share_with(a)
+    a.params["conv1"][0].data[...] = 0.5
+    np.testing.assert_array_equal(b.params["conv1"][0].data, 0.5)
+    assert b.params["ip2"][1].data_mem is a.params["ip2"][1].data_mem
+
+
+def test_blob_loss_weights_and_io_indices():
+    net = train_net()
+    assert net.blob_loss_weights["loss"] == 1.0
+    assert all(w == 0.0 for b, w in net.blob_loss_weights.items() if b != "loss")
+    names = list(net.blobs)
+    assert [names[i] for i in net._inputs] == net.inputs
+    assert [names[i] for i in net._outputs] == net.outputs
+
+
+def test_forward_all_batches_and_drops_the_padding():
+    net = deploy(2)
+    x = np.random.default_rng(2).random((5, 1, 28, 28), dtype=np.float32)
+    got = net.forward_all(data=x)
+    assert got["prob"].shape == (5, 10)
+    one = deploy(1)
+    copy_params(net, one)
+    for i in range(5):
+        np.testing.assert_allclose(got["prob"][i], one.forward(data=x[i:i + 1])["prob"][0],
+                                   rtol=1e-5, atol=1e-7)
+
+
+def test_hdf5_round_trip(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    a, b = deploy(1), deploy(1)
+    path = tmp_path / "net.h5"
+    a.save_hdf5(str(path))
+    with h5py.File(path, "r") as f:
+        assert sorted(f["data"]) == ["conv1", "conv2", "ip1", "ip2"]
+        np.testing.assert_array_equal(f["data/conv1/0"][...], a.params["conv1"][0].data)
+    b.load_hdf5(str(path))
+    for name, blobs in a.params.items():
+        for x, y in zip(blobs, b.params[name]):
+            np.testing.assert_array_equal(x.data, y.data)
+
+
+def test_layers_of_the_same_name_keep_their_own_blobs():
+    text = """
+    input: "data" input_shape { dim: 1 dim: 4 }
+    layer { name: "fc" type: "InnerProduct" bottom: "data" top: "a"
+            inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }
+    layer { name: "fc" type: "InnerProduct" bottom: "a" top: "b"
+            inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }
+    """
+    net = sn.Net(text, sn.TEST, backend="cpu")
+    first, second = [l.blobs[0] for l in net.layers if l.name == "fc"]
+    assert first is not second
+    first.data[...] = 1.0
+    assert not np.all(second.data == 1.0)
