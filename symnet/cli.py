@@ -360,7 +360,7 @@ def cmd_draw(args):
             dot.node(blob_ids[name], name, shape="octagon", style="filled",
                      fillcolor="#f0f0c0")
         return blob_ids[name]
-    for k, layer in enumerate(net.layers):
+    for k, layer in enumerate(net._layers):
         label = f"{layer.name}\n({layer.type})"
         attrs = {"shape": "box", "style": "filled", "fillcolor": "#dddddd"}
         if layer.name in colours:

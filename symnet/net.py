@@ -191,7 +191,7 @@ class Net:
         stages = list(self.stages) + list(p.state.stage)
         level = self.level or p.state.level
         self.graph = Graph()
-        self.layers, self._layer_names = [], []
+        self._layers, self._layer_names = [], []
         self.params = collections.OrderedDict()
         self.inputs = []
         self._built_shapes = {}      # input blob -> the shape the graph was built for
@@ -209,7 +209,7 @@ class Net:
             for lp in p.layer:
                 if layer_included(lp, self.phase, level, stages):
                     self._build_layer(lp)
-        consumed = {b for l in self.layers for b in l.bottoms}
+        consumed = {b for l in self._layers for b in l.bottoms}
         self.outputs = [b for b in self.blobs if b not in consumed and b not in self.inputs]
         del self._old_blobs
 
@@ -285,7 +285,7 @@ class Net:
             blob = self._add_version(layer, name, t)
             if layer.loss_weights[k]:
                 blob.diff[...] = layer.loss_weights[k]
-        self.layers.append(layer)
+        self._layers.append(layer)
         self._layer_names.append(lp.name)
         if layer.blobs:
             self.params[lp.name] = layer.blobs
@@ -296,7 +296,7 @@ class Net:
             self._add_version(layer, name, F.input(name, shape))
             self.inputs.append(name)
             self._built_shapes[name] = tuple(shape)
-        self.layers.append(layer)
+        self._layers.append(layer)
         self._layer_names.append(lp.name)
 
     def _base_dir(self):
@@ -349,7 +349,7 @@ class Net:
             if layer.loss_weights[k]:
                 blob.diff[...] = layer.loss_weights[k]
         layer.runner = runner
-        self.layers.append(layer)
+        self._layers.append(layer)
         self._layer_names.append(lp.name)
         if layer.blobs:
             self.params[lp.name] = layer.blobs
@@ -374,7 +374,7 @@ class Net:
         layer.data_source = source
         self._feeders.append((layer, Prefetcher(source, data_sources.prefetch_depth(lp),
                                                 name=f"{lp.name} ({lp.type})")))
-        self.layers.append(layer)
+        self._layers.append(layer)
         self._layer_names.append(lp.name)
 
     def _feed_data(self, given):
@@ -435,7 +435,7 @@ class Net:
             return t
         # by position as well as name: layers of the same name keep their own blobs,
         # as in Caffe; a rebuild (reshape) finds each layer's blobs again
-        key = (len(self.layers), ctx.name, index)
+        key = (len(self._layers), ctx.name, index)
         blob = self._param_blobs.get(key)
         if blob is None or blob.shape != shape:
             blob = Blob(shape, f"{ctx.name}[{index}]")
@@ -513,7 +513,7 @@ class Net:
     def _forward_parts(self, s, e):
         """Outputs (blob versions, then state updates) of layers s..e and the stored
         values they start from."""
-        rng = self.layers[s:e + 1]
+        rng = self._layers[s:e + 1]
         made = {t.id for l in rng for t in l.top_tensors}
         updates = [(p, v) for l in rng for p, v in l.updates]
         outputs = [t for l in rng for t in l.top_tensors if not isinstance(t.op, ops.Input)]
@@ -545,14 +545,14 @@ class Net:
     def functions(self):
         """The whole net's forward and backward Functions (backward None when nothing
         needs it), compiled for the net's backend without running them."""
-        outputs, _, cut = self._forward_parts(0, len(self.layers) - 1)
-        fwd = self._compile(("forward", 0, len(self.layers) - 1), outputs, cut)[0] \
+        outputs, _, cut = self._forward_parts(0, len(self._layers) - 1)
+        fwd = self._compile(("forward", 0, len(self._layers) - 1), outputs, cut)[0] \
             if outputs else None
         bwd = self._backward_fn()
         return fwd, (bwd[0] if bwd else None)
 
     def _all_versions(self):
-        return [t for l in self.layers for t in l.top_tensors] + [self._counter]
+        return [t for l in self._layers for t in l.top_tensors] + [self._counter]
 
     # ------------------------------------------------------------------ forward
     def _set_inputs(self, kwargs, what="forward"):
@@ -583,7 +583,7 @@ class Net:
         if self.phase == TRAIN:
             self.iteration += 1
         # pycaffe's contract: the net's outputs, or the tops of ``end`` when it is given
-        first = list(self.outputs) if end is None else list(self.layers[end].tops)
+        first = list(self.outputs) if end is None else list(self._layers[end].tops)
         names = first + [b for b in (blobs or []) if b not in first]
         return {b: self.blobs[b].data for b in dict.fromkeys(names)}
 
@@ -593,7 +593,7 @@ class Net:
         the blobs named in ``blobs``)."""
         self._set_inputs(kwargs)
         s = self._layer_index(start, 0)
-        e = self._layer_index(end, len(self.layers) - 1)
+        e = self._layer_index(end, len(self._layers) - 1)
         if s == 0:
             self._feed_data(kwargs)
         self._counter_value = self.iteration
@@ -641,7 +641,7 @@ class Net:
         argmax) are computed once, and the kernels of both passes fuse as one plan."""
         key = ("forward_backward",)
         if key not in self._fns:
-            outputs, updates, cut = self._forward_parts(0, len(self.layers) - 1)
+            outputs, updates, cut = self._forward_parts(0, len(self._layers) - 1)
             sinks, firsts, params = self._backward_parts()
             with graph_scope(self.graph):
                 cots = [F.input(f"{t.name}_diff", t.shape) for t in sinks]
@@ -663,7 +663,7 @@ class Net:
         self._set_inputs(kwargs)
         self._feed_data(kwargs)
         fn, feeds, used, sinks, firsts, params, updates, n_cots = self._forward_backward_fn()
-        outputs = self._forward_parts(0, len(self.layers) - 1)[0]
+        outputs = self._forward_parts(0, len(self._layers) - 1)[0]
         self._counter_value = self.iteration
         outs = self._forward_outs(outputs, updates)
         extra = [self.blobs[t.name].diff_mem for t in sinks] + \
@@ -681,7 +681,7 @@ class Net:
         """Caffe's rule: a layer needs backward if a bottom does or it learns a param
         (lr_mult != 0), or force_backward; its tops then need backward too."""
         need = {}
-        for l in self.layers:
+        for l in self._layers:
             if not l.bottoms:
                 n = self.force_backward
             else:
@@ -693,7 +693,7 @@ class Net:
 
     def _backward_parts(self):
         sinks, seen = [], set()
-        for l in self.layers:
+        for l in self._layers:
             for t, w in zip(l.top_tensors, l.loss_weights):
                 if w and t.id not in seen:
                     sinks.append(t)
@@ -706,14 +706,14 @@ class Net:
                     seen.add(t.id)
         need = self._needs_backward()
         firsts, seen_b = [], set()
-        for l in self.layers:
+        for l in self._layers:
             for name, t in zip(l.tops, l.top_tensors):
                 if name not in seen_b and need.get(name) and \
                         (l.bottoms or self.force_backward):
                     firsts.append((name, t))
                 seen_b.add(name)
         params, seen_p = [], set()
-        for l in self.layers:
+        for l in self._layers:
             for t, blob, m in zip(l.params, l.blobs, l.lr_mult):
                 if m != 0 and t.id not in seen_p:
                     params.append((t, blob))
@@ -731,7 +731,7 @@ class Net:
             if name not in self.outputs:
                 raise KeyError(f"backward: '{name}' is not an output blob {self.outputs}")
             self.blobs[name].diff[...] = array
-        last = len(self.layers) - 1
+        last = len(self._layers) - 1
         s, e = self._layer_index(start, last), self._layer_index(end, 0)
         self._counter_value = getattr(self, "_last_counter", self.iteration)
         if self._hooks["before_backward"] or self._hooks["after_backward"]:
@@ -743,7 +743,7 @@ class Net:
             self._backward_all()
         elif s >= e:
             self._backward_range(s, e)
-        first = list(self.inputs) if end is None else list(self.layers[e].bottoms)
+        first = list(self.inputs) if end is None else list(self._layers[e].bottoms)
         names = first + [b for b in (diffs or []) if b not in first]
         return {b: self.blobs[b].diff for b in dict.fromkeys(names)}
 
@@ -765,7 +765,7 @@ class Net:
         from what computed them, so a diff counts only the range's layers, as Caffe's."""
         key = ("backward_range", s, e)
         if key not in self._fns:
-            rng = self.layers[e:s + 1]
+            rng = self._layers[e:s + 1]
             made = {t.id for l in rng for t in l.top_tensors}
             read = {t.id for l in rng for t in l.bottom_tensors if t is not None}
             need = self._needs_backward()
@@ -865,16 +865,23 @@ class Net:
         weights.save_net(self, path)
 
     @property
+    def layers(self):
+        """pycaffe's ``net.layers``: each layer's ``type``, ``blobs``, ``bottoms`` and
+        ``tops``; a Caffe Python layer is the user's own instance, as in Caffe."""
+        return [l.runner.layer if getattr(l, "runner", None) is not None else l
+                for l in self._layers]
+
+    @property
     def layer_dict(self):
         return collections.OrderedDict(zip(self._layer_names, self.layers))
 
     @property
     def top_names(self):
-        return collections.OrderedDict((l.name, list(l.tops)) for l in self.layers)
+        return collections.OrderedDict((l.name, list(l.tops)) for l in self._layers)
 
     @property
     def bottom_names(self):
-        return collections.OrderedDict((l.name, list(l.bottoms)) for l in self.layers)
+        return collections.OrderedDict((l.name, list(l.bottoms)) for l in self._layers)
 
     @property
     def _blob_names(self):
@@ -885,7 +892,7 @@ class Net:
     def _blob_loss_weights(self):
         """The loss weight of each blob, in blob order (0 for blobs that are no loss)."""
         weights = dict.fromkeys(self.blobs, 0.0)
-        for layer in self.layers:
+        for layer in self._layers:
             for name, w in zip(layer.tops, layer.loss_weights):
                 weights[name] = float(w)
         return list(weights.values())
@@ -911,7 +918,7 @@ class Net:
         source = {}
         for name, layer in zip(other._layer_names, other.layers):
             source.setdefault(name, layer)
-        for name, layer in zip(self._layer_names, self.layers):
+        for name, layer in zip(self._layer_names, self._layers):
             src = source.get(name)
             if src is None or not layer.blobs:
                 continue
@@ -984,7 +991,7 @@ class Net:
             with h5py.File(tmp, "w") as f:
                 for what in ("data", "diff") if write_diff else ("data",):
                     group = f.create_group(what)
-                    for name, layer in zip(self._layer_names, self.layers):
+                    for name, layer in zip(self._layer_names, self._layers):
                         if not layer.blobs or name in group:
                             continue
                         lg = group.create_group(name)
@@ -1005,7 +1012,7 @@ class Net:
                 raise ValueError(f"{path}: no 'data' group (not a net saved by save_hdf5)")
             data = f["data"]
             arrays = {}
-            for name, layer in zip(self._layer_names, self.layers):
+            for name, layer in zip(self._layer_names, self._layers):
                 if name not in data or not layer.blobs:
                     continue
                 group = data[name]

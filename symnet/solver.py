@@ -433,7 +433,7 @@ class Solver:
         """[(blob, lr_mult, decay_mult)] in Caffe's learnable_params order: each blob
         once (the first layer naming a shared param owns it)."""
         out, seen = [], set()
-        for layer in self.net.layers:
+        for layer in self.net._layers:
             for k, blob in enumerate(layer.blobs):
                 if id(blob) in seen:
                     continue
@@ -920,7 +920,7 @@ def _loss_note(o):
 def net_loss(net) -> float:
     """Caffe's Forward loss: sum of loss_weight times the sum of each loss top."""
     loss = 0.0
-    for layer in net.layers:
+    for layer in net._layers:
         for name, w in zip(layer.tops, layer.loss_weights):
             if w:
                 loss += float(w) * float(net.blobs[name].read_data().sum(dtype=np.float64))
@@ -930,7 +930,7 @@ def net_loss(net) -> float:
 def output_scores(net):
     """One record per element of each output blob: name, value, loss_weight."""
     weights = {}
-    for layer in net.layers:
+    for layer in net._layers:
         for name, w in zip(layer.tops, layer.loss_weights):
             if w:
                 weights[name] = float(w)

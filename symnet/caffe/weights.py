@@ -37,7 +37,7 @@ def copy_trained_layers(net, path):
     path = os.fspath(path)
     source = prototxt.read_net_binary(path)
     source, _ = upgrade.upgrade_net(source)
-    targets = dict(zip(net._layer_names, net.layers))
+    targets = dict(zip(net._layer_names, net._layers))
     for lp in source.layer:
         target = targets.get(lp.name)
         if target is None or not len(lp.blobs):
@@ -59,7 +59,7 @@ def net_to_proto(net, with_blobs=True):
     """A NetParameter of the net's layers (current format) with their blobs."""
     out = caffe_pb2.NetParameter()
     out.name = net.name
-    for layer in net.layers:
+    for layer in net._layers:
         lp = out.layer.add()
         if layer.source is not None:
             lp.CopyFrom(layer.source)

@@ -172,7 +172,7 @@ def stand_in_values(net, rng):
     similarities and targets)."""
     values = {}
     classes = {}
-    for layer in net.layers:
+    for layer in net._layers:
         if layer.type in ("SoftmaxWithLoss", "Accuracy") and len(layer.bottoms) > 1:
             classes[layer.bottoms[1]] = net.blobs[layer.bottoms[0]].shape[1]
         if layer.type == "ContrastiveLoss":
@@ -214,7 +214,7 @@ def randomize_params(net, seed=0):
 
     Shared blobs (``param { name }``) get the value of their last layer."""
     rng = np.random.default_rng(seed)
-    for layer in net.layers:
+    for layer in net._layers:
         for j, blob in enumerate(layer.blobs):
             shape = blob.shape
             if layer.type in ("Convolution", "Deconvolution", "InnerProduct", "Embed") \

@@ -180,7 +180,7 @@ def test_deploy_net_forward(name, timed):
     _assert_all_finite(net, name)
     for b, v in out.items():
         assert np.ptp(v) > 0, f"{name}: output '{b}' is constant ({v.flat[0]})"
-    for layer in net.layers:
+    for layer in net._layers:
         if layer.type == "Softmax":
             p = net.blobs[layer.tops[0]].data
             np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5,
@@ -204,12 +204,12 @@ def test_train_net_builds(name, phase, timed, request):
                     input_shapes=shapes)
         assert {b: net.blobs[b].shape for b in net.inputs} == shapes
         assert net.outputs == TRAIN_OUTPUTS[name][phase == "TEST"]
-        assert any(w for layer in net.layers for w in layer.loss_weights)
+        assert any(w for layer in net._layers for w in layer.loss_weights)
 
 
 def _weighted_loss(net):
     return sum(w * float(net.blobs[t].data.sum())
-               for layer in net.layers for t, w in zip(layer.tops, layer.loss_weights) if w)
+               for layer in net._layers for t, w in zip(layer.tops, layer.loss_weights) if w)
 
 
 @pytest.mark.parametrize("name", RUN_TRAIN)
@@ -229,7 +229,7 @@ def test_small_train_net_forward_backward(name, timed, request):
     net.clear_param_diffs()
     timed(name, "first backward TRAIN", net.backward)
     learned, g2 = 0, 0.0
-    for layer in net.layers:
+    for layer in net._layers:
         if not any(layer.lr_mult):
             continue
         learned += 1
@@ -243,7 +243,7 @@ def test_small_train_net_forward_backward(name, timed, request):
     # a small step against the gradient (first-order decrease 1% of the loss) lowers it
     lr = 0.01 * loss / g2
     seen = set()
-    for layer in net.layers:
+    for layer in net._layers:
         for blob, mult in zip(layer.blobs, layer.lr_mult):
             if mult and id(blob) not in seen:
                 seen.add(id(blob))

@@ -148,10 +148,10 @@ def test_matches_opencv(case, tmp_path):
     net.save(caffemodel)
     ref = _opencv_outputs(path, caffemodel, inputs)
 
-    layers = [l for l in net.layers if l.type != "Input"]
+    layers = [l for l in net._layers if l.type != "Input"]
     assert set(ref) == {l.name for l in layers}, "OpenCV reports other layers than the file"
     last_writer = {}
-    for layer in net.layers:
+    for layer in net._layers:
         for t in layer.tops:
             last_writer[t] = layer.name
 

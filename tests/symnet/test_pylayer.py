@@ -204,3 +204,17 @@ def test_param_str_parsing_never_evaluates():
     assert parse_param_str("x: __import__('os')", "w") == {"x": "__import__('os')"}
     with pytest.raises(LayerError, match="not key: value"):
         parse_param_str("justtext", "w")
+
+
+def test_net_layers_gives_the_python_layers_own_instance():
+    """pycaffe's net.layers[i] of a Python layer is the object the user's class made
+    (its attributes included), as in Caffe."""
+    text = net_text(python_layer("ss", ["data"], "ss", "caffe_style", "ScaleShift",
+                                 param_str='{"a": 2.0, "b": 0.5}'))
+    net = sn.Net(text, sn.TRAIN, backend="cpu")
+    import caffe_style
+    layer = net.layers[list(net._layer_names).index("ss")]
+    assert isinstance(layer, caffe_style.ScaleShift)
+    assert net.layer_dict["ss"] is layer
+    np.testing.assert_allclose(layer.blobs[0].data, 2.0)
+    assert layer.blobs[0] is net.params["ss"][0]
