@@ -186,3 +186,20 @@ def test_layers_of_the_same_name_keep_their_own_blobs():
     assert first is not second
     first.data[...] = 1.0
     assert not np.all(second.data == 1.0)
+
+
+def test_forward_backward_all_matches_per_batch_calls():
+    text = DEPLOY.read_text() + "\nforce_backward: true\n"
+    net = sn.Net(text, sn.TEST, backend="cpu", input_shapes={"data": (2, 1, 28, 28)})
+    rng = np.random.default_rng(3)
+    x = rng.random((3, 1, 28, 28), dtype=np.float32)
+    g = rng.standard_normal((3, 10)).astype(np.float32)
+    outs, diffs = net.forward_backward_all(data=x, prob=g)
+    assert outs["prob"].shape == (3, 10) and diffs["data"].shape == (3, 1, 28, 28)
+    one = sn.Net(text, sn.TEST, backend="cpu", input_shapes={"data": (1, 1, 28, 28)})
+    copy_params(net, one)
+    for i in range(3):
+        p = one.forward(data=x[i:i + 1])["prob"]
+        d = one.backward(prob=g[i:i + 1])["data"]
+        np.testing.assert_allclose(outs["prob"][i], p[0], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(diffs["data"][i], d[0], rtol=1e-4, atol=1e-7)
