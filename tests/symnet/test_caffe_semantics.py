@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -100,3 +101,146 @@ def test_stream_is_seeded_with_zero_at_import():
     assert runs[0] == runs[1]
     expected = fillers.xavier()((5, 7), np.random.default_rng(0))
     np.testing.assert_array_equal(np.array(json.loads(runs[0]), np.float32), expected)
+
+
+# ----------------------------------------------------------------------------- Python layers
+
+LAYER_MODULE = '''
+import caffe
+
+
+class ValueFromTheLayer(ValueError):
+    """An exception type of the user's own, built from one message."""
+
+
+class Fails(caffe.Layer):
+    def setup(self, bottom, top):
+        self.where = self.param_str
+
+    def reshape(self, bottom, top):
+        if self.where == "reshape":
+            raise IndexError("reshape went wrong")
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        if self.where == "forward-keyerror":
+            raise KeyError("missing")
+        if self.where == "forward-two-args":
+            raise UnicodeDecodeError("utf-8", b"\\xff", 0, 1, "invalid start byte")
+        if self.where == "forward-own":
+            err = ValueFromTheLayer("own type")
+            err.code = 7
+            raise err
+        if self.where == "forward-chained":
+            try:
+                {}["k"]
+            except KeyError as e:
+                raise RuntimeError("while looking up k") from e
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = top[0].diff / 0 if self.where != "backward" else 1 // 0
+
+
+class SetupFails:
+    def setup(self, bottom, top):
+        raise ValueError("param_str needs a size")
+'''
+
+PY_NET = """force_backward: true
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 3 }} }} }}
+layer {{ name: "fail_here" type: "Python" bottom: "data" top: "out"
+        python_param {{ module: "semantics_layers" layer: "{cls}" param_str: "{where}" }} }}
+"""
+
+
+@pytest.fixture
+def layer_module(tmp_path, monkeypatch):
+    path = tmp_path / "semantics_layers.py"
+    path.write_text(LAYER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "semantics_layers", raising=False)
+    yield str(path)
+    sys.modules.pop("semantics_layers", None)
+
+
+def _raised_in_layer(error, path, text):
+    """The traceback still reaches the line of the layer's module that raised."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    assert os.path.samefile(frame.filename, path)
+    assert text in frame.line
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+@pytest.mark.parametrize("where, etype, message, line", [
+    ("reshape", IndexError, "reshape(): reshape went wrong", 'raise IndexError'),
+    ("forward-own", None, "forward(): own type", "raise err"),
+    ("forward-chained", RuntimeError, "forward(): while looking up k", "raise RuntimeError"),
+])
+def test_python_layer_exception_keeps_its_type(layer_module, backend, where, etype,
+                                               message, line):
+    """Caffe: a Python layer's methods are called through boost::python; what they raise
+    propagates (error_already_set) through Net::Forward to the caller of net.forward()
+    as the same Python exception type. symnet keeps the type and the traceback and
+    prefixes the message with the layer's name and module."""
+    with pytest.raises(Exception) as info:      # reshape runs when the net is built too
+        net = sn.Net(PY_NET.format(cls="Fails", where=where), sn.TRAIN, backend=backend)
+        net.forward(data=np.ones((2, 3), np.float32))
+    e = info.value
+    if etype is None:
+        assert type(e).__name__ == "ValueFromTheLayer"
+        assert type(e).__module__ == "semantics_layers"
+        assert e.code == 7                              # the instance's attributes too
+    else:
+        assert type(e) is etype
+    assert str(e) == f"layer 'fail_here' (Python) in <string>: module 'semantics_layers': " \
+                     f"{message}"
+    _raised_in_layer(e, layer_module, line)
+    if where == "forward-chained":                      # its cause stays
+        assert type(e.__cause__) is KeyError and e.__cause__.args == ("k",)
+
+
+@pytest.mark.parametrize("where, etype, args", [
+    ("forward-keyerror", KeyError, ("missing",)),
+    ("forward-two-args", UnicodeDecodeError, None),
+])
+def test_python_layer_exception_not_built_from_a_message_gets_a_note(layer_module, where,
+                                                                     etype, args):
+    """A type whose arguments are not one message (KeyError's str is the key's repr;
+    UnicodeDecodeError takes five) is raised unchanged, the layer and module in a note."""
+    net = sn.Net(PY_NET.format(cls="Fails", where=where), sn.TRAIN, backend="numpy")
+    with pytest.raises(etype) as info:
+        net.forward(data=np.ones((2, 3), np.float32))
+    e = info.value
+    assert type(e) is etype
+    if args is not None:
+        assert e.args == args
+    else:
+        assert e.reason == "invalid start byte" and e.object == b"\xff"
+    assert e.__notes__ == ["raised in layer 'fail_here' (Python) in <string>: module "
+                           "'semantics_layers': forward()"]
+    _raised_in_layer(e, layer_module, "raise ")
+
+
+def test_python_layer_backward_and_setup_exceptions_keep_their_type(layer_module):
+    net = sn.Net(PY_NET.format(cls="Fails", where="backward"), sn.TRAIN, backend="numpy")
+    net.forward(data=np.ones((2, 3), np.float32))
+    net.blobs["out"].diff[...] = 1
+    with pytest.raises(ZeroDivisionError, match=r"'fail_here' .*'semantics_layers': "
+                                                r"backward\(\): integer division") as info:
+        net.backward()
+    _raised_in_layer(info.value, layer_module, "1 // 0")
+    with pytest.raises(ValueError) as info:
+        sn.Net(PY_NET.format(cls="SetupFails", where=""), sn.TRAIN, backend="numpy")
+    assert type(info.value) is ValueError               # not symnet's LayerError
+    assert "'fail_here' (Python)" in str(info.value)
+    assert str(info.value).endswith("setup(): param_str needs a size")
+
+
+def test_amended_copy_keeps_attributes_and_identity_rules():
+    from symnet.pylayer import _amended
+    e = OSError("disk full")
+    new = _amended(e, "ctx")
+    assert type(new) is OSError and str(new) == "ctx: disk full"
+    e = OSError(28, "No space left")                    # two args: the same object, a note
+    assert _amended(e, "ctx") is e and e.__notes__ == ["raised in ctx"]
