@@ -244,3 +244,100 @@ def test_amended_copy_keeps_attributes_and_identity_rules():
     assert type(new) is OSError and str(new) == "ctx: disk full"
     e = OSError(28, "No space left")                    # two args: the same object, a note
     assert _amended(e, "ctx") is e and e.__notes__ == ["raised in ctx"]
+
+
+# ----------------------------------------------------------------------------- DummyData
+
+def _dummy_source(param, tops=("data", "label")):
+    from symnet import data
+    from symnet.caffe import prototxt
+    top_text = " ".join(f'top: "{t}"' for t in tops)
+    lp = prototxt.parse_net(f'layer {{ name: "dummy" type: "DummyData" {top_text} '
+                            f'dummy_data_param {{ {param} }} }}').layer[0]
+    return data.create(lp, "TRAIN", ".", seed=3)
+
+
+@pytest.mark.parametrize("param, constant", [
+    # one filler per top: constant by type (FillerParameter.type defaults to "constant")
+    ('shape { dim: 2 dim: 3 } shape { dim: 2 } data_filler { type: "gaussian" std: 1 } '
+     'data_filler { type: "constant" value: 4 }', {1: 4.0}),
+    ('shape { dim: 2 dim: 3 } shape { dim: 2 } data_filler { type: "uniform" } '
+     'data_filler { value: -2 }', {1: -2.0}),
+    # no filler: Caffe uses constant 0 for every top
+    ("num: 2 channels: 1 height: 2 width: 2", {0: 0.0, 1: 0.0}),
+    # one filler for every top
+    ('shape { dim: 3 } data_filler { type: "constant" value: 1.5 }', {0: 1.5, 1: 1.5}),
+    ('shape { dim: 3 } data_filler { type: "xavier" }', {}),
+])
+def test_dummy_data_declares_its_constant_tops(param, constant):
+    """Caffe's DummyDataLayer::LayerSetUp: refill_[i] is false exactly when top i's
+    filler type is "constant" (no data_filler: constant 0; one filler: for every top);
+    those tops are filled once in LayerSetUp and Forward_cpu never writes them again,
+    the others are refilled by every Forward."""
+    src = _dummy_source(param)
+    got = src.constant_tops()
+    assert sorted(got) == sorted(constant)
+    for i, value in constant.items():
+        np.testing.assert_array_equal(got[i], np.full(src.top_shapes()[i], value, np.float32))
+    got_again = src.constant_tops()
+    for i in got:                      # copies: writing one changes nothing
+        got[i][...] = 99
+        assert not (got_again[i] == 99).any()
+    # next_batch still returns every top (the source's contract is unchanged)
+    b1, b2 = src.next_batch(), src.next_batch()
+    assert [b.shape for b in b1] == src.top_shapes()
+    for i in range(2):
+        if i in constant:
+            np.testing.assert_array_equal(b1[i], np.full(src.top_shapes()[i], constant[i]))
+        else:
+            assert not np.array_equal(b1[i], b2[i])
+
+
+def test_prefetcher_leaves_constant_tops_out_when_asked():
+    """The feeder side of Caffe's rule: a constant top comes once (constant_tops(), for
+    the net to write when it is built), never with the batches."""
+    from symnet.runtime.prefetch import Prefetcher
+    src = _dummy_source('shape { dim: 2 dim: 3 } shape { dim: 2 } '
+                        'data_filler { type: "gaussian" std: 1 } '
+                        'data_filler { type: "constant" value: 7 }')
+    reference = _dummy_source('shape { dim: 2 dim: 3 } shape { dim: 2 } '
+                              'data_filler { type: "gaussian" std: 1 } '
+                              'data_filler { type: "constant" value: 7 }')
+    with Prefetcher(src, depth=2, name="dummy") as feeder:
+        consts = feeder.constant_tops()
+        assert list(consts) == [1]
+        np.testing.assert_array_equal(consts[1], np.full((2,), 7, np.float32))
+        for _ in range(3):
+            data_, label = feeder.get(skip_constant=True)
+            assert label is None
+            np.testing.assert_array_equal(data_, reference.next_batch()[0])
+        data_, label = feeder.get()                  # default: every top, as before
+        ref = reference.next_batch()
+        np.testing.assert_array_equal(data_, ref[0])
+        np.testing.assert_array_equal(label, ref[1])
+        with feeder.paused():                        # a pause keeps the rule
+            pass
+        assert feeder.get(skip_constant=True)[1] is None
+
+
+def test_sources_without_constant_tops_are_unchanged():
+    from symnet.runtime.prefetch import Prefetcher
+    src = _dummy_source('shape { dim: 4 } data_filler { type: "gaussian" std: 1 }')
+    with Prefetcher(src, depth=1, name="dummy") as feeder:
+        assert feeder.constant_tops() == {}
+        batch = feeder.get(skip_constant=True)
+        assert all(isinstance(b, np.ndarray) and b.shape == (4,) for b in batch)
+
+
+class _NoConstantMethod:
+    """A source written before constant_tops existed (no such method)."""
+
+    def next_batch(self):
+        return [np.ones(2, np.float32)]
+
+
+def test_prefetcher_accepts_sources_without_the_method():
+    from symnet.runtime.prefetch import Prefetcher
+    with Prefetcher(_NoConstantMethod(), depth=1) as feeder:
+        assert feeder.constant_tops() == {}
+        np.testing.assert_array_equal(feeder.get(skip_constant=True)[0], np.ones(2))
