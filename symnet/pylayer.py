@@ -6,6 +6,10 @@ subclass without arguments works too), ``param_str`` and ``phase`` are set, ``se
 runs once, ``reshape`` before every forward, ``forward(bottom, top)`` and
 ``backward(top, propagate_down, bottom)`` work on blobs, and learnable blobs added
 with ``self.blobs.add_blob(*shape)`` are parameters the solver updates.
+
+As in pycaffe, an exception raised by the layer's code comes out of ``Net`` with its
+own type and traceback; its message starts with the layer's name and module (types
+not built from one message keep their arguments and get that as a note instead).
 """
 from __future__ import annotations
 
