@@ -17,6 +17,12 @@ the ones queued), so a snapshot resumes with the batch that would have come next
 ``set_state()`` and ``paused()`` stop the thread, drop the queued batches and rewind the
 source to that position before anything else happens to it.
 
+Constant tops: a source may declare tops whose values never change
+(``source.constant_tops() -> {index: array}``, Caffe's DummyData constant fillers).
+``constant_tops()`` here returns them (for the consumer to write once, when it sets
+up), and ``get(skip_constant=True)`` hands out ``None`` in their place, so values the
+consumer's user wrote there since are left alone.
+
 ``close()`` stops the thread (and closes the source); nothing is left running.
 """
 from __future__ import annotations
@@ -62,6 +68,8 @@ class Prefetcher:
         self._state_fn = getattr(source, "state", None)
         if not callable(self._state_fn):
             self._state_fn = None
+        constant = getattr(source, "constant_tops", None)
+        self._constant = dict(constant()) if callable(constant) else {}
         self._thread = self._queue = self._stop = None
         self._error = None
         self._closed = False
@@ -106,8 +114,20 @@ class Prefetcher:
         raise DataSourceError(f"data layer {self.name}: {type(error).__name__}: "
                               f"{error}") from error
 
-    def get(self):
-        """The next batch (a list with one array per top), in the source's order."""
+    def constant_tops(self):
+        """``{top index: array}`` of the source's constant tops (fresh copies): write
+        them once; ``get(skip_constant=True)`` leaves them out."""
+        return {i: a.copy() for i, a in self._constant.items()}
+
+    def get(self, skip_constant=False):
+        """The next batch (a list with one array per top), in the source's order; with
+        ``skip_constant``, ``None`` in place of each constant top."""
+        batch = self._next()
+        if skip_constant and self._constant:
+            batch = [None if i in self._constant else a for i, a in enumerate(batch)]
+        return batch
+
+    def _next(self):
         if self._error is not None:
             self._raise(self._error)
         self.start()

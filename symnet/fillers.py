@@ -31,6 +31,16 @@ Conventions taken from Caffe (where Caffe aborts with a CHECK, we raise
   ``f = ceil(k / 2)``, ``c = (k - 1) / (2 f)``, which is what current Caffe
   does (the older ``(2f - 1 - f % 2) / (2f)`` form gives the same centre
   whenever ``k % 4 == 0`` or ``k % 4 == 1``, but an off-centre kernel otherwise).
+
+The process-wide stream
+-----------------------
+Caffe draws every weight filler from one process-wide generator that
+``Caffe::set_random_seed`` seeds, so two nets built one after the other get
+different weights and the same seed gives the same weights.  :func:`rng` is
+that generator here (nets draw their fillers from it) and
+:func:`set_random_seed` reseeds it.  Unlike Caffe, which seeds from the clock
+unless told, it is seeded with 0 when this module is imported, so a run is
+reproducible without any call.
 """
 
 import enum
@@ -60,6 +70,8 @@ __all__ = [
     "get",
     "FILLER_TYPES",
     "FILLER_PARAMETER_FIELDS",
+    "rng",
+    "set_random_seed",
 ]
 
 #: Field names of Caffe's ``FillerParameter`` message, with Caffe's defaults.
@@ -567,3 +579,35 @@ def get(spec):
         f"cannot build a filler from {spec!r} of type {type(spec).__name__}; "
         f"expected a Filler, a FillerParameter dict, a type string or None"
     )
+
+
+# ---------------------------------------------------------------- process-wide stream
+
+_STREAM = [np.random.default_rng(0)]
+
+
+def rng():
+    """The process-wide :class:`numpy.random.Generator` weight fillers draw from.
+
+    Seeded with 0 when :mod:`symnet.fillers` is imported (runs are reproducible
+    unless reseeded); :func:`set_random_seed` replaces it.  Every draw advances
+    it, so nets built one after the other get different weights."""
+    return _STREAM[0]
+
+
+def set_random_seed(seed):
+    """Reseed every random stream symnet draws from, as ``Caffe::set_random_seed``:
+    the weight fillers' (:func:`rng`), the functional front end's
+    (:func:`symnet.functions.set_seed`) and the data layers' base seed
+    (:func:`symnet.data.set_seed`, for sources made after this call).
+    ``seed`` is a non-negative integer."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"set_random_seed: seed must be an integer, got {type(seed).__name__}")
+    seed = int(seed)
+    if seed < 0:
+        raise ValueError(f"set_random_seed: seed must be >= 0, got {seed}")
+    _STREAM[0] = np.random.default_rng(seed)
+    # imported here: both modules import this one
+    from . import data, functions
+    functions.set_seed(seed)
+    data.set_seed(seed)

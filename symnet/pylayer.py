@@ -6,6 +6,10 @@ subclass without arguments works too), ``param_str`` and ``phase`` are set, ``se
 runs once, ``reshape`` before every forward, ``forward(bottom, top)`` and
 ``backward(top, propagate_down, bottom)`` work on blobs, and learnable blobs added
 with ``self.blobs.add_blob(*shape)`` are parameters the solver updates.
+
+As in pycaffe, an exception raised by the layer's code comes out of ``Net`` with its
+own type and traceback; its message starts with the layer's name and module (types
+not built from one message keep their arguments and get that as a note instead).
 """
 from __future__ import annotations
 
@@ -128,6 +132,50 @@ def parse_param_str(text, where):
     return out
 
 
+# ---------------------------------------------------------------- errors
+
+def _amended(e, context):
+    """``e`` with ``context`` in its message: a new exception of the same type when the
+    type is built from one message (its args are one string, and rebuilding gives that
+    message back), carrying e's attributes; else ``e`` itself with a note (shown under
+    the message in tracebacks; Python 3.11's ``add_note``)."""
+    cls = type(e)
+    if len(e.args) == 1 and isinstance(e.args[0], str):
+        message = f"{context}: {e.args[0]}"
+        try:
+            new = cls(message)
+            rebuilt = type(new) is cls and new.args == (message,) and str(new) == message
+        except Exception:
+            rebuilt = False
+        if rebuilt:
+            try:
+                new.__dict__.update(e.__dict__)
+            except (AttributeError, TypeError):
+                pass
+            return new
+    note = f"raised in {context}"
+    if hasattr(e, "add_note"):
+        e.add_note(note)
+    else:                                       # Python < 3.11: the note is kept as such
+        e.__notes__ = list(getattr(e, "__notes__", [])) + [note]
+    return e
+
+
+def _reraise_amended(e, context):
+    """Raise ``e`` amended with ``context`` (see :func:`_amended`), keeping its type,
+    traceback, cause and context: it reads as if the layer had raised it. Call it
+    outside an ``except`` block, so the copy is not chained to the original."""
+    new = _amended(e, context)
+    if new is not e:
+        new.__cause__, new.__context__ = e.__cause__, e.__context__
+        new.__suppress_context__ = e.__suppress_context__
+        new = new.with_traceback(e.__traceback__)
+    try:
+        raise new
+    finally:
+        del new, e
+
+
 # ---------------------------------------------------------------- running a layer
 
 class PythonLayerRunner:
@@ -138,15 +186,7 @@ class PythonLayerRunner:
         self.module = layer_param.python_param.module
         self.ntop = len(layer_param.top)
         self.bottom_shapes = [tuple(s) for s in bottom_shapes]
-        try:
-            layer = cls(layer_param)
-        except TypeError:
-            try:
-                layer = cls()      # Caffe's original example: a plain object subclass
-            except Exception as e:
-                raise self.error("constructing the layer", e) from e
-        except Exception as e:
-            raise self.error("constructing the layer", e) from e
+        layer = self._construct(cls, layer_param)
         for attr, value in (("param_str", layer_param.python_param.param_str),
                             ("phase", phase)):
             try:
@@ -167,21 +207,46 @@ class PythonLayerRunner:
         self.top_shapes = [t.shape for t in tops]
         self.params = list(layer.blobs)
 
-    def error(self, what, e):
-        return LayerError(f"{self.where}: module '{self.module}': {what} raised "
-                          f"{type(e).__name__}: {e}")
+    def _context(self, what):
+        return f"{self.where}: module '{self.module}': {what}"
+
+    def _run(self, what, fn, *args):
+        """Call the layer's code; an exception it raises comes out with its own type and
+        traceback, its message prefixed with the layer, its module and ``what``."""
+        try:
+            return fn(*args)
+        except LayerError:
+            raise
+        except Exception as e:
+            error = e
+        _reraise_amended(error, self._context(what))     # outside the handler: no chaining
+
+    def _construct(self, cls, layer_param):
+        """``cls(layer_param)`` as Caffe; a class whose constructor takes no argument
+        (Caffe's original example: a plain object subclass) is built with ``cls()``."""
+        try:
+            return cls(layer_param)
+        except LayerError:
+            raise
+        except Exception as e:
+            error = e
+        if isinstance(error, TypeError):
+            try:
+                return cls()
+            except TypeError:
+                pass            # neither form: the first error says why
+            except LayerError:
+                raise
+            except Exception as e:
+                error = e
+        _reraise_amended(error, self._context("constructing the layer"))
 
     def _call(self, method, *args):
         fn = getattr(self.layer, method, None)
         if fn is None:
             raise LayerError(f"{self.where}: module '{self.module}': the layer has no "
                              f"{method}() method")
-        try:
-            return fn(*args)
-        except LayerError:
-            raise
-        except Exception as e:
-            raise self.error(f"{method}()", e) from e
+        return self._run(f"{method}()", fn, *args)
 
     # graph arguments: bottoms, then learnable blobs
     @property

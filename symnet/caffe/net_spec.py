@@ -10,8 +10,13 @@
 
 Keyword arguments go into the layer type's parameter message (``convolution_param``
 for Convolution); ones naming LayerParameter fields (``param``, ``include``,
-``loss_weight``, ``transform_param``...) are set there. ``ntop=`` gives several tops,
-``in_place=True`` writes the top over the bottom.
+``loss_weight``, ``transform_param``...) are set there. ``ntop=`` gives several tops
+(a tuple of Tops), ``in_place=True`` writes the top over the bottom.
+
+``ntop=0`` makes a layer without tops (e.g. ``n.silence = L.Silence(n.x, ntop=0)``):
+the layer function then returns the layer itself, which a NetSpec names after the
+attribute it is assigned to (else ``<type><count>``), as pycaffe does. Bottoms must be
+Tops; anything else raises TypeError naming the layer type and the argument.
 """
 from __future__ import annotations
 
@@ -75,22 +80,62 @@ class Top:
     def to_proto(self):
         return to_proto(self)
 
+    def _to_proto(self, layers, names, autonames):
+        self.fn._to_proto(layers, names, autonames)
+
+    def _update(self, params):
+        self.fn._update(params)
+
+
+def _describe(value):
+    if isinstance(value, Function):
+        return f"a {value.type_name} layer with ntop=0 (it has no top)"
+    if isinstance(value, tuple) and value and all(isinstance(v, Top) for v in value):
+        return (f"a tuple of {len(value)} Tops (a layer with ntop={len(value)}; pass one "
+                "of them, or unpack them with *)")
+    cls = type(value)
+    qual = cls.__qualname__ if cls.__module__ == "builtins" else \
+        f"{cls.__module__}.{cls.__qualname__}"
+    return f"{qual} {value!r:.60}"
+
 
 class Function:
+    """One layer: its type, bottoms (Tops of other layers) and parameters."""
+
     def __init__(self, type_name, inputs, params):
         self.type_name = type_name
         self.inputs = list(inputs)
+        for i, inp in enumerate(self.inputs):
+            if not isinstance(inp, Top):
+                raise TypeError(f"{type_name} input {i} is not a Top: got {_describe(inp)}; "
+                                "bottoms are the outputs of layer functions (e.g. n.data)")
         self.params = dict(params)
         self.ntop = self.params.pop("ntop", 1)
+        if isinstance(self.ntop, bool) or not isinstance(self.ntop, int) or self.ntop < 0:
+            raise TypeError(f"{type_name}: ntop must be a non-negative integer, got "
+                            f"{self.ntop!r}")
         self.in_place = self.params.pop("in_place", False)
         self.name = self.params.pop("name", None)
         self.tops = tuple(Top(self, n) for n in range(self.ntop))
+
+    def _update(self, params):
+        self.params.update(params)
 
     def _top_name(self, top, names, autonames):
         if top not in names:
             autonames[top.fn.type_name] += 1
             names[top] = f"{top.fn.type_name}{autonames[top.fn.type_name]}"
         return names[top]
+
+    def _layer_name(self, names, autonames):
+        if self.name:
+            return self.name
+        if self.ntop:
+            return self._top_name(self.tops[0], names, autonames)
+        if self not in names:
+            autonames[self.type_name] += 1
+            names[self] = f"{self.type_name}{autonames[self.type_name]}"
+        return names[self]
 
     def _to_proto(self, layers, names, autonames):
         if self in layers:
@@ -106,7 +151,7 @@ class Function:
             lp.top.extend(lp.bottom)
         else:
             lp.top.extend(self._top_name(t, names, autonames) for t in self.tops)
-        lp.name = self.name or self._top_name(self.tops[0], names, autonames)
+        lp.name = self._layer_name(names, autonames)
         for k, v in self.params.items():
             if k in caffe_pb2.LayerParameter.DESCRIPTOR.fields_by_name:
                 _assign(lp, k, v)
@@ -119,8 +164,16 @@ class Function:
         layers[self] = lp
 
 
+def _checked(name, value):
+    """A NetSpec entry or to_proto argument: a Top, or a layer without tops."""
+    if not isinstance(value, (Top, Function)):
+        raise TypeError(f"{name} is not a Top: got {_describe(value)}")
+    return value
+
+
 class NetSpec:
-    """Assign layer outputs as attributes; ``to_proto()`` names tops after them."""
+    """Assign layer outputs as attributes; ``to_proto()`` names tops after them (and
+    layers without tops, ``ntop=0``, after their attribute)."""
 
     def __init__(self):
         super().__setattr__("tops", collections.OrderedDict())
@@ -140,22 +193,39 @@ class NetSpec:
     def __getitem__(self, item):
         return self.__getattr__(item)
 
+    def __delitem__(self, name):
+        del self.tops[name]
+
+    def keys(self):
+        return list(self.tops)
+
+    def vals(self):
+        return list(self.tops.values())
+
+    def update(self, name, params):
+        """Add or change parameters of the layer that made entry ``name``."""
+        self.tops[name]._update(params)
+
     def to_proto(self):
+        for name, value in self.tops.items():
+            _checked(f"NetSpec entry '{name}'", value)
         names = {v: k for k, v in self.tops.items()}
         autonames = collections.Counter()
         layers = collections.OrderedDict()
         for top in self.tops.values():
-            top.fn._to_proto(layers, names, autonames)
+            top._to_proto(layers, names, autonames)
         net = caffe_pb2.NetParameter()
         net.layer.extend(layers.values())
         return net
 
 
 def to_proto(*tops):
+    """A NetParameter with every layer needed for ``tops`` (Tops, or layers without
+    tops), their blobs named automatically (``<type><count>``)."""
     layers = collections.OrderedDict()
     autonames = collections.Counter()
-    for top in tops:
-        top.fn._to_proto(layers, {}, autonames)
+    for i, top in enumerate(tops):
+        _checked(f"to_proto argument {i}", top)._to_proto(layers, {}, autonames)
     net = caffe_pb2.NetParameter()
     net.layer.extend(layers.values())
     return net

@@ -122,6 +122,12 @@ class Source:
     def next_batch(self):
         raise NotImplementedError
 
+    def constant_tops(self) -> dict:
+        """``{top index: array}`` for the tops whose values never change (Caffe's
+        DummyData constant fillers): the net writes them once, when it is built, and
+        leaves them alone afterwards (``next_batch`` still returns them). Empty here."""
+        return {}
+
     def state(self) -> dict:
         st = {"type": self.type_name, "seed": self.seed,
               "rng": copy.deepcopy(self.rng.bit_generator.state)}

@@ -32,8 +32,10 @@ def _batch_size(value, what):
 # ----------------------------------------------------------------------------- DummyData
 
 class DummyDataSource(Source):
-    """Tops filled by Caffe fillers: constant fillers once, the others anew every batch
-    (from the source's stream generator)."""
+    """Tops filled by Caffe fillers, as Caffe's DummyDataLayer: a top whose filler is
+    ``constant`` (the default) is filled once, when the net is built, and never again
+    (:meth:`constant_tops`), so values written into it from Python stay; the others
+    are filled anew every batch (from the source's stream generator)."""
 
     type_name = "DummyData"
 
@@ -54,6 +56,9 @@ class DummyDataSource(Source):
 
     def top_shapes(self):
         return list(self.shapes)
+
+    def constant_tops(self):
+        return {i: c.copy() for i, c in enumerate(self._constant) if c is not None}
 
     def next_batch(self):
         return [c.copy() if c is not None else f(s, self.rng)
