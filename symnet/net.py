@@ -175,7 +175,6 @@ class Net:
         self.name = self.param.name
         self._input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
         self._param_blobs = {}
-        self._filler_rng = np.random.default_rng(0)
         self.blobs = collections.OrderedDict()
         self.iteration = 0
         self._timed = False
@@ -369,11 +368,18 @@ class Net:
             raise registry.LayerError(f"{self._where(lp)}: the source gives {len(shapes)} "
                                       f"tops, the prototxt names {len(lp.top)}")
         layer = Layer(lp.name, lp.type, [], list(lp.top), source=lp)
+        fresh = [name not in self._old_blobs for name in lp.top]
         for name, shape in zip(lp.top, shapes):
             self._add_version(layer, name, F.input(name, shape))
         layer.data_source = source
-        self._feeders.append((layer, Prefetcher(source, data_sources.prefetch_depth(lp),
-                                                name=f"{lp.name} ({lp.type})")))
+        feeder = Prefetcher(source, data_sources.prefetch_depth(lp),
+                            name=f"{lp.name} ({lp.type})")
+        # Caffe's DummyData fills its constant tops once, in LayerSetUp (a rebuild keeps
+        # what the blobs hold); _feed_data never writes them
+        for i, value in feeder.constant_tops().items():
+            if i < len(lp.top) and fresh[i]:
+                self.blobs[lp.top[i]].data[...] = value
+        self._feeders.append((layer, feeder))
         self._layers.append(layer)
         self._layer_names.append(lp.name)
 
@@ -381,9 +387,9 @@ class Net:
         for layer, feeder in self._feeders:
             if all(t in given for t in layer.tops):
                 continue
-            batch = feeder.get()
+            batch = feeder.get(skip_constant=True)
             for name, array in zip(layer.tops, batch):
-                if name not in given:
+                if name not in given and array is not None:
                     self.blobs[name].data[...] = array
 
     def set_input_arrays(self, data, labels):
@@ -439,7 +445,7 @@ class Net:
         blob = self._param_blobs.get(key)
         if blob is None or blob.shape != shape:
             blob = Blob(shape, f"{ctx.name}[{index}]")
-            blob.data[...] = fillers.get(filler)(shape, self._filler_rng)
+            blob.data[...] = fillers.get(filler)(shape, fillers.rng())
             self._param_blobs[key] = blob
         t = self.graph.add(BlobParam(f"{ctx.name}_{index}", blob), [],
                            name=f"{ctx.name}_{index}")

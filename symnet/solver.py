@@ -62,6 +62,7 @@ import time
 
 import numpy as np
 
+from . import fillers
 from . import functions as F
 from .errors import SymnetError
 from .function import Function
@@ -310,9 +311,8 @@ class Solver:
         self.input_shapes = input_shapes
         self.feed, self.test_feed = feed, test_feed
         self.snapshot_prefix = _snapshot_prefix(p, self.filename)
-        if p.random_seed >= 0:
-            F.set_seed(int(p.random_seed))
-            _set_data_seed(int(p.random_seed))
+        if p.random_seed >= 0:     # Caffe's Solver::Init, before the nets are built
+            fillers.set_random_seed(int(p.random_seed))   # fillers, functions, data
         self.iter = 0
         self.current_step = 0
         self.lr = 0.0
@@ -942,17 +942,6 @@ def output_scores(net):
 
 
 # ----------------------------------------------------------------------------- data state
-
-def _set_data_seed(seed):
-    from . import data
-    setter = getattr(data, "set_seed", None)
-    if setter is None:
-        try:
-            from .data.base import set_base_seed as setter
-        except ImportError:
-            return
-    setter(seed)
-
 
 def _data_states(net) -> dict:
     """{data layer: position} for the net's data layers whose source has state(): the

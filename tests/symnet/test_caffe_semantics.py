@@ -341,3 +341,92 @@ def test_prefetcher_accepts_sources_without_the_method():
     with Prefetcher(_NoConstantMethod(), depth=1) as feeder:
         assert feeder.constant_tops() == {}
         np.testing.assert_array_equal(feeder.get(skip_constant=True)[0], np.ones(2))
+
+
+# ------------------------------------------------------------------ nets
+IP_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 1 }
+                              bias_filler { type: "uniform" min: -1 max: 1 } } }
+"""
+
+
+def test_nets_built_in_turn_draw_weights_from_one_stream():
+    """Caffe: fillers draw from the process-wide generator Caffe::set_random_seed seeds:
+    two nets built in turn get different weights, the same seed the same weights."""
+    def weights():
+        net = sn.Net(IP_NET, sn.TEST, backend="numpy")
+        return [b.data.copy() for b in net.params["ip"]]
+    saved = fillers._STREAM[0]
+    try:
+        fillers.set_random_seed(21)
+        first, second = weights(), weights()
+        fillers.set_random_seed(21)
+        again = weights()
+    finally:
+        fillers._STREAM[0] = saved
+    for a, b, c in zip(first, second, again):
+        assert not np.array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+
+
+DUMMY_NET = """
+layer { name: "data" type: "DummyData" top: "data" top: "label"
+        dummy_data_param { num: 5 channels: 4 height: 1 width: 1
+                           num: 5 channels: 1 height: 1 width: 1
+                           data_filler { type: "gaussian" std: 1 }
+                           data_filler { type: "constant" value: 3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "data" bottom: "label" top: "loss" }
+"""
+
+
+def _softmax_loss(x, labels):
+    x = x.reshape(len(labels), -1).astype(np.float64)
+    p = np.exp(x - x.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    return -np.mean(np.log(p[np.arange(len(labels)), labels.astype(int)]))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda-emu"])
+def test_dummy_data_constant_top_keeps_values_written_from_python(backend):
+    """Caffe's DummyDataLayer fills a constant-filler top once, in LayerSetUp; Forward
+    never writes it again; gaussian tops are refilled by every Forward. pycaffe's
+    test_net.py writes labels right after building the net and relies on it."""
+    net = sn.Net(DUMMY_NET, sn.TRAIN, backend=backend)
+    np.testing.assert_array_equal(net.blobs["label"].data, np.full((5, 1, 1, 1), 3.0))
+    labels = np.array([0, 1, 2, 3, 1], np.float32).reshape(5, 1, 1, 1)
+    net.blobs["label"].data[...] = labels
+    seen = []
+    for _ in range(2):
+        loss = float(net.forward()["loss"])
+        np.testing.assert_array_equal(net.blobs["label"].data, labels)
+        x = net.blobs["data"].data.copy()
+        seen.append(x)
+        assert loss == pytest.approx(_softmax_loss(x, labels.ravel()), rel=1e-5)
+    assert not np.array_equal(seen[0], seen[1])
+    labels[...] = np.array([3, 3, 0, 0, 2], np.float32).reshape(5, 1, 1, 1)
+    net.blobs["label"].data[...] = labels
+    loss = float(net.forward()["loss"])
+    np.testing.assert_array_equal(net.blobs["label"].data, labels)
+    assert loss == pytest.approx(_softmax_loss(net.blobs["data"].data, labels.ravel()),
+                                 rel=1e-5)
+    net.reshape()
+    net.forward()                       # Caffe's Reshape refills nothing
+    np.testing.assert_array_equal(net.blobs["label"].data, labels)
+
+
+def test_solver_random_seed_seeds_the_weights(tmp_path):
+    """Caffe's Solver::Init calls Caffe::set_random_seed(random_seed) before building the
+    nets: the same seed gives the same weights, another seed other weights."""
+    saved = fillers._STREAM[0]
+    try:
+        def solver(seed):
+            text = (f'net_param {{ {IP_NET} }}\nbase_lr: 0.1 lr_policy: "fixed" '
+                    f"max_iter: 1 random_seed: {seed}\n")
+            return sn.get_solver(text, backend="numpy").net.params["ip"][0].data.copy()
+        a, b, c = solver(5), solver(5), solver(6)
+    finally:
+        fillers._STREAM[0] = saved
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
