@@ -238,8 +238,9 @@ class Transformer:
         self.raw_scale[in_] = scale
 
     def set_mean(self, in_, mean):
-        """The mean to subtract: per channel (K,) or a full (K, H, W) / (H, W) mean; a
-        full mean of another size is resized to the input's (H, W)."""
+        """The mean to subtract: per channel (K,) or a full (K, H, W) / (H, W) mean (one
+        channel applies to all); a full mean of another (H, W) is resized to the
+        input's."""
         self._check_input(in_)
         mean = np.asarray(mean, dtype=np.float32)
         shape = self.inputs[in_]
@@ -252,9 +253,9 @@ class Transformer:
                 mean = mean[None]
             if mean.ndim != 3:
                 raise ValueError("Mean shape invalid")
-            if mean.shape != shape[1:]:
-                if mean.shape[0] != shape[1]:
-                    raise ValueError("Mean shape incompatible with input shape.")
+            if mean.shape[0] not in (1, shape[1]):        # one channel broadcasts
+                raise ValueError("Mean shape incompatible with input shape.")
+            if mean.shape[1:] != shape[2:]:
                 mean = resize_image(mean.transpose(1, 2, 0), shape[2:]).transpose(2, 0, 1)
         self.mean[in_] = mean
 
