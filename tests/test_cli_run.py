@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 SCRIPT = textwrap.dedent('''
     import sys
     import numpy as np
@@ -70,3 +72,78 @@ def test_run_script_exit_code_and_missing_script(tmp_path):
     assert _run([str(script)], cwd=tmp_path).returncode == 3
     r = _run([str(tmp_path / "nope.py")], cwd=tmp_path)
     assert r.returncode == 1 and "no script" in r.stderr
+
+
+# ------------------------------------------------------------------ CLI friction
+
+PY_NET = '''
+name: "pynet"
+input: "data" input_shape { dim: 2 dim: 3 }
+input: "label" input_shape { dim: 2 dim: 3 }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+  inner_product_param { num_output: 3 } }
+layer { name: "loss" type: "Python" bottom: "ip" bottom: "label" top: "loss"
+  python_param { module: "pyloss_not_on_path" layer: "EuclideanLossLayer" }
+  loss_weight: 1 }
+'''
+
+
+def test_upgrade_and_draw_never_import_python_layer_modules(tmp_path):
+    from symnet import cli
+    src = tmp_path / "net.prototxt"
+    src.write_text(PY_NET)
+    before = set(sys.modules)
+    assert cli.main(["upgrade", str(src), str(tmp_path / "new.prototxt")]) == 0
+    new = (tmp_path / "new.prototxt").read_text()
+    assert 'type: "Input"' in new and 'module: "pyloss_not_on_path"' in new
+    assert cli.main(["draw", "--model", str(src), str(tmp_path / "net.dot")]) == 0
+    dot = (tmp_path / "net.dot").read_text()
+    assert "loss\\n(Python)" in dot and '"ip_blob" -> "loss_Python"' in dot
+    assert not any("pyloss" in m for m in set(sys.modules) - before)
+
+
+def test_layers_module_found_in_the_current_directory(tmp_path):
+    (tmp_path / "mylayers_cwd.py").write_text(
+        "import symnet as sn\n"
+        "@sn.layer('TimesThreeCwd')\n"
+        "def times_three(x):\n"
+        "    return x * 3.0\n")
+    (tmp_path / "net.prototxt").write_text(
+        'name: "t"\nlayer { name: "in" type: "Input" top: "x" '
+        'input_param { shape { dim: 2 dim: 3 } } }\n'
+        'layer { name: "t3" type: "TimesThreeCwd" bottom: "x" top: "y" }\n')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    symnet_exe = os.path.join(os.path.dirname(sys.executable), "symnet")
+    r = subprocess.run([symnet_exe, "compile", "--model", "net.prototxt", "--emit", "out",
+                        "--layers", "mylayers_cwd"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "plan.json").is_file()
+
+
+def _help(command):
+    from symnet import cli
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    return sub.choices[command].format_help()
+
+
+@pytest.mark.parametrize("command,has,lacks", [
+    ("upgrade", [], ["--backend", "--layers", "--model"]),
+    ("device", [], ["--backend", "--layers"]),
+    ("plot-log", [], ["--backend", "--layers"]),
+    ("convert-imageset", ["--resize_height"], ["--backend", "--layers"]),
+    ("compute-image-mean", [], ["--backend", "--layers"]),
+    ("include-dir", [], ["--backend", "--layers"]),
+    ("compile", ["--model", "--layers", "--emit"], ["--backend"]),
+    ("draw", ["--model", "--rankdir"], ["--backend"]),
+    ("run", ["--force-alias"], ["--backend", "--layers", "--model"]),
+    ("train", ["--solver", "--backend", "--layers"], ["--model"]),
+    ("test", ["--model", "--weights", "--backend", "--layers"], ["--solver"]),
+])
+def test_help_lists_only_the_options_a_command_uses(command, has, lacks):
+    text = _help(command)
+    for opt in has:
+        assert opt in text, opt
+    for opt in lacks:
+        assert opt not in text, opt
