@@ -27,6 +27,24 @@ def array_to_blobproto(arr, diff=None):
     return blob
 
 
+def arraylist_to_blobprotovector_str(arraylist):
+    """Arrays serialized as one BlobProtoVector (bytes)."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend(array_to_blobproto(a) for a in arraylist)
+    return vec.SerializeToString()
+
+
+# pycaffe's spelling
+arraylist_to_blobprotovecor_str = arraylist_to_blobprotovector_str
+
+
+def blobprotovector_str_to_arraylist(data):
+    """The arrays of a serialized BlobProtoVector."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.ParseFromString(data)
+    return [blobproto_to_array(b) for b in vec.blobs]
+
+
 def array_to_datum(arr, label=None):
     """A (C, H, W) array as a Datum: uint8 arrays as raw bytes, others as floats."""
     arr = np.asarray(arr)

@@ -123,3 +123,14 @@ def test_load_image(tmp_path):
     g1 = io.load_image(str(tmp_path / "g.png"), color=False)
     assert g1.shape == (5, 4, 1)
     np.testing.assert_allclose(g1[:, :, 0], gray / 255.0, atol=1e-7)
+
+
+def test_blobprotovector_round_trip():
+    arrays = [RNG.standard_normal((2, 3, 4, 5)).astype(np.float32),
+              RNG.standard_normal((1, 1, 1, 7)).astype(np.float32)]
+    data = io.arraylist_to_blobprotovecor_str(arrays)
+    back = io.blobprotovector_str_to_arraylist(data)
+    assert len(back) == 2
+    for a, b in zip(arrays, back):
+        assert np.asarray(b).shape == a.shape
+        np.testing.assert_array_equal(b, a)
