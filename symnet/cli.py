@@ -408,8 +408,16 @@ def cmd_draw(args):
 
 def cmd_run(args):
     """Run a pycaffe script with ``import caffe`` giving symnet.caffe."""
+    import traceback
+
     from .caffe.alias import run_script
-    run_script(args.script, args.args, force=args.force_alias)
+    if not os.path.isfile(args.script):
+        raise CommandError(f"no script '{args.script}'")
+    try:
+        run_script(args.script, args.args, force=args.force_alias)
+    except Exception:      # noqa: BLE001 - the script's own error, with its traceback
+        traceback.print_exc()
+        return 1
     return 0
 
 

@@ -72,6 +72,12 @@ def test_run_script_exit_code_and_missing_script(tmp_path):
     assert _run([str(script)], cwd=tmp_path).returncode == 3
     r = _run([str(tmp_path / "nope.py")], cwd=tmp_path)
     assert r.returncode == 1 and "no script" in r.stderr
+    script.write_text("import caffe\n\ndef f():\n    raise ValueError('from the script')\n"
+                      "f()\n")
+    r = _run([str(script)], cwd=tmp_path)          # the script's traceback, as python's
+    assert r.returncode == 1
+    assert "Traceback" in r.stderr and "ValueError: from the script" in r.stderr
+    assert f'File "{script}", line 4, in f' in r.stderr
 
 
 # ------------------------------------------------------------------ CLI friction
