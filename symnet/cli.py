@@ -16,8 +16,9 @@
 
 Commands that build a net take ``--backend`` (numpy, cpu, cuda-emu, cuda; default
 ``$SYMNET_BACKEND`` or the machine's best) and ``--layers MODULE`` (import a module of
-symbolic layers first, from the current directory or PYTHONPATH; repeatable). Commands that build a net take ``--phase`` and
-``--input-shape BLOB=N,C,H,W`` (repeatable) to stand in data layers.
+symbolic layers first, from the current directory or PYTHONPATH; repeatable); they
+also take ``--phase`` and ``--input-shape BLOB=N,C,H,W`` (repeatable) to stand in
+data layers. ``--help`` of a command lists the options it takes.
 
 ``train --log FILE`` writes one JSON object per line: ``{"event": "start", ...}``, then
 ``"train"`` (iter, loss = the smoothed loss, outputs), ``"lr"`` (iter, lr), ``"test"``
