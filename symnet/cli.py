@@ -7,16 +7,18 @@
     symnet compile --model M --emit DIR
     symnet draw --model M out.svg|png|dot [--color-by-kernel]
     symnet upgrade OLD NEW
+    symnet run SCRIPT [ARGS...]      (a pycaffe script; ``import caffe`` gives symnet.caffe)
     symnet device
     symnet plot-log LOG out.png
     symnet convert-imageset LIST ROOT DB
     symnet compute-image-mean DB mean.binaryproto
     symnet include-dir
 
-Every command takes ``--backend`` (numpy, cpu, cuda-emu, cuda; default
+Commands that build a net take ``--backend`` (numpy, cpu, cuda-emu, cuda; default
 ``$SYMNET_BACKEND`` or the machine's best) and ``--layers MODULE`` (import a module of
-symbolic layers first; repeatable). Commands that build a net take ``--phase`` and
-``--input-shape BLOB=N,C,H,W`` (repeatable) to stand in data layers.
+symbolic layers first, from the current directory or PYTHONPATH; repeatable); they
+also take ``--phase`` and ``--input-shape BLOB=N,C,H,W`` (repeatable) to stand in
+data layers. ``--help`` of a command lists the options it takes.
 
 ``train --log FILE`` writes one JSON object per line: ``{"event": "start", ...}``, then
 ``"train"`` (iter, loss = the smoothed loss, outputs), ``"lr"`` (iter, lr), ``"test"``
@@ -63,12 +65,18 @@ def _input_shapes(items):
 
 
 def _import_layers(modules):
+    """Import the --layers modules; the current directory is searched first, as
+    ``python -m`` would (a console script's sys.path does not hold it)."""
+    if modules:
+        cwd = os.getcwd()
+        if "" not in sys.path and cwd not in sys.path:
+            sys.path.insert(0, cwd)
     for mod in modules or []:
         try:
             __import__(mod)
         except ImportError as e:
-            raise CommandError(f"--layers {mod}: cannot import it ({e}); is it on "
-                               "PYTHONPATH?") from None
+            raise CommandError(f"--layers {mod}: cannot import it ({e}); is it in the "
+                               "current directory or on PYTHONPATH?") from None
 
 
 def _phase(name):
@@ -332,34 +340,13 @@ def kernel_groups(net):
     return out
 
 
-def cmd_draw(args):
-    try:
-        import graphviz
-    except ImportError:
-        raise CommandError("draw needs the graphviz Python package: pip install "
-                           "'symnet[tools]'") from None
-    _import_layers(args.layers)
-    fmt = os.path.splitext(args.output)[1].lower().lstrip(".")
-    if fmt not in ("svg", "png", "dot", "pdf"):
-        raise CommandError(f"draw: output '{args.output}' must end in .svg, .png, .pdf or "
-                           ".dot")
-    if fmt != "dot" and shutil.which("dot") is None:
-        raise CommandError(f"draw: writing .{fmt} needs Graphviz's 'dot' program, which is "
-                           "not installed; install graphviz (apt-get install graphviz, "
-                           "brew install graphviz) or write a .dot file")
-    if args.color_by_kernel:
-        args.backend = "numpy"
-    net = _make_net(args)
-    colours = kernel_groups(net) if args.color_by_kernel else {}
-    dot = graphviz.Digraph(name=net.name or "net", graph_attr={"rankdir": args.rankdir})
-    blob_ids = {}
-
-    def blob(name):
-        if name not in blob_ids:
-            blob_ids[name] = f"b{len(blob_ids)}"
-            dot.node(blob_ids[name], name, shape="octagon", style="filled",
-                     fillcolor="#f0f0c0")
-        return blob_ids[name]
+def _kernel_coloured_source(net, rankdir):
+    """DOT text of a built net whose layers sharing a fused forward kernel share a
+    colour (the node lists the kernels)."""
+    from .caffe.draw import BLOB_STYLE, _attrs, _q
+    colours = kernel_groups(net)
+    lines = [f"digraph {_q(net.name or 'net')} {{", f"  rankdir={_q(rankdir)};"]
+    blobs = set()
     for k, layer in enumerate(net._layers):
         label = f"{layer.name}\n({layer.type})"
         attrs = {"shape": "box", "style": "filled", "fillcolor": "#dddddd"}
@@ -367,26 +354,73 @@ def cmd_draw(args):
             group, kernels = colours[layer.name]
             attrs["fillcolor"] = _PALETTE[group % len(_PALETTE)]
             label += "\n" + "\n".join(kernels[:3]) + ("\n..." if len(kernels) > 3 else "")
-        dot.node(f"l{k}", label, **attrs)
-        for b in layer.bottoms:
-            dot.edge(blob(b), f"l{k}")
-        for t in layer.tops:
-            dot.edge(f"l{k}", blob(t))
-    net.close()
-    if fmt == "dot":
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(dot.source)
+        lines.append(f"  {_q(f'l{k}')} {_attrs(dict(label=label, **attrs))};")
+        for b in list(layer.bottoms) + list(layer.tops):
+            if b not in blobs:
+                blobs.add(b)
+                lines.append(f"  {_q(b + '_blob')} {_attrs(dict(label=b, **BLOB_STYLE))};")
+        lines += [f"  {_q(b + '_blob')} -> {_q(f'l{k}')};" for b in layer.bottoms]
+        lines += [f"  {_q(f'l{k}')} -> {_q(t + '_blob')};" for t in layer.tops]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_draw(args):
+    """Draw from the prototxt alone (no layer is built, no Python layer imported);
+    --color-by-kernel builds the net to find its fused kernels."""
+    from .caffe import draw
+    fmt = os.path.splitext(args.output)[1].lower().lstrip(".")
+    if fmt not in ("svg", "png", "pdf") + draw.TEXT_FORMATS:
+        raise CommandError(f"draw: output '{args.output}' must end in .svg, .png, .pdf or "
+                           ".dot")
+    if args.color_by_kernel:
+        _import_layers(args.layers)
+        args.backend = "numpy"
+        net = _make_net(args)
+        try:
+            source = _kernel_coloured_source(net, args.rankdir)
+        finally:
+            net.close()
     else:
-        base = os.path.splitext(args.output)[0]
-        dot.render(base, format=fmt, cleanup=True)
-        made = f"{base}.{fmt}"
-        if os.path.abspath(made) != os.path.abspath(args.output):
-            os.replace(made, args.output)
+        if not os.path.isfile(args.model):
+            raise FileNotFoundError(f"draw: no prototxt file '{args.model}'")
+        source = draw.get_dot_source(args.model, args.rankdir, phase=_phase(args.phase))
+    if fmt in draw.TEXT_FORMATS:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(source)
+    elif shutil.which("dot") is None:
+        dot_file = os.path.splitext(args.output)[0] + ".dot"
+        with open(dot_file, "w", encoding="utf-8") as f:
+            f.write(source)
+        print(f"symnet draw: Graphviz's 'dot' program is not installed, so {args.output} "
+              f"was not rendered; wrote the graph to {dot_file}. Render it with\n"
+              f"    dot -T{fmt} {dot_file} -o {args.output}\n"
+              f"after you {draw.INSTALL_DOT}.", file=sys.stderr)
+        return 0
+    else:
+        data = draw.render(source, fmt)
+        with open(args.output, "wb") as f:
+            f.write(data)
     _out(f"Drawing net to {args.output}")
     return 0
 
 
 # ----------------------------------------------------------------------------- misc
+
+def cmd_run(args):
+    """Run a pycaffe script with ``import caffe`` giving symnet.caffe."""
+    import traceback
+
+    from .caffe.alias import run_script
+    if not os.path.isfile(args.script):
+        raise CommandError(f"no script '{args.script}'")
+    try:
+        run_script(args.script, args.args, force=args.force_alias)
+    except Exception:      # noqa: BLE001 - the script's own error, with its traceback
+        traceback.print_exc()
+        return 1
+    return 0
+
 
 def cmd_upgrade(args):
     from .caffe.upgrade import upgrade_file
@@ -546,14 +580,18 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    def command(name, fn, help_, model=False):
+    def command(name, fn, help_, model=False, backend=True, layers=True):
+        """A subcommand with only the options it uses."""
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(func=fn)
-        p.add_argument("--backend", choices=_BACKENDS, default=None,
-                       help="numpy, cpu, cuda-emu or cuda (default: $SYMNET_BACKEND or the "
-                       "machine's best)")
-        p.add_argument("--layers", action="append", metavar="MODULE",
-                       help="import a module of symbolic layers first (repeatable)")
+        if backend:
+            p.add_argument("--backend", choices=_BACKENDS, default=None,
+                           help="numpy, cpu, cuda-emu or cuda (default: $SYMNET_BACKEND or "
+                           "the machine's best)")
+        if layers:
+            p.add_argument("--layers", action="append", metavar="MODULE",
+                           help="import a module of symbolic layers first, searched in the "
+                           "current directory and on PYTHONPATH (repeatable)")
         if model:
             p.add_argument("--model", required=True, help="the net prototxt")
             p.add_argument("--input-shape", action="append", metavar="BLOB=N,C,H,W",
@@ -585,29 +623,41 @@ def build_parser():
     p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST", "train", "test"))
 
     p = command("compile", cmd_compile, "write the generated C and CUDA modules and the "
-                "plans of a net's forward and backward passes", model=True)
+                "plans of a net's forward and backward passes", model=True, backend=False)
     p.add_argument("--emit", required=True, metavar="DIR")
     p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST", "train", "test"))
 
-    p = command("draw", cmd_draw, "draw a net's layers and blobs (graphviz)", model=True)
+    p = command("draw", cmd_draw, "draw a net's layers and blobs (graphviz); reads the "
+                "prototxt only, unless --color-by-kernel", model=True, backend=False)
     p.add_argument("output", help="out.svg, out.png, out.pdf or out.dot")
     p.add_argument("--color-by-kernel", action="store_true",
                    help="colour layers that share a fused forward kernel alike")
     p.add_argument("--rankdir", default="LR", choices=("LR", "TB", "BT", "RL"))
     p.add_argument("--phase", default="TRAIN", choices=("TRAIN", "TEST", "train", "test"))
 
-    p = command("upgrade", cmd_upgrade, "upgrade a net, solver or .caffemodel file")
+    p = command("upgrade", cmd_upgrade, "upgrade a net, solver or .caffemodel file",
+                backend=False, layers=False)
     p.add_argument("old")
     p.add_argument("new")
 
-    command("device", cmd_device, "which backends work on this machine")
+    command("device", cmd_device, "which backends work on this machine", backend=False,
+            layers=False)
 
-    p = command("plot-log", cmd_plot_log, "plot loss and test scores of a train --log file")
+    p = command("run", cmd_run, "run a pycaffe script with 'import caffe' giving "
+                "symnet.caffe", backend=False, layers=False)
+    p.add_argument("--force-alias", action="store_true",
+                   help="use symnet.caffe even where a built pycaffe is importable")
+    p.add_argument("script", help="the Python script")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
+
+    p = command("plot-log", cmd_plot_log, "plot loss and test scores of a train --log file",
+                backend=False, layers=False)
     p.add_argument("log")
     p.add_argument("output")
 
     p = command("convert-imageset", cmd_convert_imageset,
-                "write the images of a list file into an LMDB of Datum (as Caffe's tool)")
+                "write the images of a list file into an LMDB of Datum (as Caffe's tool)",
+                backend=False, layers=False)
     p.add_argument("list", metavar="LIST", help="a file of 'path label' lines")
     p.add_argument("root", metavar="ROOT", help="the folder the paths are relative to")
     p.add_argument("db", metavar="DB", help="the LMDB to create")
@@ -621,12 +671,13 @@ def build_parser():
     p.add_argument("--quiet", action="store_true")
 
     p = command("compute-image-mean", cmd_compute_image_mean,
-                "the mean image of an LMDB as a .binaryproto")
+                "the mean image of an LMDB as a .binaryproto", backend=False, layers=False)
     p.add_argument("db")
     p.add_argument("output")
 
     command("include-dir", cmd_include_dir,
-            "print the folder holding symnet_data.h (for C data sources)")
+            "print the folder holding symnet_data.h (for C data sources)", backend=False,
+            layers=False)
     return parser
 
 

@@ -54,19 +54,14 @@ _alias_logged = False
 
 
 def install_caffe_alias():
-    """Let ``import caffe`` inside a Python layer module give ``symnet.caffe`` when real
-    Caffe is not importable (logged once; SYMNET_CAFFE_ALIAS=0 turns it off)."""
+    """Let ``import caffe`` inside a Python layer module give ``symnet.caffe`` unless a
+    working (built) pycaffe is importable; a Caffe source tree without its built
+    ``_caffe`` does not count (logged once; SYMNET_CAFFE_ALIAS=0 turns it off)."""
     global _alias_logged
-    if os.environ.get("SYMNET_CAFFE_ALIAS", "1") == "0" or "caffe" in sys.modules:
+    if os.environ.get("SYMNET_CAFFE_ALIAS", "1") == "0":
         return
-    if importlib.util.find_spec("caffe") is not None:
-        return
-    from . import caffe as sncaffe
-    sys.modules["caffe"] = sncaffe
-    sys.modules["caffe.proto"] = sncaffe.proto
-    sys.modules["caffe.proto.caffe_pb2"] = sncaffe.caffe_pb2
-    sys.modules["caffe.io"] = sncaffe.io
-    if not _alias_logged:
+    from .caffe.alias import install_alias
+    if install_alias() and not _alias_logged:
         log.info("symnet: 'import caffe' in Python layers gives symnet.caffe "
                  "(set SYMNET_CAFFE_ALIAS=0 to turn this off)")
         _alias_logged = True
