@@ -470,6 +470,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 
 
 def _run_net(backend, data, label):
+    sn.fillers.set_random_seed(0)    # the same weights on every backend: one seeded stream
     net = sn.Net(NET, sn.TRAIN, backend=backend)
     net.forward(data=data, label=label)
     net.backward()

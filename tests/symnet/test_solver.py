@@ -49,6 +49,8 @@ def make_solver(tmp_path, body, backend="cpu", type_=None, **kw):
            f'snapshot_prefix: "{tmp_path / "snap"}"\nsnapshot_after_train: false\n' + body
     if type_:
         text += f'type: "{type_}"\n'
+    if "random_seed" not in body:   # as in Caffe, equal runs need a seeded solver
+        text += "random_seed: 1701\n"
     path = tmp_path / "solver.prototxt"
     path.write_text(text)
     return sn.get_solver(str(path), backend=backend, feed=feed, **kw)
@@ -553,7 +555,7 @@ def test_data_layer_state_resume(tmp_path):
         'layer { name: "d" type: "SymnetTestCounter" top: "x" top: "y" }')
     (tmp_path / "net.prototxt").write_text(net)
     text = f'net: "{tmp_path / "net.prototxt"}"\nsnapshot_prefix: "{tmp_path / "s"}"\n' + \
-        BASE + "momentum: 0.9\n"
+        BASE + "momentum: 0.9\nrandom_seed: 1701\n"
     (tmp_path / "solver.prototxt").write_text(text)
     full = trajectory(sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu"), 8)
     first = sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu")
