@@ -9,29 +9,21 @@ from . import io
 from .pycaffe import Net
 
 
-def forward_all(net, **inputs):
-    """Run ``net`` over inputs longer than its batch, batch by batch (the last batch
-    padded with zeros); {output blob: array of len(input)}. Uses ``net.forward_all``
-    when the Net has one."""
-    fn = getattr(net, "forward_all", None)
-    if fn is not None:
-        return fn(**inputs)
-    n = {len(v) for v in inputs.values()}
-    if len(n) != 1:
-        raise ValueError("forward_all: the inputs differ in length")
-    n = n.pop()
-    batch = net.blobs[next(iter(inputs))].data.shape[0]
-    outs = {name: [] for name in net.outputs}
-    for start in range(0, n, batch):
-        for name, value in inputs.items():
-            chunk = np.asarray(value[start:start + batch], dtype=np.float32)
-            blob = net.blobs[name].data
-            blob[...] = 0
-            blob[:len(chunk)] = chunk
-        result = net.forward()
-        for name in outs:
-            outs[name].append(np.array(result[name][:min(batch, n - start)]))
-    return {name: np.concatenate(v) for name, v in outs.items()}
+def image_transformer(net, mean, input_scale, raw_scale, channel_swap):
+    """The Transformer of (H, W, K) images into the net's first input, as pycaffe's
+    Classifier and Detector set it up."""
+    in_ = net.inputs[0]
+    t = io.Transformer({in_: net.blobs[in_].data.shape})
+    t.set_transpose(in_, (2, 0, 1))
+    if mean is not None:
+        t.set_mean(in_, mean)
+    if input_scale is not None:
+        t.set_input_scale(in_, input_scale)
+    if raw_scale is not None:
+        t.set_raw_scale(in_, raw_scale)
+    if channel_swap is not None:
+        t.set_channel_swap(in_, channel_swap)
+    return t
 
 
 class Classifier(Net):
@@ -43,16 +35,8 @@ class Classifier(Net):
                  input_scale=None, raw_scale=None, channel_swap=None, **kwargs):
         super().__init__(model_file, pretrained_file, TEST, **kwargs)
         in_ = self.inputs[0]
-        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = image_transformer(self, mean, input_scale, raw_scale,
+                                             channel_swap)
         self.crop_dims = np.array(self.blobs[in_].data.shape[2:])
         self.image_dims = np.array(image_dims if image_dims else self.crop_dims)
 
@@ -75,7 +59,7 @@ class Classifier(Net):
                             dtype=np.float32)
         for k, im in enumerate(images):
             caffe_in[k] = self.transformer.preprocess(in_, im)
-        out = forward_all(self, **{in_: caffe_in})
+        out = self.forward_all(**{in_: caffe_in})
         scores = out[self.outputs[0]]
         if oversample:
             scores = scores.reshape((len(scores) // 10, 10, -1)).mean(axis=1)

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..net import TEST
 from . import io
-from .classifier import forward_all
+from .classifier import image_transformer
 from .pycaffe import Net
 
 SELECTIVE_SEARCH = "selective_search_ijcv_with_python"
@@ -21,17 +21,8 @@ class Detector(Net):
     def __init__(self, model_file, pretrained_file, mean=None, input_scale=None,
                  raw_scale=None, channel_swap=None, context_pad=None, **kwargs):
         super().__init__(model_file, pretrained_file, TEST, **kwargs)
-        in_ = self.inputs[0]
-        self.transformer = io.Transformer({in_: self.blobs[in_].data.shape})
-        self.transformer.set_transpose(in_, (2, 0, 1))
-        if mean is not None:
-            self.transformer.set_mean(in_, mean)
-        if input_scale is not None:
-            self.transformer.set_input_scale(in_, input_scale)
-        if raw_scale is not None:
-            self.transformer.set_raw_scale(in_, raw_scale)
-        if channel_swap is not None:
-            self.transformer.set_channel_swap(in_, channel_swap)
+        self.transformer = image_transformer(self, mean, input_scale, raw_scale,
+                                             channel_swap)
         self.configure_crop(context_pad)
 
     def detect_windows(self, images_windows):
@@ -49,7 +40,7 @@ class Detector(Net):
                             dtype=np.float32)
         for k, c in enumerate(crops):
             caffe_in[k] = self.transformer.preprocess(in_, c)
-        predictions = forward_all(self, **{in_: caffe_in})[self.outputs[0]]
+        predictions = self.forward_all(**{in_: caffe_in})[self.outputs[0]]
         if predictions.ndim == 4 and predictions.shape[2:] == (1, 1):
             predictions = predictions[:, :, 0, 0]
         detections, k = [], 0
