@@ -37,7 +37,7 @@ NET = os.path.join(HERE, "..", "tests", "data", "models", "bvlc_mnist",
 
 
 def symnet_solver(batch, backend):
-    from symnet.caffe.proto import caffe_pb2
+    from symnet.formats.proto import caffe_pb2
     from symnet.solver import SGDSolver
     param = caffe_pb2.SolverParameter(net=NET, base_lr=0.01, momentum=0.9,
                                       weight_decay=5e-4, lr_policy="inv", gamma=1e-4,

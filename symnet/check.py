@@ -50,7 +50,7 @@ def _check_symbolic(type_name, arrays, params, phase, top):
 
 def _check_python(cls, arrays, param_str, phase, rng, top, ntop, step=1e-2, threshold=1e-3,
                   kink=None, kink_range=-1.0):
-    from .caffe.proto import caffe_pb2
+    from .formats.proto import caffe_pb2
     from .net import TEST, TRAIN
     from .pylayer import PythonLayerRunner
     lp = caffe_pb2.LayerParameter(name=getattr(cls, "__name__", "python"), type="Python")

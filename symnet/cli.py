@@ -39,7 +39,15 @@ import time
 
 import numpy as np
 
+import symnet as sn
+
+from .data import external
 from .errors import SymnetError
+from .formats.upgrade import upgrade_file
+from .function import default_backend
+from .net import TEST, TRAIN, Net
+from .runtime import memory
+from .solver import SignalHandler, get_solver, net_loss, output_scores
 
 _BACKENDS = ("numpy", "cpu", "cuda-emu", "cuda")
 
@@ -80,12 +88,10 @@ def _import_layers(modules):
 
 
 def _phase(name):
-    from .net import TEST, TRAIN
     return {"TRAIN": TRAIN, "TEST": TEST}[name.upper()]
 
 
 def _make_net(args, phase=None, weights=None):
-    from .net import Net
     return Net(args.model, phase=_phase(phase or args.phase), weights=weights,
                backend=args.backend, layer_modules=tuple(args.layers or ()),
                input_shapes=_input_shapes(getattr(args, "input_shape", None)))
@@ -134,8 +140,6 @@ def build_functions(net):
 
 def cmd_train(args):
     from tqdm import tqdm
-
-    from .solver import SignalHandler, get_solver
     if args.weights and args.snapshot:
         raise CommandError("give either --weights or --snapshot, not both")
     _import_layers(args.layers)
@@ -183,7 +187,6 @@ def cmd_train(args):
 # ----------------------------------------------------------------------------- test
 
 def cmd_test(args):
-    from .solver import net_loss, output_scores
     _import_layers(args.layers)
     net = _make_net(args, weights=args.weights)
     scores, names, loss = None, None, 0.0
@@ -221,7 +224,6 @@ def cmd_time(args):
     report = net.time(n)                      # per step, with the layers of each step
     backward = any(s["phase"] == "backward" for s in report["steps"])
     t_fwd = t_bwd = 0.0
-    from .runtime import memory
     memory.reset_transfer_counts()
     for _ in range(n):                        # wall clock, untimed steps
         t0 = time.perf_counter()
@@ -423,7 +425,6 @@ def cmd_run(args):
 
 
 def cmd_upgrade(args):
-    from .caffe.upgrade import upgrade_file
     notes = upgrade_file(args.old, args.new)
     for note in notes:
         _out(f"upgraded: {note}")
@@ -433,7 +434,6 @@ def cmd_upgrade(args):
 
 
 def _check_backend(name):
-    import symnet as sn
     try:
         with sn.graph_scope():
             x = sn.input("x", (4,))
@@ -454,7 +454,6 @@ def _version(cmd, line=0):
 
 
 def cmd_device(args):
-    from .function import default_backend
     from .runtime import cpu, cuda_emu, devices
     cc, cxx = shutil.which(cpu.CC), shutil.which(cuda_emu.CXX)
     nvcc = shutil.which("nvcc")
@@ -567,7 +566,6 @@ def cmd_compute_image_mean(args):
 
 
 def cmd_include_dir(args):
-    from .data import external
     _out(external.include_dir())
     return 0
 

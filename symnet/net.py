@@ -24,7 +24,9 @@ from .function import Function, default_backend
 from .graph import Graph, graph_scope
 from . import data as data_sources
 from . import pylayer
-from .layers import registry
+from .formats import prototxt, upgrade
+from .formats.weights import copy_trained_layers, save_net
+from .layers import load_plugins, registry
 from .runtime.blob import Blob
 from .runtime.memory import SyncedMemory
 from .runtime.prefetch import Prefetcher
@@ -152,9 +154,7 @@ class Net:
             raise TypeError("Net: phase is required (symnet.TRAIN or symnet.TEST)")
         if phase not in _PHASES:
             raise ValueError(f"Net: phase {phase!r}, expected TRAIN (0) or TEST (1)")
-        from .caffe import prototxt, upgrade
-        from . import layers
-        layers.load_plugins()
+        load_plugins()
         for mod in layer_modules:
             importlib.import_module(mod)
         self.phase = TRAIN if _PHASES[phase] == "TRAIN" else TEST
@@ -863,12 +863,10 @@ class Net:
     def copy_from(self, path):
         """Load a .caffemodel: blobs matched to layers by name as Caffe does; layers
         missing from the file keep their fillers; a shape mismatch is an error."""
-        from .caffe import weights
-        weights.copy_trained_layers(self, path)
+        copy_trained_layers(self, path)
 
     def save(self, path):
-        from .caffe import weights
-        weights.save_net(self, path)
+        save_net(self, path)
 
     @property
     def layers(self):

@@ -65,6 +65,9 @@ import numpy as np
 from . import fillers
 from . import functions as F
 from .errors import SymnetError
+from .formats import prototxt, upgrade
+from .formats.proto import caffe_pb2
+from .formats.weights import net_to_proto
 from .function import Function
 from .graph import Graph, graph_scope
 from .net import TEST, TRAIN, Net
@@ -140,8 +143,6 @@ def learning_rate(param, it, current_step=0):
 
 def read_solver_param(source, filename=None):
     """A SolverParameter, upgraded, from a path, prototxt text or a message."""
-    from .caffe import prototxt, upgrade
-    from .caffe.proto import caffe_pb2
     if isinstance(source, caffe_pb2.SolverParameter):
         param = source
     else:
@@ -365,8 +366,6 @@ class Solver:
                           "solver file's folder)")
 
     def _make_net(self, model, phase_state, solver_state):
-        from .caffe.proto import caffe_pb2
-        from .caffe import prototxt
         state = caffe_pb2.NetState()
         state.phase = phase_state
         if isinstance(model, str):
@@ -793,7 +792,6 @@ class Solver:
         path, state path). Both are written to temporary files in the target folder
         first and renamed into place only when both are complete, so an interrupted
         snapshot leaves earlier files as they were."""
-        from .caffe import prototxt, weights
         self._sync_layout()
         model = self.snapshot_filename(".caffemodel")
         state_path = self.snapshot_filename(".solverstate")
@@ -802,7 +800,7 @@ class Solver:
             raise SolverError(f"cannot snapshot to '{model}': folder '{directory}' does not "
                               "exist; create it or change snapshot_prefix")
         log.info("Snapshotting to binary proto file %s", model)
-        model_bytes = prototxt._serialize(weights.net_to_proto(self.net), model)
+        model_bytes = prototxt._serialize(net_to_proto(self.net), model)
         log.info("Snapshotting solver state to binary proto file %s", state_path)
         write_files_atomically([(model, model_bytes),
                                 (state_path, self._state_bytes(model))])
@@ -811,8 +809,6 @@ class Solver:
         return model, state_path
 
     def _state_bytes(self, model_filename):
-        from .caffe import prototxt
-        from .caffe.proto import caffe_pb2
         state = caffe_pb2.SolverState()
         state.iter = self.iter
         state.learned_net = model_filename
@@ -830,8 +826,6 @@ class Solver:
     def restore(self, state_file):
         """Continue from a .solverstate (Caffe's or symnet's): iteration, lr policy
         step, histories and the weights of ``learned_net``."""
-        from .caffe import prototxt
-        from .caffe.proto import caffe_pb2
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
             raise SolverError(f"{state_file}: HDF5 solver states are not supported; use a "

@@ -282,7 +282,7 @@ def test_convert_imageset_and_mean(tmp_path, capsys):
     assert "Processed 3 files" in capsys.readouterr().out
     mean = tmp_path / "mean.binaryproto"
     assert cli.main(["compute-image-mean", str(db), str(mean)]) == 0
-    from symnet.caffe import prototxt
+    from symnet.formats import prototxt
     m = prototxt.read_blobproto(str(mean))
     expected = np.mean([a[:, :, ::-1].transpose(2, 0, 1) for a in arrays], axis=0)
     np.testing.assert_allclose(m.reshape(expected.shape), expected, rtol=1e-5)
@@ -313,7 +313,7 @@ def test_python_dash_m_help():
 def test_quickstart_files_are_caffes_lenet():
     """examples/mnist's LeNet files are Caffe's with only the LMDB paths and the
     iteration counts changed."""
-    from symnet.caffe import prototxt
+    from symnet.formats import prototxt
     ex = os.path.join(ROOT, "examples", "mnist")
     net = prototxt.parse_net(os.path.join(ex, "lenet_train_test.prototxt"))
     caffe_net = prototxt.parse_net(LENET)

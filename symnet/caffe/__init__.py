@@ -15,12 +15,18 @@ import logging
 import time as _time
 import warnings as _warnings
 
+from .. import data as _data
 from .. import fillers as _fillers
 from .. import functions as _functions
+from .. import set_log_level as _set_log_level
 from ..function import BACKENDS
+from ..layers import load_plugins as _load_plugins
+from ..layers import registry as _registry
 from ..net import TEST, TRAIN
+from ..pylayer import BlobVec as _BlobVec
 from ..runtime import devices as _devices
 from ..runtime.blob import Blob
+from ..runtime.cuda import INSTALL_HINT as _CUDA_INSTALL_HINT
 from . import io, proto  # noqa: F401
 from .alias import install_alias, uninstall_alias  # noqa: F401
 from .net_spec import NetSpec, layers, params, to_proto  # noqa: F401
@@ -48,9 +54,8 @@ def set_mode_gpu():
         _mode["backend"] = "cuda"
         return
     if not _gpu_warned:
-        from ..runtime.cuda import INSTALL_HINT
         _warnings.warn(f"caffe.set_mode_gpu: no usable CUDA device, running on the CPU "
-                       f"({INSTALL_HINT})", RuntimeWarning, stacklevel=2)
+                       f"({_CUDA_INSTALL_HINT})", RuntimeWarning, stacklevel=2)
         _gpu_warned = True
 
 
@@ -100,10 +105,8 @@ def has_nccl():
 def layer_type_list():
     """Every layer type a net can use (symnet's registered layers, data layers, Input
     and Python), sorted as Caffe's layer registry lists them (byte order)."""
-    from .. import data, layers as _layers
-    from ..layers import registry
-    _layers.load_plugins()
-    types = set(registry.registered()) | set(data._FACTORIES) | {"Input", "Python"}
+    _load_plugins()
+    types = set(_registry.registered()) | set(_data._FACTORIES) | {"Input", "Python"}
     return sorted(types)
 
 
@@ -136,11 +139,10 @@ _GLOG_LEVELS = {0: logging.INFO, 1: logging.WARNING, 2: logging.ERROR, 3: loggin
 def init_log(level=0, stderr=True):
     """pycaffe's init_log: show symnet's log lines at glog ``level`` (0 INFO,
     1 WARNING, 2 ERROR, 3 FATAL) and above; ``stderr=False`` shows none."""
-    from .. import set_log_level
     if not stderr:
-        set_log_level(logging.CRITICAL + 10)
+        _set_log_level(logging.CRITICAL + 10)
     else:
-        set_log_level(_GLOG_LEVELS.get(int(level), logging.INFO))
+        _set_log_level(_GLOG_LEVELS.get(int(level), logging.INFO))
 
 
 def log(message):
@@ -155,10 +157,9 @@ class Layer:
     type = "Python"            # what Caffe's Layer::type() gives a Python layer
 
     def __init__(self, param=None):
-        from ..pylayer import BlobVec
         self.param_str = param.python_param.param_str if param is not None else ""
         self.phase = TEST
-        self.blobs = BlobVec()
+        self.blobs = _BlobVec()
 
     def setup(self, bottom, top):
         pass

@@ -17,7 +17,8 @@ import os
 
 import numpy as np
 
-from .net_spec import Function
+from ..formats import prototxt, upgrade
+from .net_spec import _PARAM_FIELD, Function
 from .net_spec import layers as L
 
 PASS_THROUGH_LAYERS = ["AbsVal", "BatchNorm", "Bias", "BNLL", "Dropout", "Eltwise", "ELU",
@@ -167,8 +168,6 @@ def _message_dict(msg):
 def tops_of(net):
     """NetSpec-like tops of a NetParameter (or prototxt path, or Net) by blob name:
     the last top of that name, so in-place layers chain as the prototxt reads."""
-    from . import prototxt, upgrade
-    from .net_spec import _PARAM_FIELD
     if isinstance(net, (str, os.PathLike)):
         net = prototxt.parse_net(os.fspath(net))
     elif hasattr(net, "param") and not hasattr(net, "layer"):

@@ -14,6 +14,9 @@ import shutil
 import subprocess
 
 from ..errors import SymnetError
+from ..formats import prototxt, upgrade
+from ..formats.proto import caffe_pb2
+from ..net import layer_included
 
 # node styles (Caffe's colours)
 LAYER_STYLE_DEFAULT = {"shape": "record", "fillcolor": "#6495ED", "style": "filled"}
@@ -31,8 +34,6 @@ class GraphvizError(SymnetError, RuntimeError):
 
 
 def _net_param(net):
-    from . import prototxt, upgrade
-    from .proto import caffe_pb2
     if isinstance(net, (str, os.PathLike)):
         net = prototxt.parse_net(os.fspath(net))
     elif not isinstance(net, caffe_pb2.NetParameter):
@@ -45,7 +46,6 @@ def _net_param(net):
 def _phase_included(lp, phase):
     if phase is None:
         return True
-    from ..net import layer_included
     return layer_included(lp, phase, 0, ())
 
 

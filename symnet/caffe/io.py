@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import prototxt
-from .proto import caffe_pb2
+from ..formats import prototxt
+from ..formats.proto import caffe_pb2
 
 
 def blobproto_to_array(blob, return_diff=False):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 
-from .proto import caffe_pb2
+from ..formats.proto import caffe_pb2
 
 
 def _param_fields():

@@ -414,7 +414,7 @@ class LMDBDataSource(Source):
 
 @register("Data")
 def _data(lp, phase, base_dir, seed=None):
-    from ..caffe.proto import caffe_pb2
+    from ..formats.proto import caffe_pb2
     p = lp.data_param
     if p.HasField("backend") and p.backend == caffe_pb2.DataParameter.LEVELDB:
         raise DataError("data_param.backend LEVELDB is not supported; symnet reads LMDB "

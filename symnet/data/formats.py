@@ -36,7 +36,7 @@ def _lmdb():
 
 
 def _datum_type():
-    from ..caffe.proto import caffe_pb2
+    from ..formats.proto import caffe_pb2
     return caffe_pb2.Datum
 
 

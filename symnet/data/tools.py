@@ -74,7 +74,7 @@ def compute_image_mean(db_path, mean_path=None, progress=None) -> np.ndarray:
     """The mean image (float32, shape (1, C, H, W)) of an LMDB of Datum (raw or encoded
     images, all of one size), written to ``mean_path`` as a .binaryproto with Caffe's
     4-D num/channels/height/width fields, as Caffe's compute_image_mean does."""
-    from ..caffe import prototxt
+    from ..formats import prototxt
     total, count, shape = None, 0, None
     for key, value in iter_lmdb(os.fspath(db_path)):
         what = f"record '{key.decode('utf-8', 'replace')}' of '{db_path}'"

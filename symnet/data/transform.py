@@ -19,7 +19,7 @@ from .base import DataError, resolve_path, search_bases
 
 def load_mean_file(path) -> np.ndarray:
     """A .binaryproto mean image as a float32 (C, H, W) array."""
-    from ..caffe import prototxt
+    from ..formats import prototxt
     try:
         mean = prototxt.read_blobproto(path)
     except prototxt.PrototxtError as e:

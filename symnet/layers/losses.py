@@ -153,7 +153,7 @@ def contrastive_loss(a, b, y, margin=1.0, legacy_version=False):
 # ----------------------------------------------------------------- InfogainLoss
 
 def _infogain_matrix(source):
-    from ..caffe import prototxt
+    from ..formats import prototxt
     return np.asarray(prototxt.read_blobproto(source), dtype=np.float32)
 
 

@@ -14,8 +14,8 @@ import re
 
 import numpy as np
 
-from symnet.caffe.prototxt import parse_net, parse_solver
-from symnet.caffe.upgrade import upgrade_net, upgrade_solver
+from symnet.formats.prototxt import parse_net, parse_solver
+from symnet.formats.upgrade import upgrade_net, upgrade_solver
 from symnet.net import layer_included
 
 MODELS = pathlib.Path(__file__).parents[1] / "data" / "models"

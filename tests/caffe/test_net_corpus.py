@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 import symnet as sn
-from symnet.caffe.prototxt import parse_solver
-from symnet.caffe.upgrade import upgrade_solver
+from symnet.formats.prototxt import parse_solver
+from symnet.formats.upgrade import upgrade_solver
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))   # tests/caffe helpers
 import caffe_corpus_help as cch  # noqa: E402

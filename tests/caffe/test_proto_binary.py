@@ -4,11 +4,11 @@ import os
 import numpy as np
 import pytest
 
-from symnet.caffe.proto import caffe_pb2
-from symnet.caffe.prototxt import (PrototxtError, array_to_blob, blob_to_array,
-                                   parse_net, read_blobproto, read_net_binary,
-                                   write_blobproto, write_net_binary)
-from symnet.caffe.upgrade import upgrade_net
+from symnet.formats.proto import caffe_pb2
+from symnet.formats.prototxt import (PrototxtError, array_to_blob, blob_to_array,
+                                     parse_net, read_blobproto, read_net_binary,
+                                     write_blobproto, write_net_binary)
+from symnet.formats.upgrade import upgrade_net
 
 
 def make_model(rng):

@@ -1,7 +1,7 @@
 """The Caffe schema: names, numbers, defaults and wire bytes match Caffe's caffe.proto."""
 import pytest
 
-from symnet.caffe.proto import caffe_pb2, schema
+from symnet.formats.proto import caffe_pb2, schema
 
 LAYER_PARAMS = [
     "AccuracyParameter", "ArgMaxParameter", "BatchNormParameter", "BiasParameter",

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from symnet.caffe.prototxt import parse_net, parse_solver
-from symnet.caffe.upgrade import upgrade_net, upgrade_solver
+from symnet.formats.prototxt import parse_net, parse_solver
+from symnet.formats.upgrade import upgrade_net, upgrade_solver
 
 MODELS = pathlib.Path(__file__).parents[1] / "data" / "models"
 FILES = sorted(p.relative_to(MODELS).as_posix() for p in MODELS.rglob("*.prototxt"))

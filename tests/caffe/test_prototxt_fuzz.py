@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from symnet.caffe.prototxt import PrototxtError, parse_net, parse_solver
-from symnet.caffe.upgrade import upgrade_net, upgrade_solver
+from symnet.formats.prototxt import PrototxtError, parse_net, parse_solver
+from symnet.formats.upgrade import upgrade_net, upgrade_solver
 
 MODELS = pathlib.Path(__file__).parents[1] / "data" / "models"
 NETS = ["bvlc_mnist/lenet_train_test.prototxt", "mnist_v1/lenet.prototxt",

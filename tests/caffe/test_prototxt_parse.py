@@ -4,9 +4,9 @@ import pathlib
 
 import pytest
 
-from symnet.caffe.proto import caffe_pb2
-from symnet.caffe.prototxt import (PrototxtError, parse_net, parse_solver, parse_text,
-                                   to_text)
+from symnet.formats.proto import caffe_pb2
+from symnet.formats.prototxt import (PrototxtError, parse_net, parse_solver, parse_text,
+                                     to_text)
 from symnet.errors import SymnetError
 
 

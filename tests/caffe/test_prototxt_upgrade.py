@@ -4,12 +4,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from symnet.caffe.proto import caffe_pb2
-from symnet.caffe.prototxt import (PrototxtError, array_to_blob, parse_net,
-                                   parse_solver, read_net_binary, to_text,
-                                   write_net_binary)
-from symnet.caffe.upgrade import (UpgradeError, net_needs_upgrade, upgrade_file,
-                                  upgrade_net, upgrade_solver)
+from symnet.formats.proto import caffe_pb2
+from symnet.formats.prototxt import (PrototxtError, array_to_blob, parse_net,
+                                     parse_solver, read_net_binary, to_text,
+                                     write_net_binary)
+from symnet.formats.upgrade import (UpgradeError, net_needs_upgrade, upgrade_file,
+                                    upgrade_net, upgrade_solver)
 
 MODELS = pathlib.Path(__file__).parents[1] / "data" / "models"
 

@@ -16,7 +16,7 @@ from symnet.caffe import coord_map as cm
 from symnet.caffe import draw
 from symnet.caffe import layers as L
 from symnet.caffe import params as P
-from symnet.caffe import prototxt, upgrade
+from symnet.formats import prototxt, upgrade
 from symnet.caffe.net_spec import NetSpec
 from symnet.net import TEST, TRAIN, layer_included
 

@@ -250,7 +250,7 @@ def test_amended_copy_keeps_attributes_and_identity_rules():
 
 def _dummy_source(param, tops=("data", "label")):
     from symnet import data
-    from symnet.caffe import prototxt
+    from symnet.formats import prototxt
     top_text = " ".join(f'top: "{t}"' for t in tops)
     lp = prototxt.parse_net(f'layer {{ name: "dummy" type: "DummyData" {top_text} '
                             f'dummy_data_param {{ {param} }} }}').layer[0]

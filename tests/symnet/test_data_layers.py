@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from symnet import data
-from symnet.caffe import prototxt
-from symnet.caffe.proto import caffe_pb2
+from symnet.formats import prototxt
+from symnet.formats.proto import caffe_pb2
 from symnet.data import formats, tools
 from symnet.data.external import header_path, include_dir
 from symnet.data.transform import Transformer

@@ -12,7 +12,7 @@ import pytest
 
 import symnet as sn
 from snhelp import check_cases
-from symnet.caffe import prototxt
+from symnet.formats import prototxt
 from symnet.layers import LayerError, apply
 
 R = np.random.default_rng(41)

@@ -13,7 +13,7 @@ import pytest
 import symnet as sn
 import symnet.caffe as caffe
 from symnet import solver as S
-from symnet.caffe.proto import caffe_pb2
+from symnet.formats.proto import caffe_pb2
 
 N, D, K = 4, 3, 2     # batch, inputs, outputs of the tiny net
 

@@ -1,1 +1,1 @@
-"""Caffe's protobuf schema, written by symnet with Caffe's field names and numbers."""
+"""pycaffe's ``caffe.proto`` package: ``caffe_pb2`` here is ``symnet.formats.proto.caffe_pb2``."""

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import os
 
-from symnet.caffe.proto import caffe_pb2
-from symnet.caffe.prototxt import (PrototxtError, parse_net, parse_solver,
-                                   read_net_binary, write_net_binary, write_text)
+from symnet.formats.proto import caffe_pb2
+from symnet.formats.prototxt import (PrototxtError, parse_net, parse_solver,
+                                     read_net_binary, write_net_binary, write_text)
 
 __all__ = ["UpgradeError", "upgrade_net", "upgrade_solver", "upgrade_file",
            "net_needs_upgrade", "V1_LAYER_TYPES"]

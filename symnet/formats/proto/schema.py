@@ -24,7 +24,7 @@ from __future__ import annotations
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 PACKAGE = "caffe"
-FILE_NAME = "symnet/caffe/proto/caffe.proto"
+FILE_NAME = "symnet/formats/proto/caffe.proto"
 
 _ENGINE = {"Engine": [("DEFAULT", 0), ("CAFFE", 1), ("CUDNN", 2)]}
 _POOL_METHOD = [("MAX", 0), ("AVE", 1), ("STOCHASTIC", 2)]

@@ -1,7 +1,7 @@
 """Reading and writing Caffe's files: prototxt text, .caffemodel and .binaryproto.
 
 Text is parsed by ``google.protobuf.text_format`` against symnet's Caffe schema
-(``symnet.caffe.proto``), so every form Caffe's own reader takes is accepted: ``#``
+(``symnet.formats.proto``), so every form Caffe's own reader takes is accepted: ``#``
 comments, single and double quotes with escapes, adjacent strings concatenated, enums by
 name or number, repeated fields given one value at a time or as ``[a, b]``, the optional
 ``:`` before a message, ``{}`` or ``<>`` around a message, ``,``/``;`` separators, and
@@ -11,8 +11,9 @@ Every failure is a :class:`PrototxtError` naming the file, line and column, what
 found and what was expected; an unknown field names the layer it is in and suggests the
 closest field name. Nothing else escapes from the readers, whatever the input.
 
-``parse_net`` returns the message as written; ``symnet.caffe.upgrade.upgrade_net`` brings
-old dialects (V0/V1 layers, ``input:`` fields) to the current form, as Caffe does on load.
+``parse_net`` returns the message as written; ``symnet.formats.upgrade.upgrade_net``
+brings old dialects (V0/V1 layers, ``input:`` fields) to the current form, as Caffe does
+on load.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ import tempfile
 import numpy as np
 from google.protobuf import text_format
 
-from symnet.caffe.proto import caffe_pb2
-from symnet.caffe.proto import schema as _schema
+from symnet.formats.proto import caffe_pb2
+from symnet.formats.proto import schema as _schema
 from symnet.errors import SymnetError
 
 __all__ = [
@@ -155,7 +156,7 @@ def parse_net(source, *, filename=None):
     """A NetParameter (net prototxt: deploy or train/val) exactly as written.
 
     Old dialects are kept as they are; pass the result to
-    ``symnet.caffe.upgrade.upgrade_net`` to get the current form.
+    ``symnet.formats.upgrade.upgrade_net`` to get the current form.
     """
     return parse_text(source, caffe_pb2.NetParameter, filename=filename)
 
@@ -163,7 +164,7 @@ def parse_net(source, *, filename=None):
 def parse_solver(source, *, filename=None):
     """A SolverParameter (solver prototxt) exactly as written.
 
-    ``symnet.caffe.upgrade.upgrade_solver`` turns ``solver_type: ENUM`` into
+    ``symnet.formats.upgrade.upgrade_solver`` turns ``solver_type: ENUM`` into
     ``type: "Name"`` and upgrades inline nets.
     """
     return parse_text(source, caffe_pb2.SolverParameter, filename=filename)
