@@ -203,3 +203,42 @@ def test_forward_backward_all_matches_per_batch_calls():
         d = one.backward(prob=g[i:i + 1])["data"]
         np.testing.assert_allclose(outs["prob"][i], p[0], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(diffs["data"][i], d[0], rtol=1e-4, atol=1e-7)
+
+
+CLS_NET = """
+name: "cls"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 60 dim: 2 } shape { dim: 60 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.01 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+layer { name: "accuracy" type: "Accuracy" bottom: "ip" bottom: "label" top: "accuracy"
+        include { phase: TEST } }
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_test_net_accuracy_tracks_training(backend):
+    """The pycaffe tutorial loop: solver.step(1), then test_nets[0].forward() measured by
+    hand. Test nets share the train net's weights (Caffe's ShareTrainedLayersWith), so
+    the measured accuracy is the current weights' accuracy, which rises with training."""
+    rng = np.random.default_rng(5)
+    centres = np.array([[2.0, 0.0], [-1.0, 1.7], [-1.0, -1.7]], np.float32)
+    label = np.repeat(np.arange(3), 20).astype(np.float32)
+    data = (centres[label.astype(int)] + 0.5 * rng.standard_normal((60, 2))).astype(np.float32)
+    text = (f"net_param {{ {CLS_NET} }}\nbase_lr: 0.1 momentum: 0.9 lr_policy: \"fixed\" "
+            "max_iter: 100 test_iter: 1 test_interval: 1000 test_initialization: false "
+            "random_seed: 3\n")
+    solver = sn.get_solver(text, backend=backend)
+    test = solver.test_nets[0]
+    seen = []
+    for _ in range(15):
+        solver.net.blobs["data"].data[...] = data
+        solver.net.blobs["label"].data[...] = label
+        solver.step(1)
+        acc = float(test.forward(data=data, label=label)["accuracy"])
+        w, b = (p.data.astype(np.float64) for p in solver.net.params["ip"])
+        want = np.mean(np.argmax(data @ w.T + b, axis=1) == label)
+        assert acc == pytest.approx(want, abs=1e-6)
+        seen.append(acc)
+    assert seen[-1] >= 0.9 and seen[-1] > seen[0] - 1e-9
