@@ -6,14 +6,25 @@ An entry's key hashes the source, the flags, the compiler's version and, for
 ``-march=native``, the CPU. Entries are written to a temporary file and renamed into
 place, with a SHA-256 sidecar checked on every load, so concurrent builds and
 interrupted builds never leave a broken or foreign library that gets loaded.
+
+Code loaded from the cache must be the user's own: every file is created with an
+explicit mode (0600; 0700 for a shared library) whatever the umask, and an entry is
+loaded only when it is a regular file owned by the user that nobody else may write. An
+entry of the user's with the wrong mode, or broken in any way (a directory, truncated,
+a bad checksum), is rebuilt; one owned by somebody else is refused with a CacheError
+that names it and the fix. Work directories and kept sources of failed builds older
+than an hour (a build killed half-way) are swept when a build runs.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import shutil
+import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -26,6 +37,7 @@ class CacheError(RuntimeError):
 
 
 stats = {"hits": 0, "misses": 0}
+STALE_SECONDS = 3600            # leftovers of builds older than this are swept
 
 
 def cache_dir() -> Path:
@@ -67,6 +79,52 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _write_private(path: Path, data: bytes, mode=0o600):
+    """Create ``path`` (which must not exist) with ``mode``, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _safe_entry(path: Path) -> bool:
+    """Whether ``path`` may be loaded: a regular file of the user's that nobody else may
+    write. False when it is missing, or the user's but broken or too open (rebuilt);
+    CacheError when somebody else owns it."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if st.st_uid != os.getuid():
+        raise CacheError(f"cache entry {path} belongs to uid {st.st_uid}, not to you "
+                         f"(uid {os.getuid()}); it is not loaded. Remove it (rm -r {path}) "
+                         "or set SYMNET_CACHE_DIR to a directory of yours")
+    return stat.S_ISREG(st.st_mode) and not st.st_mode & 0o022
+
+
+def _discard(path: Path):
+    """Remove a broken entry of any kind (file, link or directory)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _sweep(root: Path):
+    """Work directories and kept failed sources older than STALE_SECONDS."""
+    limit = time.time() - STALE_SECONDS
+    for p in root.iterdir():
+        name = p.name
+        leftover = (p.is_dir() and not p.is_symlink() and "." in name) or ".failed." in name
+        try:
+            if leftover and os.lstat(p).st_mtime < limit:
+                _discard(p)
+        except OSError:
+            pass
+
+
 def build(source: str, suffix: str, compiler: str, flags: list, libs: list = ()) -> Path:
     """Path of a shared library built from ``source`` (cached)."""
     key_parts = [source, suffix, compiler, " ".join(flags), " ".join(libs),
@@ -77,17 +135,22 @@ def build(source: str, suffix: str, compiler: str, flags: list, libs: list = ())
     root = cache_dir()
     lib = root / f"{key}.so"
     sidecar = root / f"{key}.sha256"
-    if lib.exists() and sidecar.exists():
+    lib_ok, sidecar_ok = _safe_entry(lib), _safe_entry(sidecar)
+    if lib_ok and sidecar_ok:
         try:
             if _digest(lib.read_bytes()) == sidecar.read_text().strip():
                 stats["hits"] += 1
                 return lib
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             pass
+    for path in (lib, sidecar):         # broken, too open or half there: rebuilt; files
+        if path.is_dir() and not path.is_symlink():   # are replaced atomically below
+            _discard(path)
     stats["misses"] += 1
+    _sweep(root)
     work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root))
     src = work / f"module{suffix}"
-    src.write_text(source)
+    _write_private(src, source.encode())
     out = work / "module.so"
     # relative paths keep the temporary directory's name out of the binary
     cmd = [compiler, *flags, src.name, "-o", out.name, *libs]
@@ -95,19 +158,14 @@ def build(source: str, suffix: str, compiler: str, flags: list, libs: list = ())
     if proc.returncode != 0:
         kept = root / f"{key}.failed{suffix}"
         os.replace(src, kept)
-        _rmtree(work)
+        shutil.rmtree(work, ignore_errors=True)
         raise CompileError(f"{compiler} failed on a generated module (source kept at {kept}):\n"
                            f"$ {' '.join(cmd)}\n{proc.stderr.strip()}")
+    os.chmod(out, 0o700)
     data = out.read_bytes()
     tmp_sidecar = work / "sha256"
-    tmp_sidecar.write_text(_digest(data))
+    _write_private(tmp_sidecar, _digest(data).encode())
     os.replace(out, lib)
     os.replace(tmp_sidecar, sidecar)
-    _rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     return lib
-
-
-def _rmtree(path: Path):
-    for p in path.iterdir():
-        p.unlink()
-    path.rmdir()

@@ -249,3 +249,67 @@ def test_compile_error_shows_message_and_kept_source(cache_root):
 def test_missing_compiler_is_a_compile_error(cache_root):
     with pytest.raises(CompileError, match="no-such-cc"):
         cache.build(source(), ".c", "no-such-cc-symnet", FLAGS)
+
+
+# ------------------------------------------------------------------ private entries
+def test_files_are_private_whatever_the_umask(cache_root):
+    old = os.umask(0)
+    try:
+        path = cache.build(source("umask"), ".c", "gcc", FLAGS)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o700
+    assert path.with_suffix(".sha256").stat().st_mode & 0o777 == 0o600
+    assert cache_root.stat().st_mode & 0o077 == 0
+
+
+def test_an_entry_others_may_write_is_rebuilt_not_loaded(cache_root):
+    """A planted module with a matching checksum but group/other write is never loaded:
+    the entry is rebuilt."""
+    path = cache.build(source("open"), ".c", "gcc", FLAGS)
+    evil = "float sn_probe(float x) { return x * 3.0f; }\n"
+    planted = cache.build(evil, ".c", "gcc", FLAGS)
+    os.replace(planted, path)
+    os.replace(planted.with_suffix(".sha256"), path.with_suffix(".sha256"))
+    # with the user's own mode the checksum matches, so the entry would load as it is
+    assert probe_in_subprocess(cache.build(source("open"), ".c", "gcc", FLAGS)) == "9.0"
+    os.chmod(path, 0o777)
+    before = counts()
+    again = cache.build(source("open"), ".c", "gcc", FLAGS)
+    assert cache.stats["misses"] == before["misses"] + 1
+    assert again.stat().st_mode & 0o777 == 0o700
+    assert probe_in_subprocess(again) == "7.0"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to plant a file of another user")
+def test_an_entry_of_another_user_is_refused(cache_root):
+    path = cache.build(source("owner"), ".c", "gcc", FLAGS)
+    os.chown(path, 12345, -1)
+    with pytest.raises(CacheError, match=r"belongs to uid 12345.*rm -r"):
+        cache.build(source("owner"), ".c", "gcc", FLAGS)
+
+
+def test_an_entry_that_became_a_directory_is_rebuilt(cache_root):
+    path = cache.build(source("dir"), ".c", "gcc", FLAGS)
+    path.unlink()
+    path.mkdir()
+    (path / "junk").write_text("x")
+    again = cache.build(source("dir"), ".c", "gcc", FLAGS)
+    assert again.is_file() and probe_in_subprocess(again) == "7.0"
+
+
+def test_stale_work_directories_and_failed_sources_are_swept(cache_root):
+    """A build killed half-way (kill -9) leaves its work directory; failed builds leave
+    their sources. Those older than an hour go when the next build runs."""
+    cache_root.mkdir(mode=0o700)
+    old = time.time() - 2 * cache.STALE_SECONDS
+    stale, fresh = cache_root / "abc.killed", cache_root / "abd.running"
+    for d in (stale, fresh):
+        d.mkdir()
+        (d / "module.c").write_text("int x;")
+    failed = cache_root / "abe.failed.c"
+    failed.write_text("int broken(")
+    for p in (stale, failed):
+        os.utime(p, (old, old))
+    cache.build(source("sweep"), ".c", "gcc", FLAGS)
+    assert not stale.exists() and not failed.exists() and fresh.exists()
