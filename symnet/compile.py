@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .codegen import lower
+from .errors import ShapeError
 from .codegen.report import report_rows, report_table
 from .runtime.executor import Executor
 
@@ -18,6 +19,11 @@ class CompiledFunction:
 
     def run(self, feeds, out=None, timed=False):
         params = [op.get_memory() for op in self.param_ops]
+        for op, mem in zip(self.param_ops, params):
+            if mem.shape != op.shape:       # e.g. a param blob reshaped since the build
+                raise ShapeError(f"param '{op.name}' now has shape {mem.shape}; the "
+                                 f"function was compiled for {op.shape} (rebuild it, or "
+                                 "net.reshape())")
         return self.executor.run(feeds, params, out, timed)
 
     def report(self, device=None):

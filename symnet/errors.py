@@ -9,6 +9,10 @@ class SymnetError(Exception):
     """Base class of all symnet errors."""
 
 
+class StateError(SymnetError, RuntimeError):
+    """An object used in a state that does not allow it (a closed net)."""
+
+
 class ShapeError(SymnetError, ValueError):
     """An op received arguments whose shapes do not fit together."""
 

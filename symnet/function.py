@@ -110,7 +110,13 @@ class Function:
         if len(out) != len(self.outputs):
             raise GraphError(f"function '{self.name}': out= has {len(out)} arrays for "
                              f"{len(self.outputs)} outputs")
-        for o, a in zip(self.outputs, out):
+        for j, (o, a) in enumerate(zip(self.outputs, out)):
+            for k in range(j):
+                other = out[k]
+                if other is a or (isinstance(a, np.ndarray) and isinstance(other, np.ndarray)
+                                  and np.shares_memory(a, other)):
+                    raise ShapeError(f"function '{self.name}': out arrays {k} and {j} "
+                                     "share memory; each output needs its own")
             if isinstance(a, SyncedMemory):
                 if a.shape != o.shape:
                     raise ShapeError(f"function '{self.name}': out memory for {o.label()} "
@@ -120,6 +126,9 @@ class Function:
                     and a.flags.c_contiguous):
                 raise ShapeError(f"function '{self.name}': out array for {o.label()} must be "
                                  f"C-contiguous float32 of shape {o.shape}")
+            if not a.flags.writeable:
+                raise ShapeError(f"function '{self.name}': out array for {o.label()} is "
+                                 "read-only")
         return out
 
     # inspection (codegen backends fill these)

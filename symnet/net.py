@@ -21,6 +21,7 @@ from . import functions as F
 from . import ops
 from .autodiff import vjp
 from .function import Function, default_backend
+from .errors import StateError
 from .graph import Graph, graph_scope
 from . import data as data_sources
 from . import pylayer
@@ -199,7 +200,7 @@ class Net:
         self._shared = {}            # param share name -> (Tensor, Blob)
         self._fns = {}
         self.force_backward = bool(p.force_backward)
-        self.close()
+        self._stop_feeders()
         self._feeders = []
         old_blobs, self.blobs = self.blobs, collections.OrderedDict()
         self._old_blobs = old_blobs
@@ -402,10 +403,20 @@ class Net:
         raise TypeError("set_input_arrays: the net has no MemoryData layer")
 
     def close(self):
-        """Stop the data layers' prefetch threads (also done when the Net is released)."""
+        """Stop the data layers' prefetch threads (also done when the Net is released);
+        a closed net refuses to run."""
+        self._stop_feeders()
+        self._closed = True
+
+    def _stop_feeders(self):
         for _, feeder in getattr(self, "_feeders", []):
             feeder.close()
         self._feeders = []
+
+    def _check_open(self, what):
+        if getattr(self, "_closed", False):
+            raise StateError(f"net '{self.name}': {what}() after close(); the net's data "
+                             "layers are stopped (build a new Net)")
 
     def __del__(self):
         try:
@@ -597,6 +608,7 @@ class Net:
         """Run layers start..end (names, inclusive); keyword arrays set input blobs.
         Returns {blob: data} for the outputs, or the tops of ``end`` when it is given (and
         the blobs named in ``blobs``)."""
+        self._check_open("forward")
         self._set_inputs(kwargs)
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self._layers) - 1)
@@ -664,6 +676,7 @@ class Net:
         """Caffe's ForwardBackward as one compiled plan: forward() then backward() in
         effect, the loss's and outputs' diffs as set before the call. Returns the
         forward's {blob: data}."""
+        self._check_open("forward_backward")
         if not self._backward_parts()[0]:
             return self.forward(blobs, **kwargs)
         self._set_inputs(kwargs)
@@ -733,6 +746,7 @@ class Net:
         layers from start down to end, from the diffs their tops hold. Before any forward
         it runs on the zeros the blobs hold, as in Caffe. Returns {blob: diff} for the
         net's inputs, or the bottoms of ``end`` (and the blobs named in ``diffs``)."""
+        self._check_open("backward")
         for name, array in kwargs.items():
             if name not in self.outputs:
                 raise KeyError(f"backward: '{name}' is not an output blob {self.outputs}")

@@ -7,6 +7,7 @@ import pytest
 import sympy as sp
 
 import symnet as sn
+from symnet.errors import ShapeError, StateError
 
 
 @pytest.fixture(autouse=True)
@@ -208,3 +209,62 @@ def test_gradcheck_argument_errors():
         sn.gradcheck(lambda t: t * sn.param("w", (3,)), [np.ones(3)], params=["W"])
     with pytest.raises(sn.GraphError, match="fn must return a Tensor"):
         sn.gradcheck(lambda t: 3.0, [np.ones(3)])
+
+
+# ------------------------------------------------------------------ strict calls
+def _fn(backend="cpu"):
+    with sn.graph_scope():
+        x = sn.input("x", (3, 4))
+        return sn.function([x], [x * 2.0, x + 1.0], backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda-emu"])
+def test_out_arrays_that_share_memory_are_refused(backend):
+    """The same array for two outputs would keep only one of them."""
+    fn = _fn(backend)
+    x = np.ones((3, 4), np.float32)
+    a = np.empty((3, 4), np.float32)
+    with pytest.raises(ShapeError, match="out arrays 0 and 1 share memory"):
+        fn(x, out=[a, a])
+    big = np.empty((2, 3, 4), np.float32)
+    with pytest.raises(ShapeError, match="share memory"):
+        fn(x, out=[big[0], big[0].reshape(3, 4)])
+    fn(x, out=[big[0], big[1]])                       # disjoint views are fine
+    np.testing.assert_array_equal(big, [x * 2, x + 1])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda-emu"])
+def test_read_only_out_array_is_refused(backend, tmp_path):
+    fn = _fn(backend)
+    path = tmp_path / "ro.bin"
+    np.zeros((3, 4), np.float32).tofile(path)
+    ro = np.memmap(path, dtype=np.float32, mode="r", shape=(3, 4))
+    with pytest.raises(ShapeError, match="read-only"):
+        fn(np.ones((3, 4), np.float32), out=[ro, np.empty((3, 4), np.float32)])
+
+
+def test_param_blob_reshaped_smaller_is_refused_not_read_past():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 5 } }
+    """
+    net = sn.Net(text, sn.TEST, backend="cpu")
+    net.forward()
+    net.params["ip"][0].reshape(1, 1)
+    with pytest.raises(ShapeError, match=r"param 'ip_0' now has shape \(1, 1\)"):
+        net.forward()
+
+
+def test_a_closed_net_refuses_to_run():
+    text = """
+    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+            inner_product_param { num_output: 5 } }
+    """
+    net = sn.Net(text, sn.TEST, backend="cpu")
+    net.forward()
+    net.close()
+    for call in (net.forward, net.backward, net.forward_backward):
+        with pytest.raises(StateError, match="after close"):
+            call()
