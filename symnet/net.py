@@ -248,6 +248,7 @@ class Net:
             # a symbolic layer named from prototxt: compiled, not called
             spec = registry.get(obj.layer_type)
             extra = pylayer.parse_param_str(lp.python_param.param_str, self._where(lp))
+            registry.check_options(spec, extra, self._where(lp))
         else:
             spec = registry.get(lp.type)
             extra = {}

@@ -120,6 +120,9 @@ def parse_param_str(text, where):
         if ":" not in part:
             raise LayerError(f"{where}: param_str entry '{part.strip()}' is not key: value")
         key, value = (s.strip() for s in part.split(":", 1))
+        if value in ("True", "False"):          # Python's spelling of JSON's booleans
+            out[key] = value == "True"
+            continue
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:

@@ -158,6 +158,25 @@ def state_update(param, value):
     context().updates.append((param, value))
 
 
+def check_options(spec: LayerSpec, options: dict, where: str):
+    """Options given by name (a symbolic layer's param_str) must be ones the layer takes,
+    and an option whose default is a boolean takes only true or false."""
+    sig = inspect.signature(spec.fn)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    named = [n for n, p in sig.parameters.items()
+             if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and
+             p.default is not p.empty]
+    for key, value in options.items():
+        if key not in named:
+            raise LayerError(f"{where}: param_str sets '{key}', which layer type "
+                             f"'{spec.type}' does not take; it takes "
+                             f"{', '.join(named) or 'no options'}")
+        if isinstance(sig.parameters[key].default, bool) and not isinstance(value, bool):
+            raise LayerError(f"{where}: param_str option '{key}' is {value!r}; expected "
+                             "true or false")
+
+
 def call(spec: LayerSpec, ctx: LayerContext, bottoms, kwargs):
     """Build a layer: call its function with the kwargs it accepts."""
     sig = inspect.signature(spec.fn)

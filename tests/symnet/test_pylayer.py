@@ -217,3 +217,21 @@ def test_net_layers_gives_the_python_layers_own_instance():
     assert net.layer_dict["ss"] is layer
     np.testing.assert_allclose(layer.blobs[0].data, 2.0)
     assert layer.blobs[0] is net.params["ss"][0]
+
+
+def test_param_str_options_are_checked():
+    """param_str of a symbolic layer: a key the layer does not take is an error listing
+    the ones it takes; a boolean option takes only true or false (JSON's or Python's
+    spelling), never any string."""
+    def build(param_str):
+        text = net_text(python_layer("neg", ["data"], "neg", "symlayers", "maybe_negate",
+                                     param_str=param_str))
+        return sn.Net(text, sn.TEST, backend="numpy", layer_modules=["symlayers"])
+    with pytest.raises(LayerError, match=r"sets 'negat', which .* takes negate"):
+        build("negat: true")
+    with pytest.raises(LayerError, match=r"'negate' is 'yes'; expected true or false"):
+        build("negate: yes")
+    x = arrays()[0]
+    for spelling in ("negate: true", "negate: True", '{"negate": true}'):
+        np.testing.assert_array_equal(build(spelling).forward(data=x)["neg"], -x)
+    np.testing.assert_array_equal(build("negate: False").forward(data=x)["neg"], x)

@@ -15,3 +15,9 @@ def affine(x, init=0.5):
     w = sn.layer_param((c,), {"type": "constant", "value": init})
     b = sn.layer_param((c,), {"type": "constant", "value": 0.1})
     return x * w.reshape(1, c, 1, 1) + b.reshape(1, c, 1, 1)
+
+
+@sn.layer("TestMaybeNegate")
+def maybe_negate(x, negate=False):
+    """y = -x when negate, else x"""
+    return -x if negate else x * 1.0
