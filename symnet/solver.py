@@ -841,6 +841,9 @@ class Solver:
             state.ParseFromString(data)
         except Exception as e:
             raise SolverError(f"{state_file}: not a valid SolverState ({e})") from None
+        if state.iter < 0 or state.current_step < 0:   # checked before anything changes
+            raise SolverError(f"{state_file}: iter {state.iter} and current_step "
+                              f"{state.current_step}; both must be >= 0")
         self._sync_layout()
         if len(state.history) != len(self.history):
             raise SolverError(f"{state_file}: holds {len(state.history)} history blobs, the "

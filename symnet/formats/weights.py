@@ -3,7 +3,10 @@
 Blobs are matched to layers by name, as Caffe's CopyTrainedLayersFrom does: layers of
 the file missing from the net are ignored, layers of the net missing from the file
 keep their fillers, and a blob whose shape differs is an error naming the layer and
-both shapes. Legacy 4-D blobs match a shape that pads to the same four dims.
+both shapes. Legacy 4-D blobs match a shape that pads to the same four dims. Loading is
+all or nothing: every blob is checked before any is written, and a file that holds no
+weights for any layer of the net (an empty file, another net's weights) is an error
+listing what the net needs.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ def copy_trained_layers(net, path):
     source = prototxt.read_net_binary(path)
     source, _ = upgrade.upgrade_net(source)
     targets = dict(zip(net._layer_names, net._layers))
+    loads = []
     for lp in source.layer:
         target = targets.get(lp.name)
         if target is None or not len(lp.blobs):
@@ -52,7 +56,16 @@ def copy_trained_layers(net, path):
                 raise WeightsError(f"{path}: layer '{lp.name}' ({target.type}) blob {j}: "
                                    f"the file has shape {list(array.shape)}, the net "
                                    f"expects {list(blob.shape)}")
-            blob.data[...] = array.reshape(blob.shape)
+            loads.append((blob, array))
+    if not loads and any(layer.blobs for layer in net._layers):
+        needed = [n for n, l in zip(net._layer_names, net._layers) if l.blobs]
+        held = [lp.name for lp in source.layer if len(lp.blobs)]
+        raise WeightsError(f"{path}: holds no weights for this net "
+                           f"({os.path.getsize(path)} bytes; layers with weights in the "
+                           f"file: {', '.join(held) or 'none'}); the net's layers with "
+                           f"weights: {', '.join(needed)}")
+    for blob, array in loads:          # all checked: now written
+        blob.data[...] = array.reshape(blob.shape)
 
 
 def net_to_proto(net, with_blobs=True):

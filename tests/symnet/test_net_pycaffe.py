@@ -242,3 +242,31 @@ def test_test_net_accuracy_tracks_training(backend):
         assert acc == pytest.approx(want, abs=1e-6)
         seen.append(acc)
     assert seen[-1] >= 0.9 and seen[-1] > seen[0] - 1e-9
+
+
+def test_weights_load_all_or_nothing(tmp_path):
+    """An empty caffemodel, or one whose second layer does not fit, changes nothing."""
+    from symnet.formats.weights import WeightsError
+    net = deploy(1)
+    before = {n: [b.data.copy() for b in blobs] for n, blobs in net.params.items()}
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"holds no weights for this net.*0 bytes.*conv1"):
+        net.copy_from(str(empty))
+    other = deploy(1)
+    other.params["conv1"][0].data[...] = 7.0
+    path = tmp_path / "bad.caffemodel"
+    other.save(str(path))
+    from symnet.formats.proto import caffe_pb2
+    msg = caffe_pb2.NetParameter()
+    msg.ParseFromString(path.read_bytes())
+    ip1 = [lp for lp in msg.layer if lp.name == "ip1"][0]
+    ip1.blobs[0].shape.dim[0] = 3                  # no longer fits
+    del ip1.blobs[0].data[:]
+    ip1.blobs[0].data.extend([0.0] * (3 * 800))
+    path.write_bytes(msg.SerializeToString())
+    with pytest.raises(WeightsError, match="ip1"):
+        net.copy_from(str(path))
+    for n, blobs in net.params.items():
+        for b, a in zip(blobs, before[n]):
+            np.testing.assert_array_equal(b.data, a)

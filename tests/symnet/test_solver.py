@@ -564,3 +564,19 @@ def test_data_layer_state_resume(tmp_path):
     resumed = sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu")
     resumed.restore(state)
     assert part1 + trajectory(resumed, 4) == full
+
+
+def test_restore_refuses_a_negative_iteration_and_changes_nothing(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(2)
+    _, state_path = solver.snapshot()
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(open(state_path, "rb").read())
+    state.iter = -5
+    bad = tmp_path / "bad.solverstate"
+    bad.write_bytes(state.SerializeToString())
+    weights = solver.net.params["ip"][0].data.copy()
+    with pytest.raises(S.SolverError, match="iter -5"):
+        solver.restore(str(bad))
+    assert solver.iter == 2
+    np.testing.assert_array_equal(solver.net.params["ip"][0].data, weights)
