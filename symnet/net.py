@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import importlib
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -78,6 +79,30 @@ def _h5py(what):
     except ImportError:
         raise ImportError(f"{what} needs h5py: pip install 'symnet[data]'") from None
     return h5py
+
+
+def memory_limit() -> int:
+    """The most bytes one blob may take: ``$SYMNET_MAX_BLOB_BYTES``, else the machine's
+    physical memory."""
+    env = os.environ.get("SYMNET_MAX_BLOB_BYTES", "").strip()
+    if env:
+        return int(env)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_size(where, what, shape):
+    """A blob larger than memory_limit() is a LayerError naming the layer, the shape and
+    the bytes, before anything is allocated."""
+    need = 4 * math.prod(int(d) for d in shape)
+    limit = memory_limit()
+    if need > limit:
+        raise registry.LayerError(
+            f"{where}: {what} of shape {tuple(shape)} needs {need:,} bytes, "
+            f"more than the limit of {limit:,} (the machine's memory, or "
+            "SYMNET_MAX_BLOB_BYTES)")
 
 
 def state_meets_rule(rule, phase, level, stages) -> bool:
@@ -294,6 +319,7 @@ class Net:
     def _build_input(self, lp):
         layer = Layer(lp.name, lp.type, [], list(lp.top), source=lp)
         for name, shape in zip(lp.top, self._input_layer_shapes(lp)):
+            _check_size(self._where(lp), f"top '{name}'", shape)
             self._add_version(layer, name, F.input(name, shape))
             self.inputs.append(name)
             self._built_shapes[name] = tuple(shape)
@@ -456,6 +482,7 @@ class Net:
         key = (len(self._layers), ctx.name, index)
         blob = self._param_blobs.get(key)
         if blob is None or blob.shape != shape:
+            _check_size(ctx.where or f"layer '{ctx.name}'", f"param blob {index}", shape)
             blob = Blob(shape, f"{ctx.name}[{index}]")
             blob.data[...] = fillers.get(filler)(shape, fillers.rng())
             self._param_blobs[key] = blob

@@ -42,6 +42,8 @@ def _conv_layer(x, what, transpose, num_output, bias_term, geometry, group, weig
         raise ValueError(f"axis {axis}: only channel axis 1 of NCHW blobs is supported")
     _check_nchw(x, what)
     k, s, p, d = _conv_geometry(*geometry)
+    if group < 1:
+        raise ValueError(f"convolution_param.group {group}: must be >= 1")
     c = x.shape[1]
     if c % group or num_output % group:
         raise ShapeError(f"channels {c} and num_output {num_output} must be divisible by "

@@ -268,3 +268,29 @@ def test_a_closed_net_refuses_to_run():
     for call in (net.forward, net.backward, net.forward_backward):
         with pytest.raises(StateError, match="after close"):
             call()
+
+
+BASE_NET = ('layer { name: "data" type: "Input" top: "data" '
+            'input_param { shape { dim: 1 dim: 4 dim: 8 dim: 8 } } }\n')
+
+
+@pytest.mark.parametrize("params, match", [
+    ("num_output: 4 kernel_size: 3 group: 0",
+     r"layer 'c' \(Convolution\).*group 0: must be >= 1"),
+    ("num_output: 2147483647 kernel_size: 3",
+     r"layer 'c' \(Convolution\).*param blob 0 of shape \(2147483647, 4, 3, 3\) needs "
+     + f"{4 * 2147483647 * 4 * 3 * 3:,} bytes"),
+])
+def test_bad_convolution_parameters_name_the_layer(params, match):
+    text = BASE_NET + ('layer { name: "c" type: "Convolution" bottom: "data" top: "c" '
+                       'convolution_param { %s } }' % params)
+    with pytest.raises(sn.layers.LayerError, match=match):
+        sn.Net(text, sn.TEST, backend="numpy")
+
+
+def test_a_huge_input_names_the_layer_and_the_bytes():
+    text = ('layer { name: "in" type: "Input" top: "x" '
+            'input_param { shape { dim: 1000000000 dim: 1000 } } }')
+    with pytest.raises(sn.layers.LayerError,
+                       match=r"layer 'in' \(Input\).*top 'x'.*4,000,000,000,000 bytes"):
+        sn.Net(text, sn.TEST, backend="numpy")
