@@ -330,9 +330,7 @@ class Solver:
         self.mean_scores = [[] for _ in self.test_nets]
         for w in ([weights] if weights else []) + list(p.weights):
             self.copy_weights(w)
-        self._build_layout()
-        for net in self.test_nets:
-            self.share_weights(net)
+        self._build_layout()            # which also shares the weights with the test nets
 
     # ------------------------------------------------------------------ setup
     def _check_param(self):

@@ -243,13 +243,15 @@ def test_read_only_out_array_is_refused(backend, tmp_path):
         fn(np.ones((3, 4), np.float32), out=[ro, np.empty((3, 4), np.float32)])
 
 
+IP_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 5 } }
+"""
+
+
 def test_param_blob_reshaped_smaller_is_refused_not_read_past():
-    text = """
-    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
-    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-            inner_product_param { num_output: 5 } }
-    """
-    net = sn.Net(text, sn.TEST, backend="cpu")
+    net = sn.Net(IP_NET, sn.TEST, backend="cpu")
     net.forward()
     net.params["ip"][0].reshape(1, 1)
     with pytest.raises(ShapeError, match=r"param 'ip_0' now has shape \(1, 1\)"):
@@ -257,12 +259,7 @@ def test_param_blob_reshaped_smaller_is_refused_not_read_past():
 
 
 def test_a_closed_net_refuses_to_run():
-    text = """
-    layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 6 } } }
-    layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
-            inner_product_param { num_output: 5 } }
-    """
-    net = sn.Net(text, sn.TEST, backend="cpu")
+    net = sn.Net(IP_NET, sn.TEST, backend="cpu")
     net.forward()
     net.close()
     for call in (net.forward, net.backward, net.forward_backward):
