@@ -27,12 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from .errors import SymnetError
 
-class CompileError(RuntimeError):
+
+class CompileError(SymnetError, RuntimeError):
     """The compiler rejected a generated module; the message holds its output."""
 
 
-class CacheError(RuntimeError):
+class CacheError(SymnetError, RuntimeError):
     """The cache directory is unsafe to load code from."""
 
 
@@ -42,8 +44,14 @@ STALE_SECONDS = 3600            # leftovers of builds older than this are swept
 
 def cache_dir() -> Path:
     path = Path(os.environ.get("SYMNET_CACHE_DIR") or Path.home() / ".cache" / "symnet")
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    st = path.stat()
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = path.stat()
+    except OSError as e:
+        why = "it exists and is not a directory" if isinstance(e, FileExistsError) \
+            else e.strerror or str(e)
+        raise CacheError(f"cannot create the cache directory {path}: {why}; set "
+                         "SYMNET_CACHE_DIR to a directory you can write") from e
     if st.st_uid != os.getuid():
         raise CacheError(f"cache directory {path} belongs to uid {st.st_uid}, not to you "
                          f"(uid {os.getuid()}); set SYMNET_CACHE_DIR to a directory of yours")
@@ -147,8 +155,23 @@ def build(source: str, suffix: str, compiler: str, flags: list, libs: list = ())
         if path.is_dir() and not path.is_symlink():   # are replaced atomically below
             _discard(path)
     stats["misses"] += 1
-    _sweep(root)
-    work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root))
+    try:
+        _sweep(root)
+        work = Path(tempfile.mkdtemp(prefix=f"{key}.", dir=root))
+    except OSError as e:
+        raise CacheError(f"cannot write to the cache directory {root}: {e.strerror or e}; "
+                         f"make it writable (chmod u+w {root}) or set SYMNET_CACHE_DIR to "
+                         "a directory you can write") from e
+    try:
+        _compile(work, root / key, source, suffix, compiler, flags, libs)
+        return lib
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _compile(work, stem, source, suffix, compiler, flags, libs):
+    """Build in the work directory ``work``, then move the library and its checksum
+    into place as ``<stem>.so`` and ``<stem>.sha256``."""
     src = work / f"module{suffix}"
     _write_private(src, source.encode())
     out = work / "module.so"
@@ -156,16 +179,13 @@ def build(source: str, suffix: str, compiler: str, flags: list, libs: list = ())
     cmd = [compiler, *flags, src.name, "-o", out.name, *libs]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
     if proc.returncode != 0:
-        kept = root / f"{key}.failed{suffix}"
+        kept = stem.with_name(f"{stem.name}.failed{suffix}")
         os.replace(src, kept)
-        shutil.rmtree(work, ignore_errors=True)
         raise CompileError(f"{compiler} failed on a generated module (source kept at {kept}):\n"
                            f"$ {' '.join(cmd)}\n{proc.stderr.strip()}")
     os.chmod(out, 0o700)
     data = out.read_bytes()
     tmp_sidecar = work / "sha256"
     _write_private(tmp_sidecar, _digest(data).encode())
-    os.replace(out, lib)
-    os.replace(tmp_sidecar, sidecar)
-    shutil.rmtree(work, ignore_errors=True)
-    return lib
+    os.replace(out, stem.with_name(f"{stem.name}.so"))
+    os.replace(tmp_sidecar, stem.with_name(f"{stem.name}.sha256"))

@@ -15,6 +15,12 @@ executor keeps. Every copy between host and device is counted
 
 Each step's launch arguments are packed once and reused until a buffer's address
 changes (a blob re-allocated by a reshape).
+
+Every argument and destination is checked before any step runs: the count of each
+kind, the number of values of each buffer, and for a NumPy destination its dtype,
+layout and writability; for a SyncedMemory the host array it wraps. A mismatch is a
+ShapeError naming the buffer, so no argument can make a kernel read or write outside
+the memory it was given.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import time
 
 import numpy as np
 
+from .errors import ShapeError
 from .memory import SyncedMemory
 
 
@@ -122,6 +129,7 @@ class Executor:
         """inputs / params: arrays or SyncedMemory in the Plan's order; ``out`` the
         destinations of the outputs (arrays or SyncedMemory). Returns the outputs."""
         plan = self.plan
+        self._check_args(inputs, params, out)
         keep = []
         ptrs = [0] * len(plan.buffers)
         for bid, mem in self._owned.items():
@@ -153,6 +161,49 @@ class Executor:
             self.timed_calls += 1
         self._collect(dests, ptrs)
         return dests
+
+    def _check_args(self, inputs, params, out):
+        """Counts and sizes of every argument, before any step runs."""
+        plan = self.plan
+        for what, given, want in (("inputs", inputs, len(plan.inputs)),
+                                  ("params", params, len(plan.params)),
+                                  ("outputs", out, len(plan.outputs))):
+            if given is not None and len(given) != want:
+                raise ShapeError(f"compiled function: {len(given)} {what} given, "
+                                 f"expected {want}")
+        for bid, value in zip(plan.inputs, inputs):
+            self._check_value(bid, value, "input", writes=False)
+        for (_, bid), value in zip(plan.params, params):
+            self._check_value(bid, value, "param", writes=False)
+        if out is not None:
+            for (bid, _), value in zip(plan.outputs, out):
+                self._check_value(bid, value, "output", writes=True)
+
+    def _check_value(self, bid, value, role, writes):
+        buf = self.plan.buffers[bid]
+        name = f"{role} '{buf.name or bid}'"
+        if isinstance(value, SyncedMemory):
+            arr = value.host_array
+        elif writes:
+            arr = value
+            if not isinstance(arr, np.ndarray):
+                raise ShapeError(f"{name}: the destination is a {type(arr).__name__}, "
+                                 "expected a NumPy array or a SyncedMemory")
+        else:
+            size = np.size(value)
+            if size != buf.size:
+                raise ShapeError(f"{name}: {size} values given, expected {buf.size}")
+            return                      # converted to contiguous float32 when bound
+        if arr.size != buf.size:
+            raise ShapeError(f"{name}: {arr.size} values given, expected {buf.size}")
+        if isinstance(value, SyncedMemory) and not writes:
+            return                      # SyncedMemory checks its host array when wrapped
+        if arr.dtype != np.float32 or not arr.flags.c_contiguous:
+            raise ShapeError(f"{name}: the destination is {arr.dtype}"
+                             f"{'' if arr.flags.c_contiguous else ', not contiguous'}; "
+                             "expected C-contiguous float32")
+        if not arr.flags.writeable:
+            raise ShapeError(f"{name}: the destination is read-only")
 
     def _prepare(self, step, ptrs):
         """A callable issuing the step (None for host steps)."""

@@ -26,6 +26,8 @@ import weakref
 
 import numpy as np
 
+from .errors import ShapeError, SymnetError
+
 HOST, DEVICE, SYNCED = "host", "device", "synced"
 
 _COUNT_KEYS = ("h2d_bytes", "d2h_bytes", "h2d_calls", "d2h_calls")
@@ -54,7 +56,7 @@ def count_transfer(direction, nbytes):
         _counts[direction + "_calls"] += 1
 
 
-class DeviceError(RuntimeError):
+class DeviceError(SymnetError, RuntimeError):
     """A device address or copy that the device does not allow."""
 
 
@@ -180,6 +182,14 @@ class SyncedMemory:
 
     @classmethod
     def wrap(cls, array):
+        """Host memory around ``array`` itself (C-contiguous float32; kernels may write
+        it, so a read-only array is refused when written)."""
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or \
+                not array.flags.c_contiguous:
+            found = (f"{array.dtype}{'' if array.flags.c_contiguous else ' not contiguous'}"
+                     if isinstance(array, np.ndarray) else type(array).__name__)
+            raise ShapeError(f"SyncedMemory.wrap: found {found}, expected a C-contiguous "
+                             "float32 array")
         return cls(array.shape, host=array)
 
     def view(self, offset, shape):
@@ -200,6 +210,11 @@ class SyncedMemory:
     @property
     def size(self):
         return int(self._host.size)
+
+    @property
+    def host_array(self) -> np.ndarray:
+        """The host array as it is, without bringing it up to date (for inspection)."""
+        return self._host
 
     @property
     def nbytes(self):

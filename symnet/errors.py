@@ -3,18 +3,11 @@
 Every error says what was found and what was expected, and names the op, layer,
 file and line where there is one.
 """
-
-
-class SymnetError(Exception):
-    """Base class of all symnet errors."""
+from .runtime.errors import ShapeError, SymnetError
 
 
 class StateError(SymnetError, RuntimeError):
     """An object used in a state that does not allow it (a closed net)."""
-
-
-class ShapeError(SymnetError, ValueError):
-    """An op received arguments whose shapes do not fit together."""
 
 
 class GraphError(SymnetError, ValueError):

@@ -313,3 +313,33 @@ def test_stale_work_directories_and_failed_sources_are_swept(cache_root):
         os.utime(p, (old, old))
     cache.build(source("sweep"), ".c", "gcc", FLAGS)
     assert not stale.exists() and not failed.exists() and fresh.exists()
+
+
+@pytest.mark.skipif(os.getuid() == 0, reason="root writes into a read-only directory")
+def test_read_only_directory_is_a_cache_error_that_says_the_fix(cache_root):
+    """Entries already built still load from a directory the user made read-only; a
+    build that needs to write says which directory and how to fix it."""
+    built = cache.build(source("ro"), ".c", "gcc", FLAGS)
+    cache_root.chmod(0o500)
+    try:
+        assert cache.build(source("ro"), ".c", "gcc", FLAGS) == built
+        with pytest.raises(CacheError, match=rf"cannot write to the cache directory "
+                                             rf"{cache_root}.*chmod u\+w"):
+            cache.build(source("ro-new"), ".c", "gcc", FLAGS)
+    finally:
+        cache_root.chmod(0o700)
+
+
+def test_cache_path_that_cannot_be_a_directory_is_a_cache_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker / "cache"))
+    with pytest.raises(CacheError, match=rf"cannot create the cache directory {blocker}"):
+        cache.build(source(), ".c", "gcc", FLAGS)
+    monkeypatch.setenv("SYMNET_CACHE_DIR", str(blocker))
+    with pytest.raises(CacheError, match="exists and is not a directory"):
+        cache.cache_dir()
+
+
+def test_cache_errors_are_symnet_errors():
+    assert issubclass(CacheError, sn.SymnetError) and issubclass(CompileError, sn.SymnetError)

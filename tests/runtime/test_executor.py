@@ -140,6 +140,54 @@ def test_out_validation(backend):
         fn(np.ones((3, 2), np.float32))
 
 
+def test_immutable_buffers_are_never_written(compiled_backend):
+    """An array over immutable bytes, or a read-only memmap, is refused as a destination
+    (kernels write through raw addresses, which ignore NumPy's flag), and wrapping one in
+    a SyncedMemory that a kernel would write is refused too; the bytes stay as they were."""
+    with sn.graph_scope():
+        x = sn.input("x", (2, 3))
+        fn = sn.function([x], [x * 2], backend=compiled_backend)
+    a = np.ones((2, 3), np.float32)
+    frozen = bytes(24)
+    dst = np.frombuffer(frozen, np.float32).reshape(2, 3)
+    with pytest.raises(sn.ShapeError, match="read-only"):
+        fn(a, out=[dst])
+    with pytest.raises(sn.ShapeError, match="read-only"):
+        fn(a, out=[sn.runtime.SyncedMemory.wrap(dst)])
+    assert frozen == bytes(24)
+    for bad in (np.ones((2, 3)), np.ones((3, 2), np.float32).T):
+        with pytest.raises(sn.ShapeError, match="C-contiguous float32"):
+            sn.runtime.SyncedMemory.wrap(bad)
+
+
+def test_executor_checks_every_argument_before_any_step(compiled_backend):
+    """The executor is the last line before raw addresses: counts and sizes of inputs,
+    params and destinations are checked (a short list would leave a null pointer, a
+    short array a read past its end), and nothing is written when one is wrong."""
+    with sn.graph_scope():
+        x = sn.input("x", (2, 3))
+        w = sn.param("w", (3,), value=np.arange(3, dtype=np.float32))
+        fn = sn.function([x], [x * w], backend=compiled_backend)
+    ex = fn._impl.executor
+    a = np.ones((2, 3), np.float32)
+    w_mem = sn.runtime.SyncedMemory.wrap(np.arange(3, dtype=np.float32))
+    np.testing.assert_array_equal(ex.run([a], [w_mem])[0], a * np.arange(3))
+    with pytest.raises(sn.ShapeError, match=r"0 params given, expected 1"):
+        ex.run([a], [])
+    with pytest.raises(sn.ShapeError, match=r"0 inputs given, expected 1"):
+        ex.run([], [w_mem])
+    with pytest.raises(sn.ShapeError, match=r"input '.*': 4 values given, expected 6"):
+        ex.run([np.ones(4, np.float32)], [w_mem])
+    with pytest.raises(sn.ShapeError, match=r"param 'w': 2 values given, expected 3"):
+        ex.run([a], [sn.runtime.SyncedMemory.wrap(np.ones(2, np.float32))])
+    keep = np.full((2, 3), 7, np.float32)
+    with pytest.raises(sn.ShapeError, match=r"output '.*': 5 values given, expected 6"):
+        ex.run([a], [w_mem], out=[sn.runtime.SyncedMemory.wrap(np.ones(5, np.float32))])
+    with pytest.raises(sn.ShapeError, match="input"):
+        ex.run([np.ones(4, np.float32)], [w_mem], out=[keep])
+    np.testing.assert_array_equal(keep, 7)
+
+
 def test_steady_state_call_allocates_nothing(compiled_backend):
     """With out=, a call allocates no arrays (tracemalloc sees NumPy's allocations)."""
     with sn.graph_scope():
