@@ -196,13 +196,11 @@ class Executor:
             return                      # converted to contiguous float32 when bound
         if arr.size != buf.size:
             raise ShapeError(f"{name}: {arr.size} values given, expected {buf.size}")
-        if isinstance(value, SyncedMemory) and not writes:
-            return                      # SyncedMemory checks its host array when wrapped
         if arr.dtype != np.float32 or not arr.flags.c_contiguous:
-            raise ShapeError(f"{name}: the destination is {arr.dtype}"
+            raise ShapeError(f"{name}: the memory is {arr.dtype}"
                              f"{'' if arr.flags.c_contiguous else ', not contiguous'}; "
                              "expected C-contiguous float32")
-        if not arr.flags.writeable:
+        if writes and not arr.flags.writeable:
             raise ShapeError(f"{name}: the destination is read-only")
 
     def _prepare(self, step, ptrs):

@@ -182,14 +182,11 @@ class SyncedMemory:
 
     @classmethod
     def wrap(cls, array):
-        """Host memory around ``array`` itself (C-contiguous float32; kernels may write
-        it, so a read-only array is refused when written)."""
-        if not isinstance(array, np.ndarray) or array.dtype != np.float32 or \
-                not array.flags.c_contiguous:
-            found = (f"{array.dtype}{'' if array.flags.c_contiguous else ' not contiguous'}"
-                     if isinstance(array, np.ndarray) else type(array).__name__)
-            raise ShapeError(f"SyncedMemory.wrap: found {found}, expected a C-contiguous "
-                             "float32 array")
+        """Host memory around ``array`` itself, a float32 array (the executor hands it to
+        kernels only when it is C-contiguous, and writes it only when writable)."""
+        if not isinstance(array, np.ndarray) or array.dtype != np.float32:
+            found = array.dtype if isinstance(array, np.ndarray) else type(array).__name__
+            raise ShapeError(f"SyncedMemory.wrap: found {found}, expected a float32 array")
         return cls(array.shape, host=array)
 
     def view(self, offset, shape):
