@@ -13,8 +13,8 @@ import numpy as np
 
 from . import register
 from .base import DataError, Source, has_any_field, message_dict, resolve_path, search_bases
-from .formats import (DATA_EXTRA_HINT, acquire_lmdb, datum_to_array, looks_like_leveldb,
-                      parse_datum, read_image, release_lmdb)
+from .formats import (DATA_EXTRA_HINT, acquire_lmdb, check_hdf5_file, datum_to_array,
+                      looks_like_leveldb, parse_datum, read_image, release_lmdb)
 from .transform import Transformer
 
 
@@ -226,9 +226,14 @@ class HDF5DataSource(Source):
         h5py = _h5py()
         path = self.files[index]
         try:
+            check_hdf5_file(path)
+        except DataError as e:
+            raise DataError(f"HDF5Data '{self.name}': {e}") from None
+        try:
             f = h5py.File(path, "r")
         except OSError as e:
-            raise DataError(f"cannot open the HDF5 file '{path}': {e}") from None
+            raise DataError(f"HDF5Data '{self.name}': the HDF5 library cannot open the "
+                            f"file '{path}': {e}") from None
         with f:
             arrays = []
             for t in self.tops:
