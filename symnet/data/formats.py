@@ -226,20 +226,22 @@ def check_lmdb_file(path) -> dict:
                         f"the LMDB data file '{path}' is truncated: it holds {size} bytes, "
                         f"meta page {index} needs {offset + _META_END}; expected two meta "
                         "pages at its start (a database copied or written only in part?)")
-                order = "<" if struct.unpack_from("<I", head, 16)[0] == LMDB_MAGIC else ">"
+                order = _sys_order()
                 flags, = struct.unpack_from(order + "H", head, 10)
                 magic, version = struct.unpack_from(order + "II", head, 16)
                 psize, = struct.unpack_from(order + "I", head, 40)
                 last, txnid = struct.unpack_from(order + "QQ", head, 136)
+                other = ">" if order == "<" else "<"
+                if magic != LMDB_MAGIC and \
+                        struct.unpack_from(other + "I", head, 16)[0] == LMDB_MAGIC:
+                    raise DataError(
+                        f"the LMDB data file '{path}' was written on a machine of the "
+                        "other byte order; LMDB files are not portable between them")
                 if magic != LMDB_MAGIC:
                     raise DataError(
                         f"'{path}' is not an LMDB data file: meta page {index} (at byte "
                         f"{offset}) has the magic number 0x{magic:08X}; expected "
                         f"0x{LMDB_MAGIC:08X}")
-                if order != _sys_order():
-                    raise DataError(
-                        f"the LMDB data file '{path}' was written on a machine of the "
-                        "other byte order; LMDB files are not portable between them")
                 if not flags & _META_FLAG:
                     raise DataError(f"the LMDB data file '{path}': page {index} has flags "
                                     f"0x{flags:04x}; expected a meta page (flag 0x08)")
