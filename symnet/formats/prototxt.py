@@ -696,7 +696,11 @@ def blob_to_array(blob, dtype=np.float32):
     if values.size != count:
         raise PrototxtError(f"BlobProto of shape {list(shape)} ({count} values) holds "
                             f"{values.size} values in {source}")
-    return values.astype(dtype, copy=False).reshape(shape)
+    try:
+        return values.astype(dtype, copy=False).reshape(shape)
+    except ValueError:      # a shape numpy cannot index (the product of its sizes)
+        raise PrototxtError(f"BlobProto of shape {list(shape)} cannot be held in memory "
+                            f"(the product of its non-zero sizes is too large)") from None
 
 
 def array_to_blob(array, *, legacy=False, double=False):
