@@ -18,7 +18,8 @@ on load.
 Size limits: text files (prototxt, solver prototxt, the list files of data layers) and
 .binaryproto files (mean images) are read up to ``SYMNET_MAX_TEXT_BYTES`` bytes (an
 integer, optionally with a K, M or G suffix for KiB, MiB, GiB; default 64 MiB); a
-.caffemodel up to 2 GiB - 1 (``INT_MAX``, Caffe's own limit for binary protos). A
+.caffemodel file up to 2 GiB - 1 (``INT_MAX``, Caffe's own limit for binary protos),
+and from a device or pipe up to ``SYMNET_MAX_TEXT_BYTES`` like the others. A
 larger file -- or a device or pipe that keeps giving bytes, such as ``/dev/zero`` -- is
 a :class:`PrototxtError` naming the file and the limit after reading at most the limit
 plus one byte.
@@ -38,9 +39,9 @@ from symnet.formats.proto import schema as _schema
 from symnet.errors import SymnetError
 
 __all__ = [
-    "PrototxtError", "max_text_bytes", "read_limited", "parse_net", "parse_solver", "parse_text", "read_net_binary",
-    "write_net_binary", "read_blobproto", "write_blobproto", "blob_to_array",
-    "array_to_blob", "to_text", "write_text",
+    "PrototxtError", "max_text_bytes", "read_limited", "parse_net", "parse_solver",
+    "parse_text", "read_net_binary", "write_net_binary", "read_blobproto",
+    "write_blobproto", "blob_to_array", "array_to_blob", "to_text", "write_text",
 ]
 
 # No message of Caffe's schema contains itself, so real files nest a handful of levels
@@ -114,10 +115,11 @@ def _a(what) -> str:
 
 def read_limited(path, *, what="file", limit=None, error=None) -> bytes:
     """The bytes of the file at ``path``, at most ``limit`` of them (default
-    :func:`max_text_bytes`). A larger file, or a device or pipe giving more, raises
-    ``error`` (a :class:`PrototxtError` unless another SymnetError class is given)
-    naming the path, the limit and how to raise it; no more than ``limit + 1`` bytes
-    are read. A folder, a missing or unreadable file raise ``error`` too."""
+    :func:`max_text_bytes`; for a device or pipe never more than that). A larger file,
+    or a device or pipe giving more, raises ``error`` (a :class:`PrototxtError` unless
+    another SymnetError class is given) naming the path, the limit and how to raise it;
+    no more than ``limit + 1`` bytes are read. A folder, a missing or unreadable file
+    raise ``error`` too."""
     error = error or PrototxtError
     path = os.fspath(path)
     text_limit = limit is None
@@ -143,6 +145,11 @@ def read_limited(path, *, what="file", limit=None, error=None) -> bytes:
         try:
             st = os.fstat(f.fileno())
             kind = _kind(st.st_mode)
+            if kind != "file" and not text_limit and limit > max_text_bytes():
+                # a device or pipe has no size to check first: whatever it is read as,
+                # it gets the text limit, so /dev/zero cannot fill the memory
+                limit, text_limit = max_text_bytes(), True
+                how = f"set {TEXT_LIMIT_ENV} to a larger number of bytes to read it"
             if kind == "file" and st.st_size > limit:
                 raise fail(f"{path}: the file holds {st.st_size} bytes, more than the "
                            f"limit of {limit} bytes for {_a(what)}; {how}")

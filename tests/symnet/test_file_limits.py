@@ -52,6 +52,18 @@ def test_dev_zero_is_refused_fast():
     assert elapsed < 10, elapsed
 
 
+def test_dev_zero_as_a_caffemodel_gets_the_text_limit(monkeypatch):
+    """A device has no size: even as a .caffemodel (limit INT_MAX for files) it is
+    read up to the text limit only."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    monkeypatch.setenv("SYMNET_MAX_TEXT_BYTES", "1M")
+    with pytest.raises(PrototxtError, match=r"^/dev/zero: the character device gives more "
+                                            r"than the limit of 1048576 bytes.*"
+                                            r"SYMNET_MAX_TEXT_BYTES"):
+        prototxt.read_net_binary("/dev/zero")
+
+
 def test_text_cap_from_the_environment(tmp_path, monkeypatch):
     path = tmp_path / "net.prototxt"
     path.write_text(NET)
