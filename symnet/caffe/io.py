@@ -41,7 +41,12 @@ arraylist_to_blobprotovecor_str = arraylist_to_blobprotovector_str
 def blobprotovector_str_to_arraylist(data):
     """The arrays of a serialized BlobProtoVector."""
     vec = caffe_pb2.BlobProtoVector()
-    vec.ParseFromString(data)
+    try:
+        vec.ParseFromString(bytes(data))
+    except Exception as e:      # DecodeError, or whatever the decoder raises on garbage
+        raise prototxt.PrototxtError(
+            f"not a serialized BlobProtoVector: the protobuf wire format is broken "
+            f"({str(e) or type(e).__name__})") from None
     return [blobproto_to_array(b) for b in vec.blobs]
 
 

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import register
 from .base import DataError, Source, has_any_field, message_dict, resolve_path, search_bases
-from .formats import (DATA_EXTRA_HINT, acquire_lmdb, datum_to_array, looks_like_leveldb,
-                      parse_datum, read_image, release_lmdb)
+from .formats import (DATA_EXTRA_HINT, acquire_lmdb, check_hdf5_file, datum_to_array,
+                      looks_like_leveldb, parse_datum, read_image, release_lmdb)
 from .transform import Transformer
 
 
@@ -185,11 +185,20 @@ def _h5py():
 
 
 def read_list(path, what):
+    """The non-blank lines of a list file as [(line number, stripped line)]; the file
+    is read up to the text size limit (``SYMNET_MAX_TEXT_BYTES``, see
+    :func:`symnet.formats.prototxt.read_limited`) and must be UTF-8."""
+    from ..formats.prototxt import read_limited
+    data = read_limited(path, what=what.replace("the ", "", 1), error=DataError)
     try:
-        with open(path, encoding="utf-8") as f:
-            return [(i + 1, line.strip()) for i, line in enumerate(f) if line.strip()]
-    except OSError as e:
-        raise DataError(f"cannot read {what} '{path}': {e.strerror or e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{what} '{path}', line {line}: found the byte "
+                        f"0x{data[e.start]:02x}, which is not valid UTF-8; expected "
+                        "UTF-8 text") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(i + 1, line.strip()) for i, line in enumerate(lines) if line.strip()]
 
 
 class HDF5DataSource(Source):
@@ -217,9 +226,14 @@ class HDF5DataSource(Source):
         h5py = _h5py()
         path = self.files[index]
         try:
+            check_hdf5_file(path)
+        except DataError as e:
+            raise DataError(f"HDF5Data '{self.name}': {e}") from None
+        try:
             f = h5py.File(path, "r")
         except OSError as e:
-            raise DataError(f"cannot open the HDF5 file '{path}': {e}") from None
+            raise DataError(f"HDF5Data '{self.name}': the HDF5 library cannot open the "
+                            f"file '{path}': {e}") from None
         with f:
             arrays = []
             for t in self.tops:

@@ -26,15 +26,33 @@ Shared library: ``module: "lib:<path to .so/.dylib/.dll>"``, ``param_str`` is pa
 to its create function, and ``layer`` (optional) is the prefix of its exported symbols
 (default ``symnet_data``). The C ABI is declared and documented in ``symnet_data.h``,
 in :func:`include_dir`.
+
+A crash in a shared library: Python cannot recover from a fault in native code (a
+SIGSEGV, SIGBUS, SIGFPE, SIGILL or an abort), so a library that crashes ends the whole
+process, as in Caffe. What symnet does is make the report name the culprit: loading a
+library source turns on Python's :mod:`faulthandler` (if it is not on already; it
+writes to stderr), and every call into the library goes through a Python frame named
+after the layer, the library and the C function, so the fatal-error traceback on
+stderr reads, for the thread that crashed::
+
+    Fatal Python error: Segmentation fault
+    Current thread ... (most recent call first):
+      File "<ExternalData layer 'data': library /path/libsource.so>", line 2 in symnet_data_next
+
+and the process dies of the signal (exit status -11 for SIGSEGV). Run a new library
+under a debugger or ASan to find the fault in it.
 """
 from __future__ import annotations
 
 import ctypes
+import faulthandler
+import functools
 import importlib
 import importlib.util
 import inspect
 import os
 import sys
+import types
 
 import numpy as np
 
@@ -153,17 +171,52 @@ def python_source(module, cls_name, param_str="", phase="TRAIN", seed=None, base
 
 # ----------------------------------------------------------------------------- C library
 
+def _call(function, *args):
+    return function(*args)
+
+
+def _named_caller(label, symbol):
+    """``_call`` as a function whose frame reads ``File "<label>" ... in <symbol>`` in
+    a traceback, faulthandler's included: the last words of a process that crashed in
+    the library name the layer, the library and the C function."""
+    code = _call.__code__.replace(co_filename=label, co_name=symbol, co_firstlineno=1,
+                                  **({"co_qualname": symbol}
+                                     if hasattr(_call.__code__, "co_qualname") else {}))
+    return types.FunctionType(code, {}, symbol)
+
+
+def _enable_faulthandler():
+    """Turn on faulthandler (all threads, to stderr) unless it is on already."""
+    if faulthandler.is_enabled():
+        return
+    try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        # sys.stderr without a file descriptor (replaced by a capture): the process's
+        # standard error, file descriptor 2
+        try:
+            faulthandler.enable(file=2, all_threads=True)
+        except (ValueError, OSError, RuntimeError):
+            pass
+
+
 class SharedLibrarySource:
-    """A source in a shared library with the C ABI of ``symnet_data.h``."""
+    """A source in a shared library with the C ABI of ``symnet_data.h``; ``name`` is the
+    layer's name. Every call into the library goes through a frame named after the
+    layer and the library (see the module's notes on crashes)."""
 
     type_name = "ExternalData"
 
-    def __init__(self, path, param_str="", phase="TRAIN", seed=0, prefix="symnet_data"):
+    def __init__(self, path, param_str="", phase="TRAIN", seed=0, prefix="symnet_data",
+                 name="data"):
         self.path, self.prefix, self._handle = path, prefix or "symnet_data", None
+        self.name = str(name)
+        self.label = f"<ExternalData layer '{self.name}': library {path}>"
+        _enable_faulthandler()
         try:
             self.lib = ctypes.CDLL(path)
         except OSError as e:
-            raise DataError(f"cannot load the shared library '{path}': {e}") from None
+            raise DataError(f"{self._who()}: cannot load the shared library: {e}") from None
         required = {
             "create": (ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_uint64,
                                          ctypes.c_char_p, ctypes.c_size_t]),
@@ -188,21 +241,22 @@ class SharedLibrarySource:
                         missing.append(f"{self.prefix}_{short}")
                     continue
                 f.restype, f.argtypes = restype, argtypes
-                self.fn[short] = f
+                caller = _named_caller(self.label, f"{self.prefix}_{short}")
+                self.fn[short] = functools.partial(caller, f)
         if missing:
-            raise DataError(f"the shared library '{path}' does not export "
+            raise DataError(f"{self._who()}: the shared library does not export "
                             f"{', '.join(missing)} (see {header_path()})")
         if "abi_version" in self.fn and self.fn["abi_version"]() != ABI_VERSION:
-            raise DataError(f"the shared library '{path}' was built for symnet_data ABI "
-                            f"version {self.fn['abi_version']()}; this symnet has version "
-                            f"{ABI_VERSION}")
+            raise DataError(f"{self._who()}: the shared library was built for "
+                            f"symnet_data ABI version {self.fn['abi_version']()}; this "
+                            f"symnet has version {ABI_VERSION}")
         err = ctypes.create_string_buffer(2048)
         handle = self.fn["create"](str(param_str).encode("utf-8"), str(phase).encode(),
                                    ctypes.c_uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), err,
                                    len(err))
         if not handle:
             msg = err.value.decode("utf-8", "replace") or "no message"
-            raise DataError(f"{self.prefix}_create failed: {msg}")
+            raise DataError(f"{self._who()}: {self.prefix}_create failed: {msg}")
         self._handle = handle
         n = self.fn["num_tops"](handle)
         if n < 1:
@@ -218,6 +272,9 @@ class SharedLibrarySource:
                 self._fail("top_shape", f"gave shape {list(shape)} for top {i}")
             self._shapes.append(shape)
 
+    def _who(self):
+        return f"ExternalData '{self.name}' (library '{self.path}')"
+
     def _message(self):
         if not self._handle:
             return ""
@@ -227,19 +284,20 @@ class SharedLibrarySource:
     def _fail(self, short, what):
         msg = self._message()
         self.close()
-        raise DataError(f"{self.prefix}_{short} {what}" + (f": {msg}" if msg else ""))
+        raise DataError(f"{self._who()}: {self.prefix}_{short} {what}"
+                        + (f": {msg}" if msg else ""))
 
     def top_shapes(self):
         return list(self._shapes)
 
     def next_batch(self):
         if not self._handle:
-            raise DataError(f"the source of '{self.path}' is closed")
+            raise DataError(f"{self._who()}: the source is closed")
         out = [np.empty(s, dtype=np.float32) for s in self._shapes]
         ptrs = (ctypes.c_void_p * len(out))(*[a.ctypes.data for a in out])
         rc = self.fn["next"](self._handle, ptrs)
         if rc != 0:
-            raise DataError(f"{self.prefix}_next failed ({rc}): "
+            raise DataError(f"{self._who()}: {self.prefix}_next failed ({rc}): "
                             f"{self._message() or 'no message'}")
         return out
 
@@ -249,23 +307,26 @@ class SharedLibrarySource:
             return None
         n = f(self._handle, None, 0)
         if n < 0:
-            raise DataError(f"{self.prefix}_get_state failed: {self._message()}")
+            raise DataError(f"{self._who()}: {self.prefix}_get_state failed: "
+                            f"{self._message()}")
         buf = ctypes.create_string_buffer(int(n) + 1)      # room for snprintf's NUL
         if f(self._handle, buf, int(n) + 1) != n:
-            raise DataError(f"{self.prefix}_get_state gave two different lengths")
+            raise DataError(f"{self._who()}: {self.prefix}_get_state gave two different "
+                            "lengths")
         return {"type": self.type_name, "library": os.path.basename(self.path),
                 "state": buf.raw[:n].hex()}
 
     def set_state(self, state):
         f = self.fn.get("set_state")
         if f is None:
-            raise DataError(f"the shared library '{self.path}' does not export "
+            raise DataError(f"{self._who()}: the shared library does not export "
                             f"{self.prefix}_set_state; its position cannot be restored")
         if not isinstance(state, dict) or state.get("type") != self.type_name:
             raise DataError("not the position of an ExternalData shared-library source")
         raw = bytes.fromhex(state["state"])
         if f(self._handle, raw, len(raw)) != 0:
-            raise DataError(f"{self.prefix}_set_state failed: {self._message()}")
+            raise DataError(f"{self._who()}: {self.prefix}_set_state failed: "
+                            f"{self._message()}")
 
     def close(self):
         handle, self._handle = self._handle, None
@@ -279,10 +340,11 @@ class SharedLibrarySource:
             pass
 
 
-def library_source(path, param_str="", phase="TRAIN", seed=0, prefix="", base_dir="."):
+def library_source(path, param_str="", phase="TRAIN", seed=0, prefix="", base_dir=".",
+                   name="data"):
     path = resolve_path(path, search_bases(base_dir), "python_param.module (lib:)",
                         directory=False)
-    return SharedLibrarySource(path, param_str, phase, seed, prefix or "symnet_data")
+    return SharedLibrarySource(path, param_str, phase, seed, prefix or "symnet_data", name)
 
 
 @register("ExternalData")
@@ -295,7 +357,7 @@ def _external_data(lp, phase, base_dir, seed=None):
                         '"lib:path/to/libsource.so" for a shared library')
     if p.module.startswith(LIB_PREFIX):
         return library_source(p.module[len(LIB_PREFIX):], p.param_str, phase, seed, p.layer,
-                              base_dir)
+                              base_dir, lp.name)
     if p.module.lower().endswith(_LIB_SUFFIXES):
         raise DataError(f"python_param.module '{p.module}' looks like a shared library; "
                         f"write module: \"lib:{p.module}\"")

@@ -14,6 +14,15 @@ closest field name. Nothing else escapes from the readers, whatever the input.
 ``parse_net`` returns the message as written; ``symnet.formats.upgrade.upgrade_net``
 brings old dialects (V0/V1 layers, ``input:`` fields) to the current form, as Caffe does
 on load.
+
+Size limits: text files (prototxt, solver prototxt, the list files of data layers) and
+.binaryproto files (mean images) are read up to ``SYMNET_MAX_TEXT_BYTES`` bytes (an
+integer, optionally with a K, M or G suffix for KiB, MiB, GiB; default 64 MiB); a
+.caffemodel file up to 2 GiB - 1 (``INT_MAX``, Caffe's own limit for binary protos),
+and from a device or pipe up to ``SYMNET_MAX_TEXT_BYTES`` like the others. A
+larger file -- or a device or pipe that keeps giving bytes, such as ``/dev/zero`` -- is
+a :class:`PrototxtError` naming the file and the limit after reading at most the limit
+plus one byte.
 """
 from __future__ import annotations
 
@@ -30,9 +39,9 @@ from symnet.formats.proto import schema as _schema
 from symnet.errors import SymnetError
 
 __all__ = [
-    "PrototxtError", "parse_net", "parse_solver", "parse_text", "read_net_binary",
-    "write_net_binary", "read_blobproto", "write_blobproto", "blob_to_array",
-    "array_to_blob", "to_text", "write_text",
+    "PrototxtError", "max_text_bytes", "read_limited", "parse_net", "parse_solver",
+    "parse_text", "read_net_binary", "write_net_binary", "read_blobproto",
+    "write_blobproto", "blob_to_array", "array_to_blob", "to_text", "write_text",
 ]
 
 # No message of Caffe's schema contains itself, so real files nest a handful of levels
@@ -68,6 +77,101 @@ class PrototxtError(SymnetError, ValueError):
         self.column = column
 
 
+# ----------------------------------------------------------------------------- limits
+
+TEXT_LIMIT_ENV = "SYMNET_MAX_TEXT_BYTES"
+DEFAULT_MAX_TEXT_BYTES = 64 << 20
+# Caffe reads binary protos with CodedInputStream::SetTotalBytesLimit(INT_MAX).
+MAX_BINARY_BYTES = 2**31 - 1
+_SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+_CHUNK = 1 << 20
+
+
+def max_text_bytes() -> int:
+    """The most bytes a text file (or .binaryproto) may hold: ``SYMNET_MAX_TEXT_BYTES``
+    (bytes, or with a K/M/G suffix), 64 MiB when unset."""
+    raw = os.environ.get(TEXT_LIMIT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_TEXT_BYTES
+    m = re.fullmatch(r"([0-9]+)\s*([KMG]?)(?:i?B)?", raw, re.IGNORECASE)
+    if m is None or int(m.group(1)) <= 0:
+        raise PrototxtError(f"{TEXT_LIMIT_ENV}={raw!r}: expected a positive number of "
+                            f"bytes, e.g. {DEFAULT_MAX_TEXT_BYTES} or 64M")
+    return int(m.group(1)) * _SUFFIXES[m.group(2).upper()]
+
+
+def _kind(mode) -> str:
+    import stat
+    for test, name in ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISFIFO, "pipe (FIFO)"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "file"
+
+
+def _a(what) -> str:
+    return ("an " if what[:1] in "aeioAEIOH" else "a ") + what
+
+
+def read_limited(path, *, what="file", limit=None, error=None) -> bytes:
+    """The bytes of the file at ``path``, at most ``limit`` of them (default
+    :func:`max_text_bytes`; for a device or pipe never more than that). A larger file,
+    or a device or pipe giving more, raises ``error`` (a :class:`PrototxtError` unless
+    another SymnetError class is given) naming the path, the limit and how to raise it;
+    no more than ``limit + 1`` bytes are read. A folder, a missing or unreadable file
+    raise ``error`` too."""
+    error = error or PrototxtError
+    path = os.fspath(path)
+    text_limit = limit is None
+    limit = max_text_bytes() if text_limit else int(limit)
+    how = (f"set {TEXT_LIMIT_ENV} to a larger number of bytes to read it" if text_limit
+           else "this is the most that can be read")
+
+    def fail(message):
+        e = error(message)
+        if isinstance(e, PrototxtError):
+            e.filename = path
+        return e
+
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise fail(f"{path}: no such file (expected {_a(what)})") from None
+    except IsADirectoryError:
+        raise fail(f"{path}: is a folder; expected {_a(what)}") from None
+    except OSError as e:
+        raise fail(f"{path}: cannot read the file: {e.strerror or e}") from None
+    with f:
+        try:
+            st = os.fstat(f.fileno())
+            kind = _kind(st.st_mode)
+            if kind != "file" and not text_limit and limit > max_text_bytes():
+                # a device or pipe has no size to check first: whatever it is read as,
+                # it gets the text limit, so /dev/zero cannot fill the memory
+                limit, text_limit = max_text_bytes(), True
+                how = f"set {TEXT_LIMIT_ENV} to a larger number of bytes to read it"
+            if kind == "file" and st.st_size > limit:
+                raise fail(f"{path}: the file holds {st.st_size} bytes, more than the "
+                           f"limit of {limit} bytes for {_a(what)}; {how}")
+            chunks, total = [], 0
+            while total <= limit:
+                chunk = f.read(min(_CHUNK, limit + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        except OSError as e:
+            raise fail(f"{path}: cannot read the file: {e.strerror or e}") from None
+        except MemoryError:
+            raise fail(f"{path}: out of memory after reading {total} bytes of "
+                       f"{_a(what)}") from None
+    if total > limit:
+        source = "the file" if kind == "file" else f"the {kind}"
+        raise fail(f"{path}: {source} gives more than the limit of {limit} bytes for "
+                   f"{_a(what)}; {how}")
+    return b"".join(chunks)
+
+
 # ----------------------------------------------------------------------------- sources
 
 def _looks_like_path(text: str) -> bool:
@@ -84,16 +188,10 @@ def _read_source(source, filename):
     if isinstance(source, os.PathLike) or (isinstance(source, str)
                                            and _looks_like_path(source)):
         path = os.fspath(source)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
+        if not os.path.exists(path) and not os.path.islink(path):
             raise PrototxtError(f"{path}: no such file (expected a prototxt path or "
-                                f"prototxt text)", filename=path) from None
-        except OSError as e:
-            raise PrototxtError(f"{path}: cannot read the file: {e.strerror or e}",
-                                filename=path) from None
-        return data, filename or path
+                                f"prototxt text)", filename=path)
+        return read_limited(path, what="prototxt file"), filename or path
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source), filename or "<bytes>"
     if isinstance(source, str):
@@ -534,17 +632,9 @@ def _serialize(message, path):
     return message.SerializeToString()
 
 
-def _read_binary(path, message_type, what):
+def _read_binary(path, message_type, what, limit=None):
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise PrototxtError(f"{path}: no such file (expected a {what})",
-                            filename=path) from None
-    except OSError as e:
-        raise PrototxtError(f"{path}: cannot read the file: {e.strerror or e}",
-                            filename=path) from None
+    data = read_limited(path, what=what, limit=limit)
     msg = message_type()
     try:
         msg.ParseFromString(data)
@@ -568,7 +658,7 @@ def read_net_binary(path):
     Old dialects (V1 ``layers``) are kept; ``upgrade_net`` brings them up to date.
     """
     return _read_binary(path, caffe_pb2.NetParameter,
-                        "binary NetParameter (.caffemodel)")
+                        "binary NetParameter (.caffemodel)", limit=MAX_BINARY_BYTES)
 
 
 def write_net_binary(net, path):
@@ -607,11 +697,17 @@ def blob_to_array(blob, dtype=np.float32):
     else:
         values = np.array(blob.data, dtype=np.float32)
         source = "data"
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = 1
+    for d in shape:       # Python integers: a product of huge dimensions cannot wrap
+        count *= int(d)
     if values.size != count:
         raise PrototxtError(f"BlobProto of shape {list(shape)} ({count} values) holds "
                             f"{values.size} values in {source}")
-    return values.astype(dtype, copy=False).reshape(shape)
+    try:
+        return values.astype(dtype, copy=False).reshape(shape)
+    except ValueError:      # a shape numpy cannot index (the product of its sizes)
+        raise PrototxtError(f"BlobProto of shape {list(shape)} cannot be held in memory "
+                            f"(the product of its non-zero sizes is too large)") from None
 
 
 def array_to_blob(array, *, legacy=False, double=False):
