@@ -52,13 +52,17 @@ seed; symnet's random ops (Dropout) are counter-based, hence the same on every r
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
+import re
+import secrets
 import signal
-import tempfile
+import stat
 import time
+import warnings
 
 import numpy as np
 
@@ -67,6 +71,7 @@ from . import functions as F
 from .errors import SymnetError
 from .formats import prototxt, upgrade
 from .formats.proto import caffe_pb2
+from .formats import weights as weights_io
 from .formats.weights import net_to_proto
 from .function import Function
 from .graph import Graph, graph_scope
@@ -216,16 +221,70 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
+TEMP_SUFFIX = ".symnet-tmp"       # temporary files of snapshots: .<target>.<12 hex>.symnet-tmp
+TEMP_MAX_AGE = 3600.0             # seconds after which a leftover temporary file is swept
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$")
+# what earlier versions left (tempfile.mkstemp's 8 characters, ".tmp")
+_LEGACY_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def temp_path(path):
+    """A fresh temporary name beside ``path``: ``.<name>.<12 hex digits>.symnet-tmp``."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+
+
+def _create_temp(path):
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = temp_path(path)
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(17, "no free temporary name", path)
+
+
+def sweep_stale_temps(prefix, max_age=TEMP_MAX_AGE, now=None):
+    """Remove temporary files that killed snapshots of ``prefix`` left in its folder:
+    only regular files of this user named ``.<stem>_iter_N.caffemodel|solverstate
+    [.h5].<random>.symnet-tmp`` (or the ``.tmp`` names of earlier versions) and last
+    modified more than ``max_age`` seconds ago. Returns the paths removed."""
+    directory, stem = os.path.split(os.path.abspath(prefix))
+    target_re = re.compile(re.escape(stem) + r"_iter_\d+\.(caffemodel|solverstate)(\.h5)?$")
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name) or _LEGACY_TEMP_RE.match(entry.name)
+        if not m or not target_re.match(m.group("target")):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or \
+                    now - st.st_mtime <= max_age:
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        log.info("Removed %s, left by an interrupted snapshot", entry.path)
+        removed.append(entry.path)
+    return removed
+
+
 def write_files_atomically(items):
-    """Write [(path, bytes)]: every file to a temporary file beside it (flushed to
-    disk), then each renamed over its target; on any error (or interrupt) the
-    temporary files are removed and targets not yet renamed keep their old content."""
+    """Write [(path, bytes)]: every file to a temporary file beside it (see
+    :func:`temp_path`; flushed to disk), then each renamed over its target; on any
+    error (or interrupt) the temporary files are removed and targets not yet renamed
+    keep their old content."""
     temps = []
     try:
         for path, data in items:
-            directory = os.path.dirname(os.path.abspath(path))
-            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                       suffix=".tmp", dir=directory)
+            fd, tmp = _create_temp(path)
             temps.append(tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -797,6 +856,7 @@ class Solver:
         if not os.path.isdir(directory):
             raise SolverError(f"cannot snapshot to '{model}': folder '{directory}' does not "
                               "exist; create it or change snapshot_prefix")
+        sweep_stale_temps(self.snapshot_prefix)
         log.info("Snapshotting to binary proto file %s", model)
         model_bytes = prototxt._serialize(net_to_proto(self.net), model)
         log.info("Snapshotting solver state to binary proto file %s", state_path)
@@ -822,65 +882,254 @@ class Solver:
             _encode_varint(EXTRA_FIELD << 3 | 2) + _encode_varint(len(blob)) + blob
 
     def restore(self, state_file):
-        """Continue from a .solverstate (Caffe's or symnet's): iteration, lr policy
-        step, histories and the weights of ``learned_net``."""
+        """Continue from a solver state: a .solverstate (Caffe's or symnet's) or Caffe's
+        HDF5 form (a name ending in .h5): iteration, lr policy step, histories, the
+        weights of ``learned_net`` and symnet's resume data (the positions of the data
+        layers, the net's iteration counter).
+
+        The whole state is checked before anything changes: a malformed one is a
+        SolverError naming the file, the field or blob and what was found and expected,
+        and the solver, the nets' weights, the histories and the data positions are as
+        they were. Where the resume cannot be exact (a state without symnet's resume
+        data, e.g. Caffe's; a data source that cannot seek) a :class:`ResumeWarning`
+        says what will differ."""
         state_file = os.fspath(state_file)
-        if state_file.endswith(".h5"):
-            raise SolverError(f"{state_file}: HDF5 solver states are not supported; use a "
-                              ".solverstate (BINARYPROTO) snapshot")
+        plan = self._read_state(state_file)
+        self._apply_state(plan)
+        for message in plan["warnings"]:
+            warnings.warn(message, ResumeWarning, stacklevel=2)
+
+    # -- reading and checking (nothing changes)
+    def _read_state(self, state_file):
         try:
             with open(state_file, "rb") as f:
                 data = f.read()
         except OSError as e:
             raise SolverError(f"{state_file}: cannot read the solver state: "
                               f"{e.strerror or e}") from None
+        self._sync_layout()
+        if state_file.endswith(".h5") or data.startswith(weights_io.HDF5_SIGNATURE):
+            plan = self._read_state_hdf5(state_file)
+        else:
+            plan = self._read_state_proto(state_file, data)
+        plan["warnings"] = []
+        learned = plan["learned_net"]
+        if learned:
+            path = self._learned_net_path(learned, state_file)
+            try:
+                plan["weights"] = weights_io.check_trained_layers(self.net, path)
+            except SymnetError as e:
+                raise SolverError(f"{state_file}: learned_net '{learned}': {e}") from None
+        else:
+            plan["weights"] = []
+            plan["warnings"].append(f"{state_file} names no learned_net: the net keeps its "
+                                    "current weights")
+        self._check_resume_data(state_file, plan)
+        return plan
+
+    def _history_shapes(self):
+        """The shape each history blob must have, in Caffe's order: every learnable
+        param's, once per history set (SGD, Nesterov, AdaGrad, RMSProp: one set; AdaDelta
+        and Adam: two, the second after all params of the first)."""
+        shapes = [tuple(v.shape) for v in self._history_views[0]]
+        return shapes * self.n_histories
+
+    def _history_count_error(self, state_file, found):
+        n_params = len(self._history_views[0])
+        per = "one history blob" if self.n_histories == 1 else \
+            f"{self.n_histories} history blobs"
+        return SolverError(f"{state_file}: holds {found} history blobs, the {self.type} "
+                           f"solver of this net needs {n_params * self.n_histories} ({per} "
+                           f"per learnable param, {n_params} params; same solver type and "
+                           "net?)")
+
+    @staticmethod
+    def _check_counters(state_file, it, current_step):
+        if it < 0 or current_step < 0:
+            raise SolverError(f"{state_file}: iter {it} and current_step {current_step}; "
+                              "both must be >= 0")
+
+    def _read_state_proto(self, state_file, data):
         state = caffe_pb2.SolverState()
         try:
             state.ParseFromString(data)
         except Exception as e:
             raise SolverError(f"{state_file}: not a valid SolverState ({e})") from None
-        if state.iter < 0 or state.current_step < 0:   # checked before anything changes
-            raise SolverError(f"{state_file}: iter {state.iter} and current_step "
-                              f"{state.current_step}; both must be >= 0")
-        self._sync_layout()
-        if len(state.history) != len(self.history):
-            raise SolverError(f"{state_file}: holds {len(state.history)} history blobs, the "
-                              f"{self.type} solver of this net needs {len(self.history)} "
-                              "(same solver type and net?)")
-        arrays = []
-        for i, (bp, dst) in enumerate(zip(state.history, self.history)):
-            a = prototxt.blob_to_array(bp)
-            if a.size != dst.size:
-                raise SolverError(f"{state_file}: history blob {i} has shape {list(a.shape)}"
-                                  f", the param has {list(dst.shape)}")
-            arrays.append(a.reshape(dst.shape))
-        if state.HasField("learned_net") and state.learned_net:
-            self.net.copy_from(self._learned_net_path(state.learned_net, state_file))
-        for a, dst in zip(arrays, self.history):
-            dst[...] = a
-        self.iter = int(state.iter)
-        self.current_step = int(state.current_step)
-        extra = _top_level_field(data, EXTRA_FIELD)
-        info = {}
-        if extra:
+        self._check_counters(state_file, state.iter, state.current_step)
+        shapes = self._history_shapes()
+        if len(state.history) != len(shapes):
+            raise self._history_count_error(state_file, len(state.history))
+        history = []
+        for i, (bp, shape) in enumerate(zip(state.history, shapes)):
+            found, legacy = weights_io.proto_shape(bp)
+            if not weights_io.shape_fits(shape, found, legacy):     # before converting
+                raise SolverError(f"{state_file}: history blob {i} has shape {list(found)}, "
+                                  f"its param has {list(shape)}")
             try:
-                info = json.loads(extra.decode("utf-8"))
-            except ValueError:
-                info = {}
-        self.net.iteration = int(info.get("net_iteration",
-                                          self.iter * self.param.iter_size))
-        states = info.get("data", {})
-        _set_data_states(self.net, states.get("train", {}))
-        for net, st in zip(self.test_nets, states.get("test", [])):
-            _set_data_states(net, st)
+                history.append(prototxt.blob_to_array(bp).reshape(shape))
+            except SymnetError as e:
+                raise SolverError(f"{state_file}: history blob {i}: {e}") from None
+        try:
+            extra = _top_level_field(data, EXTRA_FIELD)
+        except SolverError as e:
+            raise SolverError(f"{state_file}: {e}") from None
+        learned = state.learned_net if state.HasField("learned_net") else ""
+        return {"iter": int(state.iter), "current_step": int(state.current_step),
+                "learned_net": learned, "history": history, "extra": extra}
+
+    def _read_state_hdf5(self, state_file):
+        """Caffe's SnapshotSolverStateToHDF5 layout: datasets ``iter``, ``current_step``
+        and ``learned_net``, group ``history`` of datasets "0", "1", ..."""
+        try:
+            import h5py
+        except ImportError:
+            raise SolverError(f"{state_file}: reading an HDF5 solver state needs h5py: "
+                              "pip install 'symnet[data]'") from None
+        try:
+            f = h5py.File(state_file, "r")
+        except Exception as e:
+            raise SolverError(f"{state_file}: not a readable HDF5 solver state "
+                              f"({type(e).__name__}: {e})") from None
+        try:
+            with f:
+                it = _h5_int(h5py, f, "iter", state_file)
+                current_step = _h5_int(h5py, f, "current_step", state_file)
+                self._check_counters(state_file, it, current_step)
+                learned = ""
+                if "learned_net" in f:
+                    learned = _h5_str(h5py, f["learned_net"], state_file)
+                group = f.get("history")
+                if not isinstance(group, h5py.Group):
+                    raise SolverError(f"{state_file}: no group 'history' (not a solver "
+                                      "state in Caffe's HDF5 form)")
+                shapes = self._history_shapes()
+                names = list(group.keys())
+                if len(names) != len(shapes):
+                    raise self._history_count_error(state_file, len(names))
+                expected = [str(i) for i in range(len(shapes))]
+                if sorted(names) != sorted(expected):
+                    raise SolverError(f"{state_file}: the history group holds "
+                                      f"{sorted(names)}, expected {expected}")
+                history = []
+                for i, shape in enumerate(shapes):
+                    try:
+                        history.append(weights_io.hdf5_array(
+                            h5py, group[str(i)], shape, f"{state_file}: history blob {i}"))
+                    except weights_io.WeightsError as e:
+                        raise SolverError(str(e)) from None
+        except SymnetError:
+            raise
+        except Exception as e:       # a damaged file: h5py's OSError, KeyError, ...
+            raise SolverError(f"{state_file}: cannot read the HDF5 solver state "
+                              f"({type(e).__name__}: {e})") from None
+        return {"iter": it, "current_step": current_step, "learned_net": learned,
+                "history": history, "extra": None}
+
+    def _check_resume_data(self, state_file, plan):
+        """Check symnet's resume data against the nets; plan["data"] becomes the data
+        positions to set [(where, feeder, position)], plan["net_iteration"] the train
+        net's counter."""
+        extra, notes = plan["extra"], plan["warnings"]
+        where = f"{state_file}: symnet resume data"
+        nets = [("the train net", self.net)] + \
+            [(f"test net #{k}", n) for k, n in enumerate(self.test_nets)]
+        plan["data"] = []
+        if extra is None:
+            plan["net_iteration"] = plan["iter"] * self.param.iter_size
+            layers = [f"'{layer.name}' ({label})" for label, net in nets
+                      for layer, _ in getattr(net, "_feeders", [])]
+            if layers:
+                notes.append(f"{state_file} holds no symnet resume data (a Caffe snapshot?):"
+                             f" the data layers {', '.join(layers)} start from their current "
+                             "position, not where the snapshot left them")
+            return
+        try:
+            info = json.loads(extra.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise SolverError(f"{where} (field {EXTRA_FIELD}) is not JSON: {e}") from None
+        if not isinstance(info, dict):
+            raise SolverError(f"{where} is a {_kind(info)}, expected an object")
+        if info.get("format") != EXTRA_FORMAT:
+            raise SolverError(f"{where}: format {info.get('format')!r}, expected "
+                              f"{EXTRA_FORMAT!r}")
+        if "type" in info and info["type"] != self.type:
+            notes.append(f"{state_file} was written by a {info['type']!r} solver, this is "
+                         f"a {self.type!r} solver: its histories are taken as they are")
+        it = info.get("net_iteration", plan["iter"] * self.param.iter_size)
+        if not _is_int(it) or it < 0:
+            raise SolverError(f"{where}: net_iteration is {it!r}, expected an integer "
+                              ">= 0")
+        plan["net_iteration"] = int(it)
+        data = info.get("data", {})
+        if not isinstance(data, dict):
+            raise SolverError(f"{where}: 'data' is a {_kind(data)}, expected an object")
+        train = data.get("train", {})
+        test = data.get("test", [])
+        if not isinstance(train, dict):
+            raise SolverError(f"{where}: 'data.train' is a {_kind(train)}, expected an "
+                              "object")
+        if not isinstance(test, list) or not all(isinstance(t, dict) for t in test):
+            raise SolverError(f"{where}: 'data.test' must be a list of objects, one per "
+                              "test net")
+        if len(test) != len(self.test_nets):
+            notes.append(f"{state_file} holds data positions for {len(test)} test nets, "
+                         f"the solver has {len(self.test_nets)}: test nets without one "
+                         "start from their current position")
+        saved_all = [train] + test + [{}] * max(0, len(self.test_nets) - len(test))
+        for k, ((label, net), saved) in enumerate(zip(nets, saved_all)):
+            names = set()
+            for layer, feeder in getattr(net, "_feeders", []):
+                names.add(layer.name)
+                pos = saved.get(layer.name)
+                here = f"data layer '{layer.name}' ({layer.type}) of {label}"
+                if not _can_seek(layer, feeder):
+                    notes.append(f"{state_file}: the source of {here} cannot seek: it "
+                                 "continues from its current position, not where the "
+                                 "snapshot left it")
+                    continue
+                if pos is None:
+                    notes.append(f"{state_file} holds no position for {here}: it starts "
+                                 "from its current position")
+                    continue
+                current = feeder.state()
+                if _has_known_form(layer):
+                    _check_form(pos, current, f"{where}: the position of {here}", "")
+                plan["data"].append((here, feeder, pos))
+            extra_names = sorted(set(saved) - names)
+            if extra_names:
+                notes.append(f"{state_file} holds positions of data layers {label} does "
+                             f"not have: {', '.join(extra_names)} (ignored)")
+
+    # -- changing (all checked)
+    def _apply_state(self, plan):
+        done = []
+        try:
+            for here, feeder, pos in plan["data"]:
+                done.append((feeder, feeder.state()))
+                feeder.set_state(copy.deepcopy(pos))
+        except Exception as e:
+            for feeder, previous in reversed(done):     # put the positions back
+                try:
+                    feeder.set_state(previous)
+                except Exception:
+                    log.error("could not put the position of a data layer back after a "
+                              "failed restore", exc_info=True)
+            raise SolverError(f"cannot restore the position of {here}: "
+                              f"{type(e).__name__}: {e}") from e
+        weights_io.write_trained_layers(plan["weights"])
+        for a, dst in zip(plan["history"], self.history):
+            dst[...] = a
+        self.iter = plan["iter"]
+        self.current_step = plan["current_step"]
+        self.net.iteration = plan["net_iteration"]
 
     @staticmethod
     def _learned_net_path(path, state_file):
-        if os.path.exists(path):
+        if os.path.isfile(path):
             return path
         alt = os.path.join(os.path.dirname(os.path.abspath(state_file)),
                            os.path.basename(path))
-        if os.path.exists(alt):
+        if os.path.isfile(alt):
             return alt
         raise SolverError(f"{state_file}: its learned_net '{path}' was not found (nor "
                           f"'{alt}')")
@@ -953,22 +1202,117 @@ def _data_states(net) -> dict:
     return out
 
 
-def _set_data_states(net, states):
-    feeders = getattr(net, "_feeders", [])
-    for k, (layer, feeder) in enumerate(feeders):
-        st = states.get(layer.name)
-        if st is None:
-            continue
-        if hasattr(feeder, "set_state"):
-            feeder.set_state(st)
-            continue
-        source = getattr(layer, "data_source", None)
-        if source is None or not hasattr(source, "set_state"):
-            continue
-        depth = getattr(getattr(feeder, "_queue", None), "maxsize", 4) or 4
-        feeder.close()
-        source.set_state(st)
-        feeders[k] = (layer, type(feeder)(source, depth, feeder.name))
+class ResumeWarning(UserWarning):
+    """A restored solver will not continue exactly as the run that wrote the state."""
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _kind(v):
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if _is_int(v):
+        return "integer"
+    return {float: "number", str: "string", list: "list", dict: "object"}.get(
+        type(v), type(v).__name__)
+
+
+def _can_seek(layer, feeder):
+    """Whether the data layer's position can be saved and set."""
+    source = getattr(layer, "data_source", None) or getattr(feeder, "source", None)
+    if not callable(getattr(source, "set_state", None)) or \
+            not callable(getattr(feeder, "set_state", None)):
+        return False
+    fn = getattr(source, "fn", None)          # a shared library may lack set_state
+    if isinstance(fn, dict) and "next" in fn and fn.get("set_state") is None:
+        return False
+    return feeder.state() is not None
+
+
+def _has_known_form(layer):
+    """Built-in sources and shared-library sources: their positions have a fixed form."""
+    from .data.base import Source
+    from .data.external import SharedLibrarySource
+    return isinstance(getattr(layer, "data_source", None), (Source, SharedLibrarySource))
+
+
+def _check_form(saved, current, where, field):
+    """``saved`` has the form of ``current`` (a position of the same source): the same
+    keys, the same kinds of values, integers >= 0 where the current one is; the type
+    names equal."""
+    name = field or "the position"
+    if isinstance(current, dict):
+        if not isinstance(saved, dict):
+            raise SolverError(f"{where}: {name} is a {_kind(saved)}, expected an object")
+        if field == "" and saved.get("type") != current.get("type"):
+            raise SolverError(f"{where}: saved by a {saved.get('type')!r} source, the layer's"
+                              f" source is {current.get('type')!r}")
+        if set(saved) != set(current):
+            missing = sorted(set(current) - set(saved))
+            unknown = sorted(set(saved) - set(current))
+            raise SolverError(f"{where}: {name} has keys {sorted(saved)}, expected "
+                              f"{sorted(current)}" + (f" (missing {missing})" if missing
+                                                      else "")
+                              + (f" (unknown {unknown})" if unknown else ""))
+        for k in current:
+            _check_form(saved[k], current[k], where, f"{field}.{k}" if field else k)
+    elif current is None or saved is None:
+        return                                  # an optional value (a key not yet read)
+    elif isinstance(current, bool):
+        if not isinstance(saved, bool):
+            raise SolverError(f"{where}: {name} is {saved!r}, expected true or false")
+    elif _is_int(current):
+        if not _is_int(saved) or (current >= 0 and saved < 0):
+            raise SolverError(f"{where}: {name} is {saved!r}, expected an integer"
+                              + (" >= 0" if current >= 0 else ""))
+    elif isinstance(current, float):
+        if isinstance(saved, bool) or not isinstance(saved, (int, float)) or \
+                not math.isfinite(saved):
+            raise SolverError(f"{where}: {name} is {saved!r}, expected a finite number")
+    elif isinstance(current, str):
+        if not isinstance(saved, str):
+            raise SolverError(f"{where}: {name} is {saved!r}, expected a string")
+        if field == "state" and not re.fullmatch(r"(?:[0-9a-fA-F]{2})*", saved):
+            raise SolverError(f"{where}: {name} is not hexadecimal")
+    elif isinstance(current, list):
+        if not isinstance(saved, list) or len(saved) != len(current):
+            raise SolverError(f"{where}: {name} is {_kind(saved)} of "
+                              f"{len(saved) if isinstance(saved, list) else 0} items, "
+                              f"expected a list of {len(current)}")
+        for i, (s, c) in enumerate(zip(saved, current)):
+            _check_form(s, c, where, f"{field}[{i}]")
+
+
+def _h5_int(h5py, f, name, state_file):
+    node = f.get(name)
+    if not isinstance(node, h5py.Dataset):
+        raise SolverError(f"{state_file}: no dataset '{name}'")
+    if node.dtype.kind not in "iu" or node.size != 1 or len(node.shape or ()) > 1:
+        raise SolverError(f"{state_file}: '{name}' holds {node.dtype} of shape "
+                          f"{list(node.shape or ())}, expected one integer")
+    value = int(np.asarray(node[()]).reshape(-1)[0])
+    if not -2 ** 31 <= value < 2 ** 31:
+        raise SolverError(f"{state_file}: '{name}' is {value}, beyond a 32-bit integer")
+    return value
+
+
+def _h5_str(h5py, node, state_file):
+    if not isinstance(node, h5py.Dataset) or node.size != 1:
+        raise SolverError(f"{state_file}: 'learned_net' is not a string dataset")
+    value = np.asarray(node[()]).reshape(-1)[0] if node.shape else node[()]
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SolverError(f"{state_file}: 'learned_net' is not UTF-8") from None
+    if isinstance(value, str):
+        return value
+    raise SolverError(f"{state_file}: 'learned_net' holds {node.dtype}, expected a "
+                      "string")
 
 
 # ----------------------------------------------------------------------------- solvers

@@ -2,10 +2,12 @@
 policies against closed forms, snapshots and exact resume, atomic snapshot writes."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import re
+import time
 
 import numpy as np
 import pytest
@@ -457,7 +459,7 @@ def test_restore_errors(tmp_path):
     adam = make_solver(tmp_path, BASE, type_="Adam")
     with pytest.raises(S.SolverError, match="history blobs"):
         adam.restore(state)
-    with pytest.raises(S.SolverError, match="HDF5"):
+    with pytest.raises(S.SolverError, match="x.solverstate.h5: cannot read"):
         adam.restore("x.solverstate.h5")
 
 
@@ -580,3 +582,361 @@ def test_restore_refuses_a_negative_iteration_and_changes_nothing(tmp_path):
         solver.restore(str(bad))
     assert solver.iter == 2
     np.testing.assert_array_equal(solver.net.params["ip"][0].data, weights)
+
+
+# --------------------------------------------------------------------------- whole-state checks
+
+DUMMY_NET = """
+name: "dummy"
+layer { name: "dx" type: "DummyData" top: "x"
+  dummy_data_param { shape { dim: 4 dim: 3 } data_filler { type: "gaussian" } } }
+layer { name: "dy" type: "DummyData" top: "y"
+  dummy_data_param { shape { dim: 4 dim: 2 } data_filler { type: "uniform" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "p"
+  param { lr_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 }
+                        bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "p" bottom: "y" top: "loss" }
+"""
+
+
+def dummy_solver(tmp_path, type_="SGD", body=BASE + "momentum: 0.9\n"):
+    (tmp_path / "dnet.prototxt").write_text(DUMMY_NET)
+    text = f'net: "{tmp_path / "dnet.prototxt"}"\nsnapshot_prefix: "{tmp_path / "d"}"\n' \
+           f'snapshot_after_train: false\nrandom_seed: 1701\ntype: "{type_}"\n' + body
+    (tmp_path / "dsolver.prototxt").write_text(text)
+    return sn.get_solver(str(tmp_path / "dsolver.prototxt"), backend="cpu")
+
+
+def everything(solver):
+    """What a failed restore must leave as it was."""
+    return {"iter": solver.iter, "current_step": solver.current_step,
+            "net_iteration": solver.net.iteration,
+            "params": [np.array(b.data) for b, _, _ in solver.learnable_params()],
+            "history": [np.array(h) for h in solver.history],
+            "data": [f.state() for _, f in solver.net._feeders]}
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        if k in ("params", "history"):
+            assert len(a[k]) == len(b[k])
+            for x, y in zip(a[k], b[k]):
+                np.testing.assert_array_equal(x, y)
+        else:
+            assert a[k] == b[k], k
+
+
+def split_state(path):
+    """(SolverState, resume data dict) of a symnet .solverstate."""
+    data = open(path, "rb").read()
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(data)
+    clean = caffe_pb2.SolverState()             # the known fields only
+    clean.iter, clean.current_step = state.iter, state.current_step
+    clean.learned_net = state.learned_net
+    clean.history.extend(state.history)
+    return clean, json.loads(S._top_level_field(data, S.EXTRA_FIELD))
+
+
+def join_state(state, extra, path, raw_extra=None):
+    blob = raw_extra if raw_extra is not None else json.dumps(extra).encode()
+    path.write_bytes(state.SerializeToString() + S._encode_varint(S.EXTRA_FIELD << 3 | 2)
+                     + S._encode_varint(len(blob)) + blob)
+    return str(path)
+
+
+def _shape_bad(st, ex):
+    st.history[1].shape.dim[:] = [1, 2]         # the bias (2,) as (1, 2)
+
+
+def _count_bad(st, ex):
+    del st.history[0].data[-1]
+
+
+def _fewer(st, ex):
+    del st.history[-1]
+
+
+def _learned_missing(st, ex):
+    st.learned_net = "/nonexistent/x.caffemodel"
+
+
+def _rng_bad(st, ex):
+    ex["data"]["train"]["dy"]["rng"]["state"]["inc"] = "seven"
+
+
+def _type_bad(st, ex):
+    ex["data"]["train"]["dx"]["type"] = "MemoryData"
+
+
+def _seed_negative(st, ex):
+    ex["data"]["train"]["dx"]["seed"] = -3
+
+
+def _key_missing(st, ex):
+    del ex["data"]["train"]["dy"]["rng"]
+
+
+def _net_iteration(st, ex):
+    ex["net_iteration"] = "12"
+
+
+def _format(st, ex):
+    ex["format"] = "something-else/9"
+
+
+def _test_list(st, ex):
+    ex["data"]["test"] = {"a": 1}
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (_shape_bad, r"history blob 1 has shape \[1, 2\], its param has \[2\]"),
+    (_count_bad, r"history blob 0: BlobProto of shape \[2, 3\] \(6 values\) holds 5"),
+    (_fewer, r"holds 1 history blobs, the SGD solver of this net needs 2 \(one history "
+             r"blob per learnable param, 2 params"),
+    (_learned_missing, r"learned_net '/nonexistent/x.caffemodel' was not found"),
+    (_rng_bad, r"data layer 'dy' \(DummyData\) of the train net: rng.state.inc is "
+               r"'seven', expected an integer >= 0"),
+    (_type_bad, r"saved by a 'MemoryData' source, the layer's source is 'DummyData'"),
+    (_seed_negative, r"seed is -3, expected an integer >= 0"),
+    (_key_missing, r"keys .* expected .*\(missing \['rng'\]\)"),
+    (_net_iteration, r"net_iteration is '12', expected an integer >= 0"),
+    (_format, r"format 'something-else/9', expected 'symnet-solverstate/1'"),
+    (_test_list, r"'data.test' must be a list of objects"),
+])
+def test_malformed_state_is_refused_and_changes_nothing(tmp_path, mutate, message):
+    solver = dummy_solver(tmp_path)
+    solver.step(3)
+    _, path = solver.snapshot()
+    state, extra = split_state(path)
+    mutate(state, extra)
+    bad = join_state(state, extra, tmp_path / "bad.solverstate")
+    solver.step(2)                   # the solver moved on since the snapshot
+    before = everything(solver)
+    with pytest.raises(S.SolverError, match=message) as info:
+        solver.restore(bad)
+    assert str(info.value).startswith(bad)
+    assert_same(everything(solver), before)
+    twin = dummy_solver(tmp_path)    # and it goes on as one that never saw the file
+    twin.step(5)
+    assert trajectory(solver, 2) == trajectory(twin, 2)
+    np.testing.assert_array_equal(solver.net.params["ip"][0].data,
+                                  twin.net.params["ip"][0].data)
+
+
+def test_broken_resume_json_is_an_error(tmp_path):
+    solver = dummy_solver(tmp_path)
+    solver.step(1)
+    _, path = solver.snapshot()
+    state, _ = split_state(path)
+    bad = join_state(state, None, tmp_path / "bad.solverstate", raw_extra=b'{"format": ')
+    before = everything(solver)
+    with pytest.raises(S.SolverError, match=r"bad.solverstate: symnet resume data "
+                                            r"\(field 1000\) is not JSON"):
+        solver.restore(bad)
+    assert_same(everything(solver), before)
+
+
+def test_failing_data_position_rolls_back_the_others(tmp_path):
+    """The second data layer's position passes the form check but its source refuses
+    it: the first layer's position, already set, is put back."""
+    solver = dummy_solver(tmp_path)
+    solver.step(3)
+    _, path = solver.snapshot()
+    state, extra = split_state(path)
+    extra["data"]["train"]["dy"]["rng"]["bit_generator"] = "MT19937"
+    bad = join_state(state, extra, tmp_path / "bad.solverstate")
+    solver.step(2)
+    before = everything(solver)
+    with pytest.raises(S.SolverError, match=r"cannot restore the position of data layer "
+                                            r"'dy' \(DummyData\) of the train net"):
+        solver.restore(bad)
+    assert_same(everything(solver), before)
+    twin = dummy_solver(tmp_path)
+    twin.step(5)
+    assert trajectory(solver, 2) == trajectory(twin, 2)
+
+
+def test_adam_history_count_names_two_per_param(tmp_path):
+    sgd = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    sgd.step(1)
+    _, state = sgd.snapshot()
+    adam = make_solver(tmp_path, BASE, type_="Adam")
+    with pytest.raises(S.SolverError, match=r"holds 2 history blobs, the Adam solver of "
+                                            r"this net needs 4 \(2 history blobs per "
+                                            r"learnable param, 2 params"):
+        adam.restore(state)
+
+
+def test_resume_of_dummy_data_is_exact(tmp_path):
+    full = trajectory(dummy_solver(tmp_path), 6)
+    first = dummy_solver(tmp_path)
+    part1 = trajectory(first, 3)
+    _, path = first.snapshot()
+    resumed = dummy_solver(tmp_path)
+    resumed.step(1)                  # somewhere else first
+    import warnings as w
+    with w.catch_warnings():
+        w.simplefilter("error")      # an exact resume says nothing
+        resumed.restore(path)
+    assert part1 + trajectory(resumed, 3) == full
+
+
+def test_state_without_resume_data_warns(tmp_path):
+    """A state without symnet's resume data (as Caffe writes it) restores, and says the
+    data layers start from their current position."""
+    solver = dummy_solver(tmp_path)
+    solver.step(3)
+    _, path = solver.snapshot()
+    state, _ = split_state(path)
+    caffe_like = tmp_path / "caffe.solverstate"
+    caffe_like.write_bytes(state.SerializeToString())
+    other = dummy_solver(tmp_path)
+    with pytest.warns(S.ResumeWarning, match=r"holds no symnet resume data .* the data "
+                                             r"layers 'dx' \(the train net\), 'dy' \(the "
+                                             r"train net\) start from their current"):
+        other.restore(str(caffe_like))
+    assert other.iter == 3 and other.net.iteration == 3
+    np.testing.assert_array_equal(other.net.params["ip"][0].data,
+                                  solver.net.params["ip"][0].data)
+
+
+def test_source_that_cannot_seek_warns(tmp_path):
+    from symnet import data
+
+    class NoSeek:
+        def __init__(self, lp, phase, base):
+            self.i = 0
+
+        def top_shapes(self):
+            return [(N, D), (N, K)]
+
+        def next_batch(self):
+            self.i += 1
+            return list(batch(self.i, 0))
+
+    data.register("SymnetTestNoSeek")(NoSeek)
+    net = NET.replace('layer { name: "x" type: "Input" top: "x" input_param '
+                      '{ shape { dim: 4 dim: 3 } } }\n', "").replace(
+        'layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 4 dim: 2 } } }',
+        'layer { name: "d" type: "SymnetTestNoSeek" top: "x" top: "y" }')
+    (tmp_path / "net.prototxt").write_text(net)
+    text = f'net: "{tmp_path / "net.prototxt"}"\nsnapshot_prefix: "{tmp_path / "s"}"\n' + \
+        BASE + "momentum: 0.9\nrandom_seed: 1701\n"
+    (tmp_path / "solver.prototxt").write_text(text)
+    first = sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu")
+    first.step(2)
+    _, state = first.snapshot()
+    resumed = sn.get_solver(str(tmp_path / "solver.prototxt"), backend="cpu")
+    with pytest.warns(S.ResumeWarning, match=r"the source of data layer 'd' "
+                                             r"\(SymnetTestNoSeek\) of the train net cannot "
+                                             r"seek"):
+        resumed.restore(state)
+    assert resumed.iter == 2
+
+
+def _write_caffe_h5_state(path, proto_path, *, history_shape=None, drop=None):
+    h5py = pytest.importorskip("h5py")
+    state = caffe_pb2.SolverState()
+    state.ParseFromString(open(proto_path, "rb").read())
+    with h5py.File(path, "w") as f:             # SnapshotSolverStateToHDF5's layout
+        f.create_dataset("iter", data=np.array([state.iter], np.int32))
+        f.create_dataset("learned_net", data=state.learned_net.encode())
+        f.create_dataset("current_step", data=np.array([state.current_step], np.int32))
+        g = f.create_group("history")
+        for i, bp in enumerate(state.history):
+            if i == drop:
+                continue
+            a = np.array(bp.data, np.float32).reshape(tuple(bp.shape.dim))
+            if history_shape is not None and i == 0:
+                a = a.reshape(history_shape)
+            g.create_dataset(str(i), data=a)
+    return str(path)
+
+
+def test_restore_from_caffe_hdf5_state(tmp_path):
+    body = BASE + "momentum: 0.9\nmomentum2: 0.999\n"
+    first = make_solver(tmp_path, body, type_="Adam")
+    first.step(3)
+    _, proto_path = first.snapshot()
+    h5 = _write_caffe_h5_state(tmp_path / "snap_iter_3.solverstate.h5", proto_path)
+    a = make_solver(tmp_path, body, type_="Adam")
+    a.restore(h5)
+    b = make_solver(tmp_path, body, type_="Adam")
+    b.restore(proto_path)
+    assert a.iter == b.iter == 3
+    for x, y in zip(a.history, b.history):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_array_equal(a.net.params["ip"][0].data, b.net.params["ip"][0].data)
+    assert trajectory(a, 2) == trajectory(b, 2)
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({"history_shape": (3, 2)}, r"history blob 0 has shape \[3, 2\], expected \[2, 3\]"),
+    ({"drop": 3}, r"holds 3 history blobs, the Adam solver of this net needs 4"),
+])
+def test_malformed_hdf5_state_changes_nothing(tmp_path, kw, message):
+    body = BASE + "momentum: 0.9\n"
+    solver = make_solver(tmp_path, body, type_="Adam")
+    solver.step(2)
+    _, proto_path = solver.snapshot()
+    h5 = _write_caffe_h5_state(tmp_path / "bad.solverstate.h5", proto_path, **kw)
+    solver.step(1)
+    before = everything(solver)
+    with pytest.raises(S.SolverError, match=message):
+        solver.restore(h5)
+    assert_same(everything(solver), before)
+    (tmp_path / "junk.solverstate.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(S.SolverError, match="junk.solverstate.h5: not a readable HDF5"):
+        solver.restore(str(tmp_path / "junk.solverstate.h5"))
+    assert_same(everything(solver), before)
+
+
+def test_snapshot_sweeps_old_temporary_files_only(tmp_path):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(1)
+    hour_ago = time.time() - 3700
+    old = tmp_path / ".snap_iter_7.solverstate.0123456789ab.symnet-tmp"
+    old_legacy = tmp_path / ".snap_iter_7.caffemodel.ab_cd9xy.tmp"
+    fresh = tmp_path / ".snap_iter_8.caffemodel.aaaaaaaaaaaa.symnet-tmp"
+    # the user's files, even old ones with similar names, stay
+    users = [tmp_path / ".notes.0123456789ab.symnet-tmp",            # not a snapshot
+             tmp_path / ".other_iter_7.caffemodel.0123456789ab.symnet-tmp",  # other prefix
+             tmp_path / ".snap_iter_7.caffemodel.0123456789ab.tmp",  # neither pattern
+             tmp_path / "snap_iter_7.caffemodel.0123456789ab.symnet-tmp"]    # not hidden
+    for p in [old, old_legacy, fresh] + users:
+        p.write_bytes(b"partial")
+    for p in [old, old_legacy] + users:
+        os.utime(p, (hour_ago, hour_ago))
+    (tmp_path / "linkdir").mkdir()
+    link = tmp_path / ".snap_iter_9.caffemodel.0123456789ab.symnet-tmp"
+    os.symlink(tmp_path / "linkdir", link)      # not a regular file: left alone
+    os.utime(link, (hour_ago, hour_ago), follow_symlinks=False)
+    solver.snapshot()
+    assert not old.exists() and not old_legacy.exists()
+    assert fresh.exists() and link.is_symlink()
+    assert all(p.exists() for p in users)
+    # the snapshot's own temporary files are gone, its files are in place
+    leftovers = [f for f in os.listdir(tmp_path) if f.endswith(S.TEMP_SUFFIX)
+                 and f.startswith(".snap_iter_1")]
+    assert leftovers == [] and (tmp_path / "snap_iter_1.solverstate").exists()
+
+
+def test_snapshot_temporary_names_have_the_swept_form(tmp_path, monkeypatch):
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", spy)
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(1)
+    solver.snapshot()
+    monkeypatch.undo()
+    assert [re.sub(r"\.[0-9a-f]{12}\.", ".X.", n) for n in seen] == \
+        [".snap_iter_1.caffemodel.X.symnet-tmp", ".snap_iter_1.solverstate.X.symnet-tmp"]
+    for n in seen:
+        assert S._TEMP_RE.match(n)
