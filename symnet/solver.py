@@ -1048,7 +1048,7 @@ class Solver:
         except (UnicodeDecodeError, ValueError, RecursionError) as e:
             raise SolverError(f"{where} (field {EXTRA_FIELD}) is not JSON: {e}") from None
         if not isinstance(info, dict):
-            raise SolverError(f"{where} is a {_kind(info)}, expected an object")
+            raise SolverError(f"{where} is {_kind(info)}, expected an object")
         if info.get("format") != EXTRA_FORMAT:
             raise SolverError(f"{where}: format {info.get('format')!r}, expected "
                               f"{EXTRA_FORMAT!r}")
@@ -1062,11 +1062,11 @@ class Solver:
         plan["net_iteration"] = int(it)
         data = info.get("data", {})
         if not isinstance(data, dict):
-            raise SolverError(f"{where}: 'data' is a {_kind(data)}, expected an object")
+            raise SolverError(f"{where}: 'data' is {_kind(data)}, expected an object")
         train = data.get("train", {})
         test = data.get("test", [])
         if not isinstance(train, dict):
-            raise SolverError(f"{where}: 'data.train' is a {_kind(train)}, expected an "
+            raise SolverError(f"{where}: 'data.train' is {_kind(train)}, expected an "
                               "object")
         if not isinstance(test, list) or not all(isinstance(t, dict) for t in test):
             raise SolverError(f"{where}: 'data.test' must be a list of objects, one per "
@@ -1211,14 +1211,15 @@ def _is_int(v):
 
 
 def _kind(v):
+    """What a JSON value is, with its article: "null", "an integer", "a list"."""
     if v is None:
         return "null"
     if isinstance(v, bool):
-        return "boolean"
+        return "a boolean"
     if _is_int(v):
-        return "integer"
-    return {float: "number", str: "string", list: "list", dict: "object"}.get(
-        type(v), type(v).__name__)
+        return "an integer"
+    return {float: "a number", str: "a string", list: "a list", dict: "an object"}.get(
+        type(v), f"a {type(v).__name__}")
 
 
 def _can_seek(layer, feeder):
@@ -1247,10 +1248,10 @@ def _check_form(saved, current, where, field):
     name = field or "the position"
     if isinstance(current, dict):
         if not isinstance(saved, dict):
-            raise SolverError(f"{where}: {name} is a {_kind(saved)}, expected an object")
+            raise SolverError(f"{where}: {name} is {_kind(saved)}, expected an object")
         if field == "" and saved.get("type") != current.get("type"):
-            raise SolverError(f"{where}: saved by a {saved.get('type')!r} source, the layer's"
-                              f" source is {current.get('type')!r}")
+            raise SolverError(f"{where}: saved by a source of type {saved.get('type')!r}, the "
+                              f"layer's source is a {current.get('type')!r} source")
         if set(saved) != set(current):
             missing = sorted(set(current) - set(saved))
             unknown = sorted(set(saved) - set(current))
@@ -1280,9 +1281,9 @@ def _check_form(saved, current, where, field):
             raise SolverError(f"{where}: {name} is not hexadecimal")
     elif isinstance(current, list):
         if not isinstance(saved, list) or len(saved) != len(current):
-            raise SolverError(f"{where}: {name} is {_kind(saved)} of "
-                              f"{len(saved) if isinstance(saved, list) else 0} items, "
-                              f"expected a list of {len(current)}")
+            raise SolverError(f"{where}: {name} is {_kind(saved)}"
+                              + (f" of {len(saved)} items" if isinstance(saved, list) else "")
+                              + f", expected a list of {len(current)}")
         for i, (s, c) in enumerate(zip(saved, current)):
             _check_form(s, c, where, f"{field}[{i}]")
 

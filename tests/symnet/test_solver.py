@@ -699,7 +699,7 @@ def _test_list(st, ex):
     (_learned_missing, r"learned_net '/nonexistent/x.caffemodel' was not found"),
     (_rng_bad, r"data layer 'dy' \(DummyData\) of the train net: rng.state.inc is "
                r"'seven', expected an integer >= 0"),
-    (_type_bad, r"saved by a 'MemoryData' source, the layer's source is 'DummyData'"),
+    (_type_bad, r"saved by a source of type 'MemoryData', the layer's source is a 'DummyData' source"),
     (_seed_negative, r"seed is -3, expected an integer >= 0"),
     (_key_missing, r"keys .* expected .*\(missing \['rng'\]\)"),
     (_net_iteration, r"net_iteration is '12', expected an integer >= 0"),
