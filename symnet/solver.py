@@ -42,10 +42,20 @@ its extension, and a prefix naming a folder gets the solver file's stem appended
 
 Snapshots are ``<prefix>_iter_N.caffemodel`` and ``<prefix>_iter_N.solverstate`` (a
 SolverState: iter, learned_net, history, current_step), each written to a temporary
-file and renamed, so an interrupted write leaves earlier files intact. The solverstate
-also carries symnet's own resume data (the net's iteration counter and the positions
-of data layers whose source has ``state()``/``set_state()``) as JSON in field number
-1000, which Caffe's reader skips as an unknown field.
+file beside it (``.<name>.<12 hex digits>.symnet-tmp``) and renamed, so an interrupted
+write leaves earlier files intact; such temporary files that a killed snapshot left and
+that are more than an hour old are removed at the next snapshot. The solverstate also
+carries symnet's own resume data (the net's iteration counter and the positions of data
+layers whose source has ``state()``/``set_state()``) as JSON in field number 1000, which
+Caffe's reader skips as an unknown field.
+
+``restore`` reads a .solverstate or Caffe's HDF5 form (``.solverstate.h5``) and checks
+all of it before changing anything: the number of history blobs (one per learnable
+param, two for AdaDelta and Adam, the second set after the first, as Caffe lays them
+out) and each one's shape, the learned_net weights, and the form of the resume data.
+A malformed state is a SolverError and leaves the solver, weights, histories and data
+positions as they were. A resume that cannot be exact (no resume data, as in Caffe's
+states; a data source that cannot seek) gives a ResumeWarning saying what differs.
 
 ``random_seed`` (when >= 0) seeds symnet's filler generator and the data layers' base
 seed; symnet's random ops (Dropout) are counter-based, hence the same on every run.
@@ -974,6 +984,8 @@ class Solver:
         except SolverError as e:
             raise SolverError(f"{state_file}: {e}") from None
         learned = state.learned_net if state.HasField("learned_net") else ""
+        if isinstance(learned, bytes):      # not UTF-8: protobuf hands the raw bytes over
+            learned = os.fsdecode(learned)
         return {"iter": int(state.iter), "current_step": int(state.current_step),
                 "learned_net": learned, "history": history, "extra": extra}
 
@@ -1306,10 +1318,7 @@ def _h5_str(h5py, node, state_file):
         raise SolverError(f"{state_file}: 'learned_net' is not a string dataset")
     value = np.asarray(node[()]).reshape(-1)[0] if node.shape else node[()]
     if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SolverError(f"{state_file}: 'learned_net' is not UTF-8") from None
+        return os.fsdecode(value)           # a path, as the file system spells it
     if isinstance(value, str):
         return value
     raise SolverError(f"{state_file}: 'learned_net' holds {node.dtype}, expected a "

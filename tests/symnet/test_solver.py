@@ -940,3 +940,29 @@ def test_snapshot_temporary_names_have_the_swept_form(tmp_path, monkeypatch):
         [".snap_iter_1.caffemodel.X.symnet-tmp", ".snap_iter_1.solverstate.X.symnet-tmp"]
     for n in seen:
         assert S._TEMP_RE.match(n)
+
+
+def test_learned_net_path_that_is_not_utf8(tmp_path):
+    """learned_net is a path in the file system's bytes: a name that is not UTF-8 (which
+    protobuf hands over as bytes) still finds its file, or is a SolverError."""
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    solver.step(2)
+    model, path = solver.snapshot()
+    raw = os.fsencode(str(tmp_path)) + b"/w\xff.caffemodel"
+    os.replace(model, os.fsdecode(raw))
+    data = open(path, "rb").read()
+    old = os.fsencode(model)
+    assert len(old) > len(raw)
+    # the same length keeps the message valid: pad the new name with "/" after the folder
+    padded = os.fsencode(str(tmp_path)) + b"/" * (len(old) - len(raw)) + b"/w\xff.caffemodel"
+    bad = tmp_path / "moved.solverstate"
+    bad.write_bytes(data.replace(old, padded))
+    other = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    other.restore(str(bad))
+    np.testing.assert_array_equal(other.net.params["ip"][0].data,
+                                  solver.net.params["ip"][0].data)
+    os.unlink(os.fsdecode(raw))
+    before = everything(other)
+    with pytest.raises(S.SolverError, match="was not found"):
+        other.restore(str(bad))
+    assert_same(everything(other), before)
