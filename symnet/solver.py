@@ -911,12 +911,11 @@ class Solver:
 
     # -- reading and checking (nothing changes)
     def _read_state(self, state_file):
-        try:
-            with open(state_file, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise SolverError(f"{state_file}: cannot read the solver state: "
-                              f"{e.strerror or e}") from None
+        data = b""
+        if not state_file.endswith(".h5"):      # Caffe's test for the HDF5 form
+            data = prototxt.read_limited(state_file, what="solver state (.solverstate)",
+                                         limit=prototxt.MAX_BINARY_BYTES,
+                                         error=SolverError)
         self._sync_layout()
         if state_file.endswith(".h5") or data.startswith(weights_io.HDF5_SIGNATURE):
             plan = self._read_state_hdf5(state_file)
@@ -998,6 +997,7 @@ class Solver:
             raise SolverError(f"{state_file}: reading an HDF5 solver state needs h5py: "
                               "pip install 'symnet[data]'") from None
         try:
+            weights_io.check_hdf5(state_file)     # the superblock, before the library
             f = h5py.File(state_file, "r")
         except Exception as e:
             raise SolverError(f"{state_file}: not a readable HDF5 solver state "

@@ -160,9 +160,17 @@ def hdf5_array(h5py, node, shape, where):
     return np.asarray(node[()], dtype=np.float32).reshape(shape)
 
 
+def check_hdf5(path):
+    """The HDF5 file's superblock is sound (symnet.data.formats.check_hdf5_file): a
+    truncated or foreign file is refused before the HDF5 library reads it."""
+    from ..data.formats import check_hdf5_file
+    check_hdf5_file(path)
+
+
 def _check_hdf5(net, path):
     h5py = _h5py()
     try:
+        check_hdf5(path)                  # the superblock, before the library opens it
         f = h5py.File(path, "r")
     except Exception as e:
         raise WeightsError(f"{path}: not a readable HDF5 file ({type(e).__name__}: "

@@ -459,8 +459,10 @@ def test_restore_errors(tmp_path):
     adam = make_solver(tmp_path, BASE, type_="Adam")
     with pytest.raises(S.SolverError, match="history blobs"):
         adam.restore(state)
-    with pytest.raises(S.SolverError, match="x.solverstate.h5: cannot read"):
+    with pytest.raises(S.SolverError, match="x.solverstate.h5: .*no HDF5 file at"):
         adam.restore("x.solverstate.h5")
+    with pytest.raises(S.SolverError, match="nothing.solverstate: no such file"):
+        adam.restore("nothing.solverstate")
 
 
 def test_interrupted_snapshot_keeps_previous(tmp_path, monkeypatch):
@@ -966,3 +968,12 @@ def test_learned_net_path_that_is_not_utf8(tmp_path):
     with pytest.raises(S.SolverError, match="was not found"):
         other.restore(str(bad))
     assert_same(everything(other), before)
+
+
+def test_state_from_a_device_is_read_up_to_the_limit(tmp_path, monkeypatch):
+    solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+    monkeypatch.setenv("SYMNET_MAX_TEXT_BYTES", "4K")
+    before = everything(solver)
+    with pytest.raises(S.SolverError, match="/dev/zero: .*limit of 4096 bytes"):
+        solver.restore("/dev/zero")
+    assert_same(everything(solver), before)
