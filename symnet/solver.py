@@ -1088,7 +1088,7 @@ class Solver:
                          f"the solver has {len(self.test_nets)}: test nets without one "
                          "start from their current position")
         saved_all = [train] + test + [{}] * max(0, len(self.test_nets) - len(test))
-        for k, ((label, net), saved) in enumerate(zip(nets, saved_all)):
+        for (label, net), saved in zip(nets, saved_all):
             names = set()
             for layer, feeder in getattr(net, "_feeders", []):
                 names.add(layer.name)
