@@ -235,6 +235,8 @@ class _Layers:
     """``L.Convolution(bottom, **params)`` makes a layer function of that type."""
 
     def __getattr__(self, name):
+        if name.startswith("__"):       # module protocol (__file__, __path__...): the
+            raise AttributeError(name)  # object stands in sys.modules as caffe.layers
         def layer_fn(*args, **kwargs):
             fn = Function(name, args, kwargs)
             return fn.tops[0] if fn.ntop == 1 else (fn.tops if fn.ntop else fn)

@@ -122,3 +122,13 @@ def test_keys_vals_update_delitem():
     del n["ip"]
     assert n.keys() == ["data"]
     assert [lp.name for lp in n.to_proto().layer] == ["data"]
+
+
+def test_layers_object_answers_only_layer_names():
+    """``caffe.layers`` stands in sys.modules; module-protocol names (``__file__``,
+    ``__path__``...) must be missing attributes, not layer factories, or tools that scan
+    sys.modules (hypothesis, inspect) fail on it."""
+    from symnet.caffe import layers as L
+    for name in ("__file__", "__path__", "__spec__", "__wrapped__"):
+        assert not hasattr(L, name)
+    assert callable(L.Convolution)
