@@ -32,10 +32,12 @@ import copy
 import queue
 import threading
 
+from .errors import SymnetError
+
 _POLL = 0.05
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(SymnetError, RuntimeError):
     """A data source failed on the prefetch thread; raised in the main thread."""
 
 

@@ -139,6 +139,17 @@ class Source:
             got = state.get("type") if isinstance(state, dict) else type(state).__name__
             raise DataError(f"{self.type_name} source '{self.name}': cannot restore a "
                             f"position saved by a {got!r} source")
+        before = self.state()
+        try:
+            self._apply_state(state)
+        except Exception as e:
+            self._apply_state(before)           # all or nothing
+            if isinstance(e, DataError):
+                raise
+            raise DataError(f"{self.type_name} source '{self.name}': the saved position "
+                            f"is malformed ({type(e).__name__}: {e})") from e
+
+    def _apply_state(self, state):
         self._set_seed(int(state["seed"]))
         self.rng.bit_generator.state = copy.deepcopy(state["rng"])
         self._set_position(state)

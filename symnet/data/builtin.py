@@ -305,8 +305,15 @@ class HDF5DataSource(Source):
         return {"epoch": self.epoch, "file": self.slot, "row": self.row}
 
     def _set_position(self, state):
-        self.epoch, self.slot, self.row = (int(state["epoch"]), int(state["file"]),
-                                           int(state["row"]))
+        epoch, slot, row = int(state["epoch"]), int(state["file"]), int(state["row"])
+        if epoch < 0 or not 0 <= slot < len(self.files) or row < 0:
+            raise DataError(f"HDF5Data '{self.name}': saved position epoch {epoch}, file "
+                            f"{slot}, row {row} is outside the {len(self.files)} files")
+        self.epoch, self.slot, self.row = epoch, slot, row
+        rows = len(self._current()[1])
+        if row >= rows:
+            raise DataError(f"HDF5Data '{self.name}': saved row {row} is beyond the {rows} "
+                            f"rows of file {slot}")
 
 
 @register("HDF5Data")

@@ -303,6 +303,31 @@ def test_hdf5_shuffle_is_a_seeded_permutation_per_epoch(tmp_path):
     np.testing.assert_array_equal(again.next_batch()[1], y)
 
 
+def test_a_malformed_position_changes_nothing(tmp_path):
+    """set_state is all or nothing: a saved HDF5 position outside the files, or with a
+    missing or mistyped field, is a DataError and the source reads on from where it
+    was (seed, generator and position as before)."""
+    for k in range(2):
+        r = np.arange(3 * k, 3 * k + 3)
+        write_h5(tmp_path / f"{k}.h5", r[:, None].astype(np.float32), r)
+    (tmp_path / "list.txt").write_text("0.h5\n1.h5\n")
+    src = source(hdf5_layer(2, shuffle=True), tmp_path, seed=3)
+    twin = source(hdf5_layer(2, shuffle=True), tmp_path, seed=3)
+    src.next_batch(), twin.next_batch()
+    good = src.state()
+    bad_states = [dict(good, file=2), dict(good, row=3), dict(good, row=-1),
+                  dict(good, epoch=-1), dict(good, seed="x"),
+                  {k: v for k, v in good.items() if k != "row"},
+                  dict(good, rng={"bit_generator": "PCG64"}), dict(good, seed=99, row=7)]
+    for bad in bad_states:
+        with pytest.raises(data.DataError, match="HDF5Data"):
+            src.set_state(bad)
+        assert src.state() == good, bad
+    for _ in range(4):
+        for a, b in zip(src.next_batch(), twin.next_batch()):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_hdf5_errors(tmp_path):
     write_h5(tmp_path / "a.h5", np.zeros((2, 3)), np.zeros(2))
     (tmp_path / "list.txt").write_text("a.h5\n")
