@@ -203,19 +203,32 @@ def lrn(x, local_size=5, alpha=1.0, beta=0.75, norm_region="ACROSS_CHANNELS", k=
     mode (Caffe ignores it; we follow)."""
     # Caffe: CHECK_EQ(size_ % 2, 1) "LRN only supports odd values for local_size" (a
     # uint32; -1 % 2 is 1 in Python, so the sign is checked too)
-    require(is_int(local_size) and local_size >= 1 and local_size % 2 == 1,
+    # Caffe reads it into an int: from 2^31 on it is negative there and refused too.
+    require(is_int(local_size) and 1 <= local_size < 2 ** 31 and local_size % 2 == 1,
             "lrn_param.local_size", local_size, "odd and positive (LRN only supports odd "
-            "values)")
+            "values), below 2^31")
     local_size = int(local_size)
     if x.ndim != 4:
         raise ShapeError(f"LRN: bottom {x.label()} has {x.ndim} axes {x.shape}, expected 4 "
                          "(N, C, H, W)")
     pre = (local_size - 1) // 2
     sq = x * x
+    c, h, w = x.shape[1:]
+    # A window reaching past every edge sums the same values as one reaching just to
+    # the far edge: it is cut there (exactly), so a huge local_size allocates no huge
+    # padding and loops over no huge window; the divisor stays local_size.
     if norm_region == "ACROSS_CHANNELS":
-        scale = F.window_sum(sq, 1, pre, pre) * (alpha / local_size) + float(k)
+        pre_c = min(pre, c - 1)
+        scale = F.window_sum(sq, 1, pre_c, pre_c) * (alpha / local_size) + float(k)
     elif norm_region == "WITHIN_CHANNEL":
-        scale = F.avg_pool2d(sq, local_size, 1, pre) * float(alpha) + 1.0
+        pre_s = min(pre, max(h, w) - 1)
+        size = 2 * pre_s + 1
+        # stride 1 and pad (size - 1) / 2: every window lies in the padded image, so
+        # AVE pooling divides by size^2; rescaled to Caffe's local_size^2
+        avg = F.avg_pool2d(sq, size, 1, pre_s)
+        if size != local_size:
+            avg = avg * (float(size) * size / (float(local_size) * local_size))
+        scale = avg * float(alpha) + 1.0
     else:
         require(False, "lrn_param.norm_region", norm_region,
                 "ACROSS_CHANNELS or WITHIN_CHANNEL")

@@ -6,7 +6,7 @@ import math
 from .. import functions as F
 from ..errors import ShapeError
 from .registry import layer, layer_param
-from ._util import canonical_axis, is_int, require, spatial
+from ._util import canonical_axis, is_int, require, show, spatial
 
 
 def _conv_geometry(kernel_size, kernel_h, kernel_w, stride, stride_h, stride_w, pad, pad_h,
@@ -132,12 +132,16 @@ def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, strid
     p = spatial("pad", [pad] if pad is not None else [], pad_h, pad_w, default=0, param=P,
                 minimum=0)
     if global_pooling:
-        if kernel_size or kernel_h or kernel_w:
-            raise ValueError(f"{P}.kernel_size: with global_pooling the kernel size cannot "
-                             "be specified")
-        if s != (1, 1) or p != (0, 0):
-            raise ValueError(f"{P}: with global_pooling only pad = 0 and stride = 1 are "
-                             f"allowed (got pad {p}, stride {s})")
+        # Caffe: CHECK(!(has_kernel_size() || has_kernel_h() || has_kernel_w())), so
+        # an explicit 0 is refused as well
+        given = [v for v in (kernel_size, kernel_h, kernel_w) if v is not None]
+        if given:
+            raise ValueError(f"{P}.kernel_size {show(given)}: with global_pooling the "
+                             "kernel size cannot be specified")
+        # Caffe: CHECK(pad_h_ == 0 && pad_w_ == 0 && stride_h_ == 1 && stride_w_ == 1)
+        why = "(with global_pooling only pad = 0 and stride = 1 are allowed)"
+        require(s == (1, 1), f"{P}.stride", list(s), f"1 {why}")
+        require(p == (0, 0), f"{P}.pad", list(p), f"0 {why}")
         k = x.shape[2:]
     else:
         if kernel_size is not None and (kernel_h is not None or kernel_w is not None):
