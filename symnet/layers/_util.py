@@ -19,6 +19,8 @@ def show(value):
     """A parameter value as the message prints it."""
     if value is None:
         return "(not set)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, str):
         return repr(value)
     if isinstance(value, (list, tuple)):
@@ -59,11 +61,11 @@ def spatial(name, values, h=None, w=None, default=None, param=None, list_name=No
     prefix = f"{param}." if param else ""
     if h is not None or w is not None:
         if h is None or w is None:
-            raise ValueError(f"{prefix}{name}_h and {prefix}{name}_w must be given together "
-                             f"(got {name}_h {show(h)}, {name}_w {show(w)})")
+            raise ValueError(f"{prefix}{name}_h {show(h)} and {prefix}{name}_w {show(w)}: "
+                             "must be given together")
         if values:
-            raise ValueError(f"{prefix}{list_name} and {prefix}{name}_h/{name}_w are "
-                             "mutually exclusive")
+            raise ValueError(f"{prefix}{list_name} {show(list(values))} and "
+                             f"{prefix}{name}_h/{name}_w are mutually exclusive")
         given = [(f"{prefix}{name}_h", h), (f"{prefix}{name}_w", w)]
         out = (h, w)
     else:
@@ -72,8 +74,8 @@ def spatial(name, values, h=None, w=None, default=None, param=None, list_name=No
             raise ValueError(f"{prefix}{list_name} {show(values)}: has {len(values)} "
                              "values; 2-D layers take 1 or 2")
         if not values and default is None:
-            raise ValueError(f"{prefix}{list_name} is required (as {list_name} or "
-                             f"{name}_h and {name}_w)")
+            raise ValueError(f"{prefix}{list_name} (not set): must be given (as {list_name} "
+                             f"or {name}_h and {name}_w)")
         shown = values[0] if len(values) == 1 else values
         given = [(f"{prefix}{list_name}", shown)] if values else []
         out = ((default, default) if not values else

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import functions as F
 from ..errors import ShapeError
-from ._util import canonical_axis, require, split_at
+from ._util import canonical_axis, require, show, split_at
 from .loss import (_labels, _log_softmax, clamp_value_only, int_label, normalizer,
                    resolve_normalization, valid_mask)
 from .registry import layer
@@ -170,7 +170,7 @@ def infogain_loss(x, label, h=None, source=None, axis=1, ignore_label=None,
     active. A second top gives the softmax."""
     if normalize is not None:
         # Caffe: CHECK(!has_normalize()) "normalize is deprecated. use normalization"
-        raise ValueError(f"loss_param.normalize {normalize}: normalize is deprecated for "
+        raise ValueError(f"loss_param.normalize {show(normalize)}: normalize is deprecated for "
                          "InfogainLoss; use normalization")
     normalization = resolve_normalization(normalization, None)
     ax = canonical_axis(axis, x.ndim, "infogain_loss_param.axis")

@@ -128,8 +128,10 @@ def clip(x, min=None, max=None):   # noqa: A002 - Caffe's field names
     first branch below makes the derived gradient take that side; outside the
     interval y is the constant bound (and with min > max, Caffe's formula gives
     min everywhere, with zero gradient)."""
-    if min is None or max is None:
-        raise ValueError("clip_param.min and clip_param.max are required")
+    # both are required fields of Caffe's ClipParameter
+    for field, value in (("min", min), ("max", max)):
+        require(value is not None, f"clip_param.{field}", value,
+                "given (clip_param.min and clip_param.max are required)")
     lo, hi = float(min), float(max)
 
     def f(a):

@@ -11,7 +11,7 @@ import math
 
 from .. import functions as F
 from ..errors import ShapeError
-from ._util import canonical_axis, is_int, require
+from ._util import canonical_axis, is_int, require, show
 from .registry import context, layer
 
 
@@ -19,8 +19,8 @@ def _legacy_axis(x, axis, legacy, legacy_name, param):
     """Caffe's ``axis`` (may be negative) or its deprecated uint32 spelling
     (``concat_dim``/``slice_dim``): not both; the legacy one may not be negative."""
     if axis is not None and legacy is not None:
-        raise ValueError(f"{param}: either axis ({axis}) or {legacy_name} ({legacy}) should "
-                         "be specified; not both")
+        raise ValueError(f"{param}.{legacy_name} {show(legacy)}: either axis ({show(axis)}) "
+                         f"or {legacy_name} should be specified; not both")
     if legacy is not None:
         # Caffe: CHECK_GE(slice_dim, 0), CHECK_LT(slice_dim, num_axes) "out of range"
         require(is_int(legacy) and 0 <= legacy < x.ndim, f"{param}.{legacy_name}", legacy,
@@ -216,8 +216,8 @@ def tile(x, axis=1, tiles=None):
     """y = x repeated ``tiles`` times along ``axis`` as whole blocks (numpy.tile on that
     axis: [a, b] -> [a, b, a, b]); the diff sums the copies."""
     # Caffe: CHECK(has_tiles()) "Number of tiles must be specified"; CHECK_GT(tiles_, 0)
-    if tiles is None:
-        raise ValueError("tile_param.tiles must be specified")
+    require(tiles is not None, "tile_param.tiles", tiles,
+            "given (the number of tiles must be specified)")
     require(is_int(tiles) and tiles > 0, "tile_param.tiles", tiles,
             "a positive integer (the number of tiles)")
     ax = canonical_axis(axis, x.ndim, "tile_param.axis")

@@ -123,9 +123,10 @@ def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, strid
     P = "pooling_param"
     _check_nchw(x, "Pooling")
     if stride is not None and (stride_h is not None or stride_w is not None):
-        raise ValueError(f"{P}.stride is stride OR stride_h and stride_w")
+        raise ValueError(f"{P}.stride {show(stride)}: stride is stride OR stride_h and "
+                         "stride_w")
     if pad is not None and (pad_h is not None or pad_w is not None):
-        raise ValueError(f"{P}.pad is pad OR pad_h and pad_w")
+        raise ValueError(f"{P}.pad {show(pad)}: pad is pad OR pad_h and pad_w")
     # Caffe does not check the stride, but divides by it (a 0 stride is SIGFPE there)
     s = spatial("stride", [stride] if stride is not None else [], stride_h, stride_w,
                 default=1, param=P, minimum=1)
@@ -134,10 +135,11 @@ def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, strid
     if global_pooling:
         # Caffe: CHECK(!(has_kernel_size() || has_kernel_h() || has_kernel_w())), so
         # an explicit 0 is refused as well
-        given = [v for v in (kernel_size, kernel_h, kernel_w) if v is not None]
+        given = [(f, v) for f, v in (("kernel_size", kernel_size), ("kernel_h", kernel_h),
+                                      ("kernel_w", kernel_w)) if v is not None]
         if given:
-            raise ValueError(f"{P}.kernel_size {show(given)}: with global_pooling the "
-                             "kernel size cannot be specified")
+            raise ValueError(f"{P}.{given[0][0]} {show(given[0][1])}: with global_pooling "
+                             "the kernel size cannot be specified")
         # Caffe: CHECK(pad_h_ == 0 && pad_w_ == 0 && stride_h_ == 1 && stride_w_ == 1)
         why = "(with global_pooling only pad = 0 and stride = 1 are allowed)"
         require(s == (1, 1), f"{P}.stride", list(s), f"1 {why}")
@@ -145,7 +147,8 @@ def pooling(x, pool="MAX", kernel_size=None, kernel_h=None, kernel_w=None, strid
         k = x.shape[2:]
     else:
         if kernel_size is not None and (kernel_h is not None or kernel_w is not None):
-            raise ValueError(f"{P}: kernel is kernel_size OR kernel_h and kernel_w; not both")
+            raise ValueError(f"{P}.kernel_size {show(kernel_size)}: kernel is kernel_size "
+                             "OR kernel_h and kernel_w; not both")
         # Caffe: CHECK_GT(kernel_h_, 0) "Filter dimensions cannot be zero."
         k = spatial("kernel", [kernel_size] if kernel_size is not None else [], kernel_h,
                     kernel_w, param=P, list_name="kernel_size", minimum=1,
