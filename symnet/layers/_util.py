@@ -25,8 +25,6 @@ def show(value):
         return repr(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(show(v) for v in value) + "]"
-    if isinstance(value, float) and value.is_integer():
-        return repr(value)
     return str(value)
 
 

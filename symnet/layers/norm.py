@@ -201,9 +201,9 @@ def lrn(x, local_size=5, alpha=1.0, beta=0.75, norm_region="ACROSS_CHANNELS", k=
     clipped to the padded image, here always local_size^2, so zeros outside the
     image count; and from a Power layer with shift 1, so ``k`` is NOT used in this
     mode (Caffe ignores it; we follow)."""
-    # Caffe: CHECK_EQ(size_ % 2, 1) "LRN only supports odd values for local_size" (a
-    # uint32; -1 % 2 is 1 in Python, so the sign is checked too)
-    # Caffe reads it into an int: from 2^31 on it is negative there and refused too.
+    # Caffe: CHECK_EQ(size_ % 2, 1) "LRN only supports odd values for local_size".
+    # size_ is an int there: a uint32 from 2^31 on is negative and refused as well
+    # (-1 % 2 is 1 in Python, so the sign is checked explicitly).
     require(is_int(local_size) and 1 <= local_size < 2 ** 31 and local_size % 2 == 1,
             "lrn_param.local_size", local_size, "odd and positive (LRN only supports odd "
             "values), below 2^31")

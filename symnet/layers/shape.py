@@ -134,8 +134,9 @@ def reshape(x, shape=None, axis=0, num_axes=-1):
     P = "reshape_param"
     require(all(is_int(d) for d in dims), f"{P}.shape.dim", dims, "integers")
     dims = [int(d) for d in dims]
-    require(is_int(axis) and is_int(num_axes), f"{P}.axis/num_axes", [axis, num_axes],
-            "integers")
+    require(is_int(axis), f"{P}.axis", axis, "an integer")
+    require(is_int(num_axes), f"{P}.num_axes", num_axes, "an integer")
+    axis, num_axes = int(axis), int(num_axes)
     start = axis if axis >= 0 else x.ndim + axis + 1
     # Caffe: CHECK_GE(start_axis, 0), CHECK_LE(start_axis, num_axes) "out of range"
     require(0 <= start <= x.ndim, f"{P}.axis", axis,
@@ -157,21 +158,21 @@ def reshape(x, shape=None, axis=0, num_axes=-1):
     for i, d in enumerate(dims):
         if d == 0:
             if start + i >= x.ndim:
-                raise ShapeError(f"reshape_param.shape.dim {dims}: has a 0 at position {i} but the "
+                raise ShapeError(f"{P}.shape.dim {dims}: has a 0 at position {i} but the "
                                  f"bottom {x.shape} has no axis {start + i} to copy")
             top[start + i] = x.shape[start + i]
     if -1 in dims:
         i = start + dims.index(-1)
         known = math.prod(d for j, d in enumerate(top) if j != i)
         if known == 0 or x.size % known:
-            raise ShapeError(f"reshape_param.shape.dim {dims}: bottom count {x.size} {x.shape} "
-                             "must be divisible "
-                             f"by the product of the specified dimensions ({known})")
+            raise ShapeError(f"{P}.shape.dim {dims}: bottom count {x.size} {x.shape} must "
+                             f"be divisible by the product of the specified dimensions "
+                             f"({known})")
         top[i] = x.size // known
     if math.prod(top) != x.size:
-        raise ShapeError(f"reshape_param.shape.dim {dims}: top shape {tuple(top)} has "
-                         f"{math.prod(top)} elements, "
-                         f"bottom {x.shape} has {x.size}; output count must match input count")
+        raise ShapeError(f"{P}.shape.dim {dims}: top shape {tuple(top)} has "
+                         f"{math.prod(top)} elements, bottom {x.shape} has {x.size}; output "
+                         "count must match input count")
     return F.reshape(x, tuple(top))
 
 
