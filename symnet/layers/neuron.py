@@ -65,13 +65,31 @@ def power(x, power=1.0, scale=1.0, shift=0.0):
     As in Caffe, when power * scale == 0 the input is ignored: y is 1 if power == 0,
     else shift ^ power, and the gradient is 0 (so 0 ^ 0 = 1 and no NaN appears)."""
     if power * scale == 0.0:
-        return _constant_like(x, 1.0 if power == 0.0 else math.pow(shift, power))
+        value = 1.0 if power == 0.0 else _math_or_nan(math.pow, shift, power)
+        # Caffe fills the top with pow(shift, power) whatever it is; an inf or NaN
+        # there (0 to a negative power, a negative shift to a fractional one) is
+        # refused instead of filling the net with it
+        require(math.isfinite(value), "power_param.shift", shift,
+                f"such that shift ^ power is finite (power {power}, scale {scale}: "
+                "the top is that constant)")
+        return _constant_like(x, value)
     z = x * scale + shift if (scale != 1.0 or shift != 0.0) else x
     if power == 1.0:
         return z
     if float(power).is_integer():
         power = int(power)       # exact integer powers: (-2)^2 = 4, not NaN
     return F.pow(z, power)
+
+
+def _math_or_nan(fn, *args):
+    """fn(*args) of Python's math module, inf on overflow and NaN on a domain error
+    (as C's pow and exp give)."""
+    try:
+        return fn(*args)
+    except OverflowError:
+        return math.inf
+    except ValueError:       # math domain error: 0 ** negative, negative ** fraction
+        return math.nan
 
 
 def _log_base(base, field):
@@ -93,8 +111,12 @@ def exp(x, base=-1.0, scale=1.0, shift=0.0):
     """y = base ^ (shift + scale * x) (base -1 means e), computed as Caffe does:
     base^shift * exp(log(base) * scale * x)."""
     inner = _log_base(base, "exp_param.base") * scale
-    outer = 1.0 if shift == 0.0 else (math.exp(shift) if base == -1.0
-                                      else math.pow(base, shift))
+    outer = 1.0 if shift == 0.0 else (_math_or_nan(math.exp, shift) if base == -1.0
+                                      else _math_or_nan(math.pow, base, shift))
+    # Caffe's outer scale base^shift would be inf: every top value inf or NaN
+    require(math.isfinite(outer), "exp_param.shift", shift,
+            f"small enough that base ^ shift is finite (base "
+            f"{'e' if base == -1.0 else base})")
     y = F.exp(x * inner if inner != 1.0 else x)
     return y * outer if outer != 1.0 else y
 

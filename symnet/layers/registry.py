@@ -198,6 +198,9 @@ def call(spec: LayerSpec, ctx: LayerContext, bottoms, kwargs):
             raise LayerError(f"{where}: {e}") from e
         except (SymnetError, ValueError, TypeError) as e:
             raise LayerError(f"{where}: {e}") from e
+        except ArithmeticError as e:
+            # a division by zero or an overflow from the layer's parameters
+            raise LayerError(f"{where}: {type(e).__name__}: {e}") from e
     if not isinstance(tops, (tuple, list)):
         tops = (tops,)
     return list(tops)

@@ -151,6 +151,16 @@ REFUSED = [
     ("Log", "log_param { base: inf }", 1, 1, "log_param.base", "inf"),
     # CHECK(!isinf(base_scale_)) "Inf result: 1/log(base)"
     ("Log", "log_param { base: 1 }", 1, 1, "log_param.base", "1.0"),
+    # not checked: Caffe's outer scale pow(base, shift) is inf, every top value inf or
+    # NaN; refused
+    ("Exp", "exp_param { base: 10 shift: 1000 }", 1, 1, "exp_param.shift", "1000.0"),
+    ("Exp", "exp_param { shift: 1000 }", 1, 1, "exp_param.shift", "1000.0"),
+    # ------------------------------------------------------------------ Power
+    # not checked: with power * scale == 0 Caffe fills the top with pow(shift, power),
+    # here NaN or inf; refused
+    ("Power", "power_param { power: 0.5 scale: 0 shift: -1 }", 1, 1, "power_param.shift",
+     "-1.0"),
+    ("Power", "power_param { power: -1 scale: 0 }", 1, 1, "power_param.shift", "0.0"),
     # ------------------------------------------------------------------ Slice
     # CHECK(!(has_axis() && has_slice_dim())) "Either axis or slice_dim; not both."
     ("Slice", "slice_param { axis: 1 slice_dim: 1 }", 1, 2, "slice_param.slice_dim", "1"),
@@ -385,6 +395,8 @@ ACCEPTED = [
     ("Exp", "exp_param { base: -1 }", 1, 1, (2, 4, 6, 6)),
     ("Exp", "exp_param { base: 1 }", 1, 1, (2, 4, 6, 6)),
     ("Log", "log_param { base: 0.5 }", 1, 1, (2, 4, 6, 6)),
+    ("Exp", "exp_param { base: 10 shift: -1000 }", 1, 1, (2, 4, 6, 6)),
+    ("Power", "power_param { power: 0 scale: 0 shift: -1 }", 1, 1, (2, 4, 6, 6)),
     ("Slice", "slice_param { slice_point: 1 slice_point: 2 slice_point: 3 }", 1, 4,
      (2, 1, 6, 6)),
     ("Slice", "slice_param { slice_dim: 3 slice_point: 5 }", 1, 2, (2, 4, 6, 5)),
@@ -468,3 +480,21 @@ def test_a_layer_error_raised_inside_a_layer_names_it():
         with pytest.raises(LayerError) as info:
             apply("Pooling", sn.input("x", SHAPE), name="p", kernel_size=0)
     assert str(info.value).count("layer 'p'") == 1
+
+
+def test_an_arithmetic_error_in_a_layer_names_it():
+    """A division by zero or an overflow while a layer is built (from its parameters)
+    is a LayerError naming the layer and the error, not a bare ZeroDivisionError."""
+    @sn.layer("ParamsTestDivide", params=())
+    def divide(x, parts=0):
+        """x split in ``parts`` equal slices along axis 1 (the first one returned)."""
+        return x[:, :x.shape[1] // parts]
+
+    try:
+        with sn.graph_scope():
+            with pytest.raises(LayerError) as info:
+                apply("ParamsTestDivide", sn.input("x", SHAPE), name="d", parts=0)
+    finally:
+        registry._REGISTRY.pop("ParamsTestDivide", None)
+    assert str(info.value).startswith("layer 'd' (ParamsTestDivide): ZeroDivisionError: ")
+    assert type(info.value.__cause__) is ZeroDivisionError
