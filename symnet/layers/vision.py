@@ -64,8 +64,9 @@ def _conv_layer(x, what, transpose, num_output, bias_term, geometry, group, weig
                 f"{d} give a top of {out[0]}x{out[1]})")
     else:
         ext = [d[i] * (k[i] - 1) + 1 for i in range(2)]
-        # a kernel beyond the padded bottom gives Caffe a top of size <= 0 (with a
-        # stride > 1 its rounding toward zero can make that 1); conv2d refuses it too
+        # a kernel beyond the padded bottom gives Caffe a negative top size (refused)
+        # or 0 (an empty top), or with a stride > 1 (rounding toward zero) even 1;
+        # conv2d has always refused all of these
         padded = [hw[i] + 2 * p[i] for i in range(2)]
         require(padded[0] >= ext[0] and padded[1] >= ext[1],
                 "convolution_param.kernel_size", list(k),

@@ -72,9 +72,11 @@ REFUSED = [
     # CHECK_EQ(num_output_ % group_, 0) "Number of output should be multiples of group."
     ("Convolution", f"{CONV} {{ num_output: 3 kernel_size: 3 group: 2 }}", 1, 1,
      f"{CONV}.group", "2"),
-    # the top would have a size <= 0: Blob::Reshape CHECK_GE(shape[i], 0)
+    # top size (6 - 9) / 1 + 1 < 0: Blob::Reshape CHECK_GE(shape[i], 0)
     ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 9 }}", 1, 1,
      f"{CONV}.kernel_size", "[9, 9]"),
+    # dilated kernel 7 on 6: Caffe makes an empty top (size 0); conv2d has always
+    # refused a kernel larger than the padded bottom
     ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 dilation: 3 }}", 1, 1,
      f"{CONV}.kernel_size", "[3, 3]"),
     # Caffe takes another channel axis (N-d convolution); symnet's are 2-D on NCHW
@@ -418,6 +420,19 @@ ACCEPTED = [
     ("Scale", "scale_param { axis: 0 num_axes: -1 }", 1, 1, (2, 4, 6, 6)),
     ("Flatten", "flatten_param { axis: 2 end_axis: -2 }", 1, 1, (2, 4, 6, 6)),
     ("Softmax", "softmax_param { axis: -4 }", 1, 1, (2, 4, 6, 6)),
+    # Caffe checks none of the parameters of these layers (AbsVal, BNLL, Sigmoid, TanH,
+    # Split, Silence, EuclideanLoss, MultinomialLogisticLoss and PReLU have none that
+    # can be wrong; ContrastiveLoss takes any margin): odd values build
+    ("BatchNorm", "batch_norm_param { moving_average_fraction: -1 eps: 0 }", 1, 1,
+     (2, 4, 6, 6)),
+    ("ELU", "elu_param { alpha: -2 }", 1, 1, (2, 4, 6, 6)),
+    ("ReLU", "relu_param { negative_slope: -1 }", 1, 1, (2, 4, 6, 6)),
+    ("Threshold", "threshold_param { threshold: -1e30 }", 1, 1, (2, 4, 6, 6)),
+    ("MVN", "mvn_param { eps: 0 across_channels: true }", 1, 1, (2, 4, 6, 6)),
+    ("Swish", "swish_param { beta: -1 }", 1, 1, (2, 4, 6, 6)),
+    ("Clip", "clip_param { min: 2 max: 1 }", 1, 1, (2, 4, 6, 6)),
+    ("Power", "power_param { power: -1 scale: 2 shift: -3 }", 1, 1, (2, 4, 6, 6)),
+    ("Reduction", "reduction_param { axis: -1 coeff: 0 }", 1, 1, (2, 4, 6)),
 ]
 
 
