@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import functions as F
+from ._util import require
 from .registry import context, layer
 
 
@@ -22,8 +23,10 @@ def dropout(x, dropout_ratio=0.5, scale_train=True):
     when scale_train; TEST: y = x (or x * (1 - ratio) without scale_train). Caffe's
     own random stream cannot be reproduced: masks come from symnet's Philox generator,
     with a new stream each iteration."""
-    if not 0.0 <= dropout_ratio < 1.0:
-        raise ValueError(f"dropout_ratio {dropout_ratio} must be in [0, 1)")
+    # Caffe only DCHECKs 0 < ratio < 1 (debug builds); a ratio of 1 would scale by
+    # 1 / 0 and one outside [0, 1] has no meaning, so those are refused here
+    require(0.0 <= dropout_ratio < 1.0, "dropout_param.dropout_ratio", dropout_ratio,
+            "in [0, 1)")
     ctx = context()
     scale = 1.0 / (1.0 - dropout_ratio)
     if ctx.phase != "TRAIN":

@@ -6,7 +6,7 @@ import sympy as sp
 
 from .. import functions as F
 from ..errors import ShapeError
-from ._util import canonical_axis, split_at
+from ._util import canonical_axis, is_int, require, split_at
 from .registry import layer
 
 LOG_FLT_MIN = float(np.log(np.finfo(np.float32).tiny))   # Caffe clamps prob at FLT_MIN
@@ -22,7 +22,7 @@ def _log_softmax(x3):
 @layer("Softmax")
 def softmax(x, axis=1):
     """y = exp(x - max) / sum exp(x - max) along ``axis``."""
-    axis = canonical_axis(axis, x.ndim, "Softmax")
+    axis = canonical_axis(axis, x.ndim, "softmax_param.axis")
     outer, c, inner = split_at(x.shape, axis)
     x3 = F.reshape(x, (outer, c, inner))
     e = F.exp(x3 - F.max(x3, 1, keepdims=True))
@@ -61,10 +61,15 @@ def _labels(label, outer, inner, what):
     return F.reshape(int_label(label), (outer, 1, inner))
 
 
+NORMALIZATIONS = ("FULL", "VALID", "BATCH_SIZE", "NONE")
+
+
 def resolve_normalization(normalization, normalize, default="VALID"):
     """Caffe's LossParameter: ``normalization`` if set, else the deprecated bool
     ``normalize`` (true: VALID, false: BATCH_SIZE), else ``default``."""
     if normalization is not None:
+        require(normalization in NORMALIZATIONS, "loss_param.normalization", normalization,
+                "FULL, VALID, BATCH_SIZE or NONE")
         return normalization
     if normalize is not None:
         return "VALID" if normalize else "BATCH_SIZE"
@@ -88,7 +93,7 @@ def normalizer(mode, outer, inner, valid_count):
         return float(outer)
     if mode == "NONE":
         return 1.0
-    raise ValueError(f"normalization {mode!r}: expected FULL, VALID, BATCH_SIZE or NONE")
+    require(False, "loss_param.normalization", mode, "FULL, VALID, BATCH_SIZE or NONE")
 
 
 @layer("SoftmaxWithLoss", params=("softmax_param", "loss_param"), loss=True)
@@ -101,7 +106,7 @@ def softmax_with_loss(x, label, axis=1, ignore_label=None, normalization=None,
     BATCH_SIZE when ``normalization`` is not set. A second top gives the softmax.
     The gradient is Caffe's (softmax - onehot) / normalizer, also where the FLT_MIN
     clamp is active."""
-    axis = canonical_axis(axis, x.ndim, "SoftmaxWithLoss")
+    axis = canonical_axis(axis, x.ndim, "softmax_param.axis")
     outer, c, inner = split_at(x.shape, axis)
     # Caffe: the deprecated bool only counts when normalization is not set
     normalization = resolve_normalization(normalization, normalize)
@@ -123,10 +128,14 @@ def accuracy(x, label, top_k=1, axis=1, ignore_label=None):
     """Fraction of predictions whose label's score has fewer than top_k scores >= it
     (ties count against, as Caffe); ignored labels are skipped. A second top gives the
     accuracy per class."""
-    axis = canonical_axis(axis, x.ndim, "Accuracy")
+    axis = canonical_axis(axis, x.ndim, "accuracy_param.axis")
     outer, c, inner = split_at(x.shape, axis)
-    if not 1 <= top_k <= c:
-        raise ValueError(f"top_k {top_k} must be between 1 and the number of classes {c}")
+    # Caffe: CHECK_LE(top_k_, bottom[0]->count() / bottom[1]->count()) "top_k must be
+    # less than or equal to the number of classes". It takes top_k 0 (an accuracy of
+    # 0 always); symnet has always refused it.
+    require(is_int(top_k) and 1 <= top_k <= c, "accuracy_param.top_k", top_k,
+            f"between 1 and the number of classes {c}")
+    top_k = int(top_k)
     x3 = F.reshape(x, (outer, c, inner))
     lab = _labels(label, outer, inner, "Accuracy")
     true = F.gather(x3, lab, 1)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import functions as F
 from ..errors import ShapeError
-from ._util import canonical_axis, split_at
+from ._util import canonical_axis, require, show, split_at
 from .loss import (_labels, _log_softmax, clamp_value_only, int_label, normalizer,
                    resolve_normalization, valid_mask)
 from .registry import layer
@@ -93,6 +93,7 @@ def hinge_loss(x, label, norm="L1"):
     (x flattened per item to count / N values); loss = sum t / N (L1) or
     sum t^2 / N (L2). The L1 gradient is s * sign(t) / N, 0 where t = 0 (Caffe's
     caffe_cpu_sign), which the strict test below reproduces."""
+    require(norm in ("L1", "L2"), "hinge_loss_param.norm", norm, "L1 or L2")
     n = _same_num(x, label, "HingeLoss")
     dim = x.size // n
     if label.size != n:
@@ -106,9 +107,7 @@ def hinge_loss(x, label, norm="L1"):
     t = F.where(F.gt(m, 0.0), m, 0.0)
     if norm == "L1":
         return F.sum(t) * (1.0 / n)
-    if norm == "L2":
-        return F.sum(t * t) * (1.0 / n)
-    raise ValueError(f"norm {norm!r}: expected L1 or L2")
+    return F.sum(t * t) * (1.0 / n)
 
 
 # -------------------------------------------------------------- ContrastiveLoss
@@ -170,13 +169,16 @@ def infogain_loss(x, label, h=None, source=None, axis=1, ignore_label=None,
     (p_k * sum_l H[label, l] - H[label, k]) / normalizer, also where the clamp is
     active. A second top gives the softmax."""
     if normalize is not None:
-        raise ValueError("normalize is deprecated for InfogainLoss; use normalization")
-    ax = canonical_axis(axis, x.ndim, "InfogainLoss")
+        # Caffe: CHECK(!has_normalize()) "normalize is deprecated. use normalization"
+        raise ValueError(f"loss_param.normalize {show(normalize)}: normalize is deprecated for "
+                         "InfogainLoss; use normalization")
+    normalization = resolve_normalization(normalization, None)
+    ax = canonical_axis(axis, x.ndim, "infogain_loss_param.axis")
     outer, c, inner = split_at(x.shape, ax)
     if h is None:
         if not source:
-            raise ValueError("the infogain matrix H must be given as bottom[2] or as "
-                             "infogain_loss_param.source")
+            raise ValueError("infogain_loss_param.source (not set): the infogain matrix H "
+                             "must be given as bottom[2] or as infogain_loss_param.source")
         h = F.constant(_infogain_matrix(source))
     else:
         h = F.stop_gradient(h)

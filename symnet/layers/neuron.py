@@ -13,6 +13,7 @@ import sympy as sp
 
 from .. import functions as F
 from ..errors import ShapeError
+from ._util import require
 from .registry import layer
 
 
@@ -64,7 +65,14 @@ def power(x, power=1.0, scale=1.0, shift=0.0):
     As in Caffe, when power * scale == 0 the input is ignored: y is 1 if power == 0,
     else shift ^ power, and the gradient is 0 (so 0 ^ 0 = 1 and no NaN appears)."""
     if power * scale == 0.0:
-        return _constant_like(x, 1.0 if power == 0.0 else math.pow(shift, power))
+        value = 1.0 if power == 0.0 else _math_or_nan(math.pow, shift, power)
+        # Caffe fills the top with pow(shift, power) whatever it is; an inf or NaN
+        # there (0 to a negative power, a negative shift to a fractional one) is
+        # refused instead of filling the net with it
+        require(math.isfinite(value), "power_param.shift", shift,
+                f"such that shift ^ power is finite (power {power}, scale {scale}: "
+                "the top is that constant)")
+        return _constant_like(x, value)
     z = x * scale + shift if (scale != 1.0 or shift != 0.0) else x
     if power == 1.0:
         return z
@@ -73,15 +81,28 @@ def power(x, power=1.0, scale=1.0, shift=0.0):
     return F.pow(z, power)
 
 
-def _log_base(base, what):
+def _math_or_nan(fn, *args):
+    """fn(*args) of Python's math module, inf on overflow and NaN on a domain error
+    (as C's pow and exp give)."""
+    try:
+        return fn(*args)
+    except OverflowError:
+        return math.inf
+    except ValueError:       # math domain error: 0 ** negative, negative ** fraction
+        return math.nan
+
+
+def _log_base(base, field):
     """Caffe's base convention: -1 means e; otherwise base must be > 0."""
     if base == -1.0:
         return 1.0
-    if not base > 0.0:
-        raise ValueError(f"{what}: base {base} must be strictly positive (or -1 for e)")
+    # Caffe: CHECK_GT(base, 0) "base must be strictly positive"; then
+    # CHECK(!isinf(log(base))) and, for Log, CHECK(!isinf(1 / log(base)))
+    require(base > 0.0, field, base, "strictly positive (or -1 for e)")
+    require(math.isfinite(base), field, base, "finite (log(base) is inf)")
     lb = math.log(base)
-    if lb == 0.0 and what == "Log":
-        raise ValueError("Log: base 1 gives 1 / log(base) = inf")
+    require(lb != 0.0 or field != "log_param.base", field, base,
+            "other than 1 (1 / log(base) is inf)")
     return lb
 
 
@@ -89,9 +110,13 @@ def _log_base(base, what):
 def exp(x, base=-1.0, scale=1.0, shift=0.0):
     """y = base ^ (shift + scale * x) (base -1 means e), computed as Caffe does:
     base^shift * exp(log(base) * scale * x)."""
-    inner = _log_base(base, "Exp") * scale
-    outer = 1.0 if shift == 0.0 else (math.exp(shift) if base == -1.0
-                                      else math.pow(base, shift))
+    inner = _log_base(base, "exp_param.base") * scale
+    outer = 1.0 if shift == 0.0 else (_math_or_nan(math.exp, shift) if base == -1.0
+                                      else _math_or_nan(math.pow, base, shift))
+    # Caffe's outer scale base^shift would be inf: every top value inf or NaN
+    require(math.isfinite(outer), "exp_param.shift", shift,
+            f"small enough that base ^ shift is finite (base "
+            f"{'e' if base == -1.0 else base})")
     y = F.exp(x * inner if inner != 1.0 else x)
     return y * outer if outer != 1.0 else y
 
@@ -100,7 +125,7 @@ def exp(x, base=-1.0, scale=1.0, shift=0.0):
 def log(x, base=-1.0, scale=1.0, shift=0.0):
     """y = log_base(shift + scale * x) (base -1 means e), i.e.
     ln(shift + scale * x) / ln(base)."""
-    base_scale = 1.0 / _log_base(base, "Log")
+    base_scale = 1.0 / _log_base(base, "log_param.base")
     z = x * scale + shift if (scale != 1.0 or shift != 0.0) else x
     y = F.log(z)
     return y * base_scale if base_scale != 1.0 else y
@@ -125,8 +150,10 @@ def clip(x, min=None, max=None):   # noqa: A002 - Caffe's field names
     first branch below makes the derived gradient take that side; outside the
     interval y is the constant bound (and with min > max, Caffe's formula gives
     min everywhere, with zero gradient)."""
-    if min is None or max is None:
-        raise ValueError("clip_param.min and clip_param.max are required")
+    # both are required fields of Caffe's ClipParameter
+    for field, value in (("min", min), ("max", max)):
+        require(value is not None, f"clip_param.{field}", value,
+                "given (clip_param.min and clip_param.max are required)")
     lo, hi = float(min), float(max)
 
     def f(a):
@@ -159,12 +186,18 @@ def eltwise(*xs, operation="SUM", coeff=(), stable_prod_grad=True):
             raise ShapeError(f"Eltwise: bottom 0 has shape {xs[0].shape} but bottom {i} "
                              f"has {x.shape}; all bottoms must have the same shape")
     coeff = [float(c) for c in coeff or ()]
-    if coeff and len(coeff) != len(xs):
-        raise ValueError(f"Eltwise takes one coefficient per bottom: {len(coeff)} coeff "
-                         f"for {len(xs)} bottoms")
+    # Caffe: CHECK(coeff_size() == 0 || coeff_size() == bottom.size()) "Eltwise Layer
+    # takes one coefficient per bottom blob."
+    require(not coeff or len(coeff) == len(xs), "eltwise_param.coeff", coeff,
+            f"{len(xs)} values, one coefficient per bottom ({len(coeff)} coeff for "
+            f"{len(xs)} bottoms)")
+    require(operation in ("PROD", "SUM", "MAX"), "eltwise_param.operation", operation,
+            "PROD, SUM or MAX")
     if operation == "PROD":
-        if coeff:
-            raise ValueError("Eltwise only takes coefficients for summation (SUM)")
+        # Caffe: CHECK(!(operation == PROD && coeff_size())) "Eltwise layer only
+        # takes coefficients for summation."
+        require(not coeff, "eltwise_param.coeff", coeff,
+                "empty for PROD (Eltwise only takes coefficients for summation (SUM))")
         y = xs[0] * xs[1]
         for x in xs[2:]:
             y = y * x
@@ -182,4 +215,4 @@ def eltwise(*xs, operation="SUM", coeff=(), stable_prod_grad=True):
         for x in xs[2:]:
             y = F.where(F.gt(x, y), x, y)
         return y
-    raise ValueError(f"operation {operation!r}: expected PROD, SUM or MAX")
+    raise AssertionError(operation)      # checked above

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import functions as F
 from ..errors import ShapeError
-from ._util import canonical_axis
+from ._util import canonical_axis, is_int, require
 from .registry import context, layer, layer_param, state_update
 
 
@@ -97,27 +97,29 @@ def batch_norm(x, use_global_stats=None, moving_average_fraction=0.999, eps=1e-5
 
 # ---------------------------------------------------------------- Scale and Bias
 
-def _blob_shape(x, axis, num_axes, what):
+def _blob_shape(x, axis, num_axes, param):
     """The shape of a learned scale/bias: x.shape[axis : axis + num_axes], to the
     end when num_axes is -1."""
-    axis = canonical_axis(axis, x.ndim, what)
-    if num_axes < -1:
-        raise ValueError(f"{what}: num_axes {num_axes} must be non-negative, or -1 to "
-                         "extend to the end of bottom[0]")
+    axis = canonical_axis(axis, x.ndim, f"{param}.axis")
+    # Caffe: CHECK_GE(num_axes, -1) "num_axes must be non-negative, or -1 to extend to
+    # the end of bottom[0]"; CHECK_GE(bottom[0]->num_axes(), axis + num_axes)
+    require(is_int(num_axes) and num_axes >= -1, f"{param}.num_axes", num_axes,
+            "non-negative, or -1 to extend to the end of bottom[0]")
+    num_axes = int(num_axes)
     if num_axes >= 0 and x.ndim < axis + num_axes:
-        raise ShapeError(f"{what}: blob shape extends past bottom[0]'s shape {x.shape} when "
-                         f"applied from axis {axis} over {num_axes} axes")
+        raise ShapeError(f"{param}.num_axes {num_axes}: the blob shape extends past "
+                         f"bottom[0]'s shape {x.shape} when applied from axis {axis}")
     return x.shape[axis:] if num_axes == -1 else x.shape[axis:axis + num_axes]
 
 
-def _broadcast_along(x, t, axis, what):
+def _broadcast_along(x, t, axis, param):
     """t (shape x.shape[axis:axis + t.ndim]) reshaped to broadcast against x. A 0-d t
     applies everywhere; Caffe then sets axis = 0 whatever the parameter says."""
-    axis = 0 if t.ndim == 0 else canonical_axis(axis, x.ndim, what)
+    axis = 0 if t.ndim == 0 else canonical_axis(axis, x.ndim, f"{param}.axis")
     n = t.ndim
     if x.ndim < axis + n or tuple(x.shape[axis:axis + n]) != tuple(t.shape):
-        raise ShapeError(f"{what}: {t.label()} of shape {t.shape} does not match bottom[0] "
-                         f"shape {x.shape} from axis {axis}")
+        raise ShapeError(f"{param}.axis {axis}: {t.label()} of shape {t.shape} does not "
+                         f"match bottom[0] shape {x.shape} from axis {axis}")
     return F.reshape(t, (1,) * axis + tuple(t.shape) + (1,) * (x.ndim - axis - n))
 
 
@@ -128,8 +130,8 @@ def bias(x, b=None, axis=1, num_axes=1, filler=None):
     shape x.shape[axis : axis + num_axes] (num_axes -1: to the end) filled by
     ``filler`` (default constant 0)."""
     if b is None:
-        b = layer_param(_blob_shape(x, axis, num_axes, "Bias"), filler)
-    return x + _broadcast_along(x, b, axis, "Bias")
+        b = layer_param(_blob_shape(x, axis, num_axes, "bias_param"), filler)
+    return x + _broadcast_along(x, b, axis, "bias_param")
 
 
 @layer("Scale")
@@ -144,11 +146,11 @@ def scale(x, s=None, axis=1, num_axes=1, filler=None, bias_term=False, bias_fill
     if s is None:
         if filler is None:
             filler = {"type": "constant", "value": 1.0}
-        s = layer_param(_blob_shape(x, axis, num_axes, "Scale"), filler)
-    y = x * _broadcast_along(x, s, axis, "Scale")
+        s = layer_param(_blob_shape(x, axis, num_axes, "scale_param"), filler)
+    y = x * _broadcast_along(x, s, axis, "scale_param")
     if bias_term:
         b = layer_param(tuple(s.shape), bias_filler)
-        y = y + _broadcast_along(x, b, axis, "Scale")
+        y = y + _broadcast_along(x, b, axis, "scale_param")
     return y
 
 
@@ -199,20 +201,37 @@ def lrn(x, local_size=5, alpha=1.0, beta=0.75, norm_region="ACROSS_CHANNELS", k=
     clipped to the padded image, here always local_size^2, so zeros outside the
     image count; and from a Power layer with shift 1, so ``k`` is NOT used in this
     mode (Caffe ignores it; we follow)."""
-    if local_size % 2 != 1:
-        raise ValueError(f"local_size {local_size}: LRN only supports odd values")
+    # Caffe: CHECK_EQ(size_ % 2, 1) "LRN only supports odd values for local_size".
+    # size_ is an int there: a uint32 from 2^31 on is negative and refused as well
+    # (-1 % 2 is 1 in Python, so the sign is checked explicitly).
+    require(is_int(local_size) and 1 <= local_size < 2 ** 31 and local_size % 2 == 1,
+            "lrn_param.local_size", local_size, "odd and positive (LRN only supports odd "
+            "values), below 2^31")
+    local_size = int(local_size)
     if x.ndim != 4:
         raise ShapeError(f"LRN: bottom {x.label()} has {x.ndim} axes {x.shape}, expected 4 "
                          "(N, C, H, W)")
     pre = (local_size - 1) // 2
     sq = x * x
+    c, h, w = x.shape[1:]
+    # A window reaching past every edge sums the same values as one reaching just to
+    # the far edge: it is cut there (exactly), so a huge local_size allocates no huge
+    # padding and loops over no huge window; the divisor stays local_size.
     if norm_region == "ACROSS_CHANNELS":
-        scale = F.window_sum(sq, 1, pre, pre) * (alpha / local_size) + float(k)
+        pre_c = min(pre, c - 1)
+        scale = F.window_sum(sq, 1, pre_c, pre_c) * (alpha / local_size) + float(k)
     elif norm_region == "WITHIN_CHANNEL":
-        scale = F.avg_pool2d(sq, local_size, 1, pre) * float(alpha) + 1.0
+        pre_s = min(pre, max(h, w) - 1)
+        size = 2 * pre_s + 1
+        # stride 1 and pad (size - 1) / 2: every window lies in the padded image, so
+        # AVE pooling divides by size^2; rescaled to Caffe's local_size^2
+        avg = F.avg_pool2d(sq, size, 1, pre_s)
+        if size != local_size:
+            avg = avg * (float(size) * size / (float(local_size) * local_size))
+        scale = avg * float(alpha) + 1.0
     else:
-        raise ValueError(f"norm_region {norm_region!r}: expected ACROSS_CHANNELS or "
-                         "WITHIN_CHANNEL")
+        require(False, "lrn_param.norm_region", norm_region,
+                "ACROSS_CHANNELS or WITHIN_CHANNEL")
     return x * F.pow(scale, -float(beta))
 
 
@@ -227,10 +246,13 @@ def embed(x, num_output=None, input_dim=None, bias_term=True, weight_filler=None
     as Caffe's static_cast<int>; an index outside [0, input_dim) gives a zero row
     (Caffe leaves it undefined). Caffe refuses to back-propagate to the indices;
     here their gradient is zero."""
-    if not num_output:
-        raise ValueError("embed_param.num_output is required and must be positive")
-    if not input_dim:
-        raise ValueError("embed_param.input_dim is required and must be positive")
+    # Caffe: CHECK_GT(K_, 0) "EmbedLayer input_dim must be positive";
+    # CHECK_GT(N_, 0) "EmbedLayer num_output must be positive"
+    require(is_int(num_output) and num_output >= 1, "embed_param.num_output", num_output,
+            "a positive integer")
+    require(is_int(input_dim) and input_dim >= 1, "embed_param.input_dim", input_dim,
+            "a positive integer")
+    num_output, input_dim = int(num_output), int(input_dim)
     w = layer_param((input_dim, num_output), weight_filler)
     m = x.size
     idx = F.broadcast_to(F.reshape(F.stop_gradient(x), (m, 1)), (m, num_output))

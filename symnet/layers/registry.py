@@ -178,18 +178,29 @@ def check_options(spec: LayerSpec, options: dict, where: str):
 
 
 def call(spec: LayerSpec, ctx: LayerContext, bottoms, kwargs):
-    """Build a layer: call its function with the kwargs it accepts."""
+    """Build a layer: call its function with the kwargs it accepts.
+
+    An error the function raises (a parameter it refuses, e.g. ``ValueError("
+    convolution_param.stride 0: must be >= 1")``, or a shape that does not fit) becomes
+    a LayerError that starts with the layer's name and type (and file, in a Net)."""
     sig = inspect.signature(spec.fn)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     chosen = {k: v for k, v in kwargs.items() if accepts_any or k in sig.parameters}
+    where = ctx.where or f"layer '{ctx.name}' ({ctx.type})"
     with building(ctx):
         try:
             tops = spec.fn(*bottoms, **chosen)
-        except LayerError:
-            raise
-        except (SymnetError, ValueError, TypeError) as e:
-            where = ctx.where or f"layer '{ctx.name}' ({ctx.type})"
+        except LayerError as e:
+            if f"layer '{ctx.name}' ({ctx.type})" in str(e):
+                raise
+            # raised by the layer itself, or by a layer it builds inside (apply):
+            # name this one as well
             raise LayerError(f"{where}: {e}") from e
+        except (SymnetError, ValueError, TypeError) as e:
+            raise LayerError(f"{where}: {e}") from e
+        except ArithmeticError as e:
+            # a division by zero or an overflow from the layer's parameters
+            raise LayerError(f"{where}: {type(e).__name__}: {e}") from e
     if not isinstance(tops, (tuple, list)):
         tops = (tops,)
     return list(tops)

@@ -11,22 +11,22 @@ import math
 
 from .. import functions as F
 from ..errors import ShapeError
-from ._util import canonical_axis
+from ._util import canonical_axis, is_int, require, show
 from .registry import context, layer
 
 
-def _legacy_axis(x, axis, legacy, legacy_name, what):
+def _legacy_axis(x, axis, legacy, legacy_name, param):
     """Caffe's ``axis`` (may be negative) or its deprecated uint32 spelling
     (``concat_dim``/``slice_dim``): not both; the legacy one may not be negative."""
     if axis is not None and legacy is not None:
-        raise ValueError(f"either axis or {legacy_name} should be specified; not both")
+        raise ValueError(f"{param}.{legacy_name} {show(legacy)}: either axis ({show(axis)}) "
+                         f"or {legacy_name} should be specified; not both")
     if legacy is not None:
-        legacy = int(legacy)
-        if not 0 <= legacy < x.ndim:
-            raise ShapeError(f"{what}: {legacy_name} {legacy} out of range for a "
-                             f"{x.ndim}-d blob (0 <= {legacy_name} < {x.ndim})")
-        return legacy
-    return canonical_axis(1 if axis is None else int(axis), x.ndim, what)
+        # Caffe: CHECK_GE(slice_dim, 0), CHECK_LT(slice_dim, num_axes) "out of range"
+        require(is_int(legacy) and 0 <= legacy < x.ndim, f"{param}.{legacy_name}", legacy,
+                f"in [0, {x.ndim}) for a {x.ndim}-d bottom (out of range)", ShapeError)
+        return int(legacy)
+    return canonical_axis(1 if axis is None else axis, x.ndim, f"{param}.axis")
 
 
 # ------------------------------------------------------------------- Concat
@@ -37,7 +37,7 @@ def concat(*xs, axis=None, concat_dim=None):
     deprecated spelling). The bottoms agree on every other axis."""
     if not xs:
         raise ValueError("Concat takes at least one bottom")
-    ax = _legacy_axis(xs[0], axis, concat_dim, "concat_dim", "Concat")
+    ax = _legacy_axis(xs[0], axis, concat_dim, "concat_dim", "concat_param")
     for i, x in enumerate(xs[1:], 1):
         if x.ndim != xs[0].ndim:
             raise ShapeError(f"Concat: bottom {i} has {x.ndim} axes {x.shape}, bottom 0 has "
@@ -57,32 +57,32 @@ def slice_(x, axis=None, slice_point=(), slice_dim=None):
     one top per piece: at the ascending ``slice_point`` indices (one fewer than the
     tops), or into equal parts when no points are given."""
     ntop = context().ntop
-    ax = _legacy_axis(x, axis, slice_dim, "slice_dim", "Slice")
+    ax = _legacy_axis(x, axis, slice_dim, "slice_dim", "slice_param")
     n = x.shape[ax]
-    points = [int(p) for p in slice_point or ()]
+    points = list(slice_point or ())
+    field = "slice_param.slice_point"
     if points:
-        if len(points) != ntop - 1:
-            raise ValueError(f"{len(points)} slice_point values for {ntop} tops; give one "
-                             "fewer point than tops")
-        if ntop > n:
-            raise ShapeError(f"Slice: {ntop} tops from axis {ax} of size {n} (shape "
-                             f"{x.shape})")
-        prev, sizes = 0, []
-        for p in points:
-            if p <= prev:
-                raise ValueError(f"slice_point {points} must be strictly increasing and "
-                                 "positive")
-            sizes.append(p - prev)
-            prev = p
-        if prev >= n:
-            # Caffe would make an empty (or negative) last top here
-            raise ShapeError(f"Slice: slice_point {prev} leaves no element of axis {ax} of "
-                             f"size {n} for the last top")
-        sizes.append(n - prev)
+        require(all(is_int(p) for p in points), field, points, "integers")
+        points = [int(p) for p in points]
+        # Caffe: CHECK_EQ(slice_point_.size(), top.size() - 1)
+        require(len(points) == ntop - 1, field, points,
+                f"{ntop - 1} values for {ntop} tops (give one fewer point than tops)")
+        # Caffe: CHECK_LE(top.size(), bottom_slice_axis)
+        require(ntop <= n, field, points,
+                f"for at most {n} tops: axis {ax} of the bottom {x.shape} has size {n}",
+                ShapeError)
+        # Caffe: CHECK_GT(slice_point_[i], prev), prev starting at 0
+        require(all(b > a for a, b in zip([0] + points, points)), field, points,
+                "strictly increasing and positive")
+        # Caffe would make an empty (or negative) last top here
+        require(points[-1] < n, field, points,
+                f"below the size {n} of axis {ax} (the last top would get no element)",
+                ShapeError)
+        sizes = [b - a for a, b in zip([0] + points, points + [n])]
     else:
         if ntop < 1 or n % ntop:
             raise ShapeError(f"Slice: {ntop} tops should evenly divide axis {ax} of size "
-                             f"{n} (shape {x.shape})")
+                             f"{n} (shape {x.shape}); or give slice_param.slice_point")
         sizes = [n // ntop] * ntop
     if len(sizes) == 1:
         return x
@@ -111,11 +111,11 @@ def silence(*xs):
 def flatten(x, axis=1, end_axis=-1):
     """y = x with axes ``axis`` .. ``end_axis`` (inclusive, negative counts from the
     end) merged into one: (N, C, H, W) -> (N, C*H*W) by default."""
-    start = canonical_axis(axis, x.ndim, "Flatten")
-    end = canonical_axis(end_axis, x.ndim, "Flatten")
-    if end < start:
-        raise ShapeError(f"Flatten: end_axis {end_axis} comes before axis {axis} for a "
-                         f"{x.ndim}-d blob")
+    start = canonical_axis(axis, x.ndim, "flatten_param.axis")
+    end = canonical_axis(end_axis, x.ndim, "flatten_param.end_axis")
+    # Caffe: Blob::count(start, end + 1) checks CHECK_LE(start, end)
+    require(end >= start, "flatten_param.end_axis", end_axis,
+            f"at or after axis {axis} for a {x.ndim}-d blob (it comes before)", ShapeError)
     shape = x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:]
     return F.reshape(x, shape)
 
@@ -131,37 +131,48 @@ def reshape(x, shape=None, axis=0, num_axes=-1):
     A negative ``axis`` counts from the end so that -1 means "after the last axis"
     (Caffe: start = ndim + axis + 1), unlike Caffe's usual axis convention."""
     dims = shape.get("dim", []) if isinstance(shape, dict) else list(shape or ())
+    P = "reshape_param"
+    require(all(is_int(d) for d in dims), f"{P}.shape.dim", dims, "integers")
     dims = [int(d) for d in dims]
+    require(is_int(axis), f"{P}.axis", axis, "an integer")
+    require(is_int(num_axes), f"{P}.num_axes", num_axes, "an integer")
+    axis, num_axes = int(axis), int(num_axes)
     start = axis if axis >= 0 else x.ndim + axis + 1
-    if not 0 <= start <= x.ndim:
-        raise ShapeError(f"Reshape: axis {axis} out of range for a {x.ndim}-d blob")
-    if num_axes < -1:
-        raise ValueError(f"num_axes {num_axes} must be >= 0, or -1 for all")
+    # Caffe: CHECK_GE(start_axis, 0), CHECK_LE(start_axis, num_axes) "out of range"
+    require(0 <= start <= x.ndim, f"{P}.axis", axis,
+            f"in [{-x.ndim - 1}, {x.ndim}] for a {x.ndim}-d bottom (out of range)", ShapeError)
+    # Caffe: CHECK_GE(num_axes, -1) "num_axes must be >= 0, or -1 for all"
+    require(num_axes >= -1, f"{P}.num_axes", num_axes, ">= 0, or -1 for all")
     end = x.ndim if num_axes == -1 else start + num_axes
-    if end > x.ndim:
-        raise ShapeError(f"Reshape: axis {axis} + num_axes {num_axes} is out of range for "
-                         f"a {x.ndim}-d blob")
-    if dims.count(-1) > 1:
-        raise ValueError(f"shape {dims} contains multiple -1 dims; at most one may be given")
-    if any(d < -1 for d in dims):
-        raise ValueError(f"shape {dims}: dims must be positive, 0 (copy) or -1 (infer)")
+    # Caffe: CHECK_LE(end_axis, num_axes) "end_axis = axis + num_axes is out of range"
+    require(end <= x.ndim, f"{P}.num_axes", num_axes,
+            f"at most {x.ndim - start} from axis {axis} of a {x.ndim}-d bottom (axis + "
+            "num_axes is out of range)", ShapeError)
+    # Caffe: CHECK_EQ(inferred_axis_, -1) "new shape contains multiple -1 dims"
+    require(dims.count(-1) <= 1, f"{P}.shape.dim", dims,
+            "free of multiple -1 dims; at most one -1 may be given")
+    # Caffe multiplies a dim < -1 into the count and then refuses the negative shape
+    require(all(d >= -1 for d in dims), f"{P}.shape.dim", dims,
+            "positive, 0 (copy) or -1 (infer)")
     top = list(x.shape[:start]) + dims + list(x.shape[end:])
     for i, d in enumerate(dims):
         if d == 0:
             if start + i >= x.ndim:
-                raise ShapeError(f"Reshape: shape {dims} has a 0 at position {i} but the "
+                raise ShapeError(f"{P}.shape.dim {dims}: has a 0 at position {i} but the "
                                  f"bottom {x.shape} has no axis {start + i} to copy")
             top[start + i] = x.shape[start + i]
     if -1 in dims:
         i = start + dims.index(-1)
         known = math.prod(d for j, d in enumerate(top) if j != i)
         if known == 0 or x.size % known:
-            raise ShapeError(f"Reshape: bottom count {x.size} {x.shape} must be divisible "
-                             f"by the product of the specified dimensions ({known})")
+            raise ShapeError(f"{P}.shape.dim {dims}: bottom count {x.size} {x.shape} must "
+                             f"be divisible by the product of the specified dimensions "
+                             f"({known})")
         top[i] = x.size // known
     if math.prod(top) != x.size:
-        raise ShapeError(f"Reshape: top shape {tuple(top)} has {math.prod(top)} elements, "
-                         f"bottom {x.shape} has {x.size}; output count must match input count")
+        raise ShapeError(f"{P}.shape.dim {dims}: top shape {tuple(top)} has "
+                         f"{math.prod(top)} elements, bottom {x.shape} has {x.size}; output "
+                         "count must match input count")
     return F.reshape(x, tuple(top))
 
 
@@ -172,23 +183,29 @@ def crop(x, like, axis=2, offset=()):
     """y = x[..., o_a : o_a + like.shape[a], ...] for every axis a >= ``axis``: the
     second bottom only gives the shape (it gets no diff). ``offset``: none (all 0),
     one value for every cropped axis, or one per axis from ``axis`` to the end."""
-    start = canonical_axis(axis, x.ndim, "Crop")
+    start = canonical_axis(axis, x.ndim, "crop_param.axis")
     if like.ndim != x.ndim:
         raise ShapeError(f"Crop: bottom 1 has {like.ndim} axes {like.shape}, bottom 0 has "
                          f"{x.ndim} {x.shape}")
-    offset = [int(o) for o in offset or ()]
-    if len(offset) > 1 and start + len(offset) != x.ndim:
-        raise ValueError(f"{len(offset)} offset values for the {x.ndim - start} axes from "
-                         f"axis {start}: give one value, or one per cropped axis")
+    offset = list(offset or ())
+    # offset is a uint32 in Caffe; a negative one (possible from Python) would crop
+    # from the end, silently
+    require(all(is_int(o) and o >= 0 for o in offset), "crop_param.offset", offset,
+            "integers >= 0")
+    offset = [int(o) for o in offset]
+    # Caffe: CHECK_EQ(start_axis + offset_size, num_axes) when more than one offset
+    require(len(offset) <= 1 or start + len(offset) == x.ndim, "crop_param.offset", offset,
+            f"one value, or one per cropped axis ({x.ndim - start} axes from axis {start})")
     index = []
     for i in range(x.ndim):
         if i < start:
             index.append(slice(None))
             continue
         o = offset[0] if len(offset) == 1 else (offset[i - start] if offset else 0)
-        if x.shape[i] - o < like.shape[i]:
-            raise ShapeError(f"Crop: the crop for axis {i} is out of bounds: size "
-                             f"{like.shape[i]} at offset {o} in {x.shape[i]}")
+        # Caffe: CHECK_GE(bottom[0]->shape(i) - crop_offset, bottom[1]->shape(i))
+        require(x.shape[i] - o >= like.shape[i], "crop_param.offset", o,
+                f"at most {x.shape[i] - like.shape[i]} on axis {i}: the crop of size "
+                f"{like.shape[i]} from {x.shape[i]} is out of bounds", ShapeError)
         index.append(slice(o, o + like.shape[i]))
     return x[tuple(index)]
 
@@ -199,11 +216,12 @@ def crop(x, like, axis=2, offset=()):
 def tile(x, axis=1, tiles=None):
     """y = x repeated ``tiles`` times along ``axis`` as whole blocks (numpy.tile on that
     axis: [a, b] -> [a, b, a, b]); the diff sums the copies."""
-    if tiles is None:
-        raise ValueError("tile_param.tiles must be specified")
-    if tiles <= 0:
-        raise ValueError(f"tiles {tiles}: the number of tiles must be positive")
-    ax = canonical_axis(axis, x.ndim, "Tile")
+    # Caffe: CHECK(has_tiles()) "Number of tiles must be specified"; CHECK_GT(tiles_, 0)
+    require(tiles is not None, "tile_param.tiles", tiles,
+            "given (the number of tiles must be specified)")
+    require(is_int(tiles) and tiles > 0, "tile_param.tiles", tiles,
+            "a positive integer (the number of tiles)")
+    ax = canonical_axis(axis, x.ndim, "tile_param.axis")
     outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax:])
     y = F.broadcast_to(F.reshape(x, (outer, 1, inner)), (outer, int(tiles), inner))
     return F.reshape(y, x.shape[:ax] + (x.shape[ax] * int(tiles),) + x.shape[ax + 1:])
@@ -217,7 +235,7 @@ def reduction(x, operation="SUM", axis=0, coeff=1.0):
     not one axis); the top keeps x.shape[:axis] (axis 0: a 0-d blob).
     SUM: sum x; ASUM: sum |x| (gradient sign(x), 0 at 0); SUMSQ: sum x^2;
     MEAN: sum x / count."""
-    ax = canonical_axis(axis, x.ndim, "Reduction") if x.ndim else 0
+    ax = canonical_axis(axis, x.ndim, "reduction_param.axis") if x.ndim else 0
     tail = tuple(range(ax, x.ndim))
     if operation == "SUM":
         y = F.sum(x, tail)
@@ -228,7 +246,7 @@ def reduction(x, operation="SUM", axis=0, coeff=1.0):
     elif operation == "MEAN":
         y = F.mean(x, tail)
     else:
-        raise ValueError(f"operation {operation!r}: expected SUM, ASUM, SUMSQ or MEAN")
+        require(False, "reduction_param.operation", operation, "SUM, ASUM, SUMSQ or MEAN")
     return y * float(coeff) if coeff != 1.0 else y
 
 
@@ -259,23 +277,24 @@ def argmax(x, out_max_val=False, top_k=1, axis=None):
     out_max_val (N, 2, top_k, ...): channel 0 the indices, channel 1 the values.
     Caffe has no backward here; the derived gradient flows into the chosen values
     (out_max_val) and is zero for indices."""
-    if top_k < 1:
-        raise ValueError(f"top_k {top_k} must not be less than 1")
+    # Caffe: CHECK_GE(top_k_, 1) "top k must not be less than 1."
+    require(is_int(top_k) and top_k >= 1, "argmax_param.top_k", top_k, "an integer >= 1")
+    top_k = int(top_k)
     if axis is not None:
-        ax = canonical_axis(axis, x.ndim, "ArgMax")
+        ax = canonical_axis(axis, x.ndim, "argmax_param.axis")
         n = x.shape[ax]
-        if top_k > n:
-            raise ValueError(f"top_k {top_k} must be less than or equal to the dimension "
-                             f"{n} of axis {ax}")
+        # Caffe: CHECK_GE(bottom[0]->shape(axis_), top_k_)
+        require(top_k <= n, "argmax_param.top_k", top_k,
+                f"less than or equal to the dimension {n} of axis {ax}")
         outer, inner = math.prod(x.shape[:ax]), math.prod(x.shape[ax + 1:])
         vals, idx = _topk_caffe(F.reshape(x, (outer, n, inner)), top_k)
         shape = x.shape[:ax] + (top_k,) + x.shape[ax + 1:]
         return F.reshape(vals if out_max_val else idx, shape)
     num = x.shape[0] if x.ndim else 1
     dim = x.size // max(num, 1)
-    if top_k > dim:
-        raise ValueError(f"top_k {top_k} must be less than or equal to the dimension of "
-                         f"the flattened bottom blob per instance ({dim})")
+    # Caffe: CHECK_GE(bottom[0]->count(1), top_k_)
+    require(top_k <= dim, "argmax_param.top_k", top_k, "less than or equal to the "
+            f"dimension of the flattened bottom blob per instance ({dim})")
     vals, idx = _topk_caffe(F.reshape(x, (num, dim, 1)), top_k)
     idx = F.reshape(idx, (num, 1, top_k))
     if out_max_val:
