@@ -307,6 +307,8 @@ class Net:
         weights = list(lp.loss_weight) or [1.0 if (spec.loss and k == 0) else 0.0
                                            for k in range(len(lp.top))]
         layer.loss_weights = weights + [0.0] * (len(lp.top) - len(weights))
+        for name, t in zip(lp.top, tops):
+            _check_size(self._where(lp), f"top '{name}'", t.shape)
         for k, (name, t) in enumerate(zip(lp.top, tops)):
             blob = self._add_version(layer, name, t)
             if layer.loss_weights[k]:
@@ -397,6 +399,8 @@ class Net:
                                       f"tops, the prototxt names {len(lp.top)}")
         layer = Layer(lp.name, lp.type, [], list(lp.top), source=lp)
         fresh = [name not in self._old_blobs for name in lp.top]
+        for name, shape in zip(lp.top, shapes):
+            _check_size(self._where(lp), f"top '{name}'", shape)
         for name, shape in zip(lp.top, shapes):
             self._add_version(layer, name, F.input(name, shape))
         layer.data_source = source

@@ -291,3 +291,31 @@ def test_a_huge_input_names_the_layer_and_the_bytes():
     with pytest.raises(sn.layers.LayerError,
                        match=r"layer 'in' \(Input\).*top 'x'.*4,000,000,000,000 bytes"):
         sn.Net(text, sn.TEST, backend="numpy")
+
+
+@pytest.mark.parametrize("layer, match", [
+    ('type: "Tile" tile_param { axis: 1 tiles: 2000000000 }', r"\(Tile\).*top 'y' of shape "
+     r"\(1, 8000000000, 8, 8\) needs 2,048,000,000,000 bytes"),
+    ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1000000 }',
+     r"\(Convolution\).*top 'y' of shape \(1, 4, 2000006, 2000006\)"),
+    ('type: "Deconvolution" convolution_param { num_output: 4 kernel_size: 3 '
+     'stride: 1000000 }', r"\(Deconvolution\).*top 'y' of shape \(1, 4, 7000003, 7000003\)"),
+    ('type: "Pooling" pooling_param { kernel_size: 2000000 pad: 1999999 }',
+     r"\(Pooling\).*top 'y' of shape \(1, 4, 2000007, 2000007\)"),  # (8 + 2p - k) + 1
+])
+def test_a_top_too_large_for_memory_names_the_layer(layer, match):
+    """Valid parameters (Caffe takes them) whose top would not fit in memory: a
+    LayerError with the layer, the top, its shape and bytes, before any allocation."""
+    text = BASE_NET + 'layer { name: "L" bottom: "data" top: "y" %s }' % layer
+    with pytest.raises(sn.layers.LayerError, match=r"layer 'L' " + match):
+        sn.Net(text, sn.TEST, backend="numpy")
+
+
+def test_a_data_source_top_over_the_limit_names_the_layer(monkeypatch):
+    monkeypatch.setenv("SYMNET_MAX_BLOB_BYTES", "1000000")
+    text = ('layer { name: "d" type: "DummyData" top: "x" dummy_data_param { '
+            'shape { dim: 1000 dim: 1000 } } }')
+    with pytest.raises(sn.layers.LayerError,
+                       match=r"layer 'd' \(DummyData\).*top 'x' of shape \(1000, 1000\) "
+                             r"needs 4,000,000 bytes, more than the limit of 1,000,000"):
+        sn.Net(text, sn.TEST, backend="numpy")
