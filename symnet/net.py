@@ -27,7 +27,8 @@ from .graph import Graph, graph_scope
 from . import data as data_sources
 from . import pylayer
 from .formats import prototxt, upgrade
-from .formats.weights import copy_trained_layers, save_net
+from .formats.weights import (check_hdf5_layers, copy_trained_layers, save_net,
+                              write_trained_layers)
 from .layers import load_plugins, registry
 from .runtime.blob import Blob
 from .runtime.memory import SyncedMemory
@@ -1055,25 +1056,6 @@ class Net:
 
     def load_hdf5(self, path):
         """Caffe's CopyTrainedLayersFromHDF5: each layer with params takes the blobs of
-        the group of its name in ``data``; counts and shapes must match."""
-        h5py = _h5py("load_hdf5")
-        with h5py.File(path, "r") as f:
-            if "data" not in f:
-                raise ValueError(f"{path}: no 'data' group (not a net saved by save_hdf5)")
-            data = f["data"]
-            arrays = {}
-            for name, layer in zip(self._layer_names, self._layers):
-                if name not in data or not layer.blobs:
-                    continue
-                group = data[name]
-                if len(group) != len(layer.blobs):
-                    raise ValueError(f"{path}: layer '{name}' has {len(group)} blobs in the "
-                                     f"file, {len(layer.blobs)} in the net")
-                for j, blob in enumerate(layer.blobs):
-                    a = np.asarray(group[str(j)], dtype=np.float32)
-                    if a.shape != blob.shape:
-                        raise ValueError(f"{path}: layer '{name}' blob {j} has shape "
-                                         f"{a.shape} in the file, {blob.shape} in the net")
-                    arrays[id(blob)] = (blob, a)
-        for blob, a in arrays.values():        # all checked before anything is written
-            blob.data[...] = a
+        the group of its name in ``data``; counts and shapes must match, and every blob
+        is checked before any is written (a WeightsError names the file and layer)."""
+        write_trained_layers(check_hdf5_layers(self, path))

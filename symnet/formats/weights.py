@@ -71,7 +71,7 @@ def check_trained_layers(net, path):
     one checked; nothing is written. Raises WeightsError / PrototxtError."""
     path = os.fspath(path)
     if is_hdf5(path):
-        loads = _check_hdf5(net, path)
+        loads = check_hdf5_layers(net, path)
         held_what = "groups in 'data'"
     else:
         loads, held = _check_binary(net, path)
@@ -167,7 +167,9 @@ def check_hdf5(path):
     check_hdf5_file(path)
 
 
-def _check_hdf5(net, path):
+def check_hdf5_layers(net, path):
+    """[(blob, array)] from Caffe's HDF5 weights (group ``data``, a group per layer, a
+    dataset per blob), every one checked; nothing is written."""
     h5py = _h5py()
     try:
         check_hdf5(path)                  # the superblock, before the library opens it

@@ -173,6 +173,31 @@ def test_hdf5_round_trip(tmp_path):
             np.testing.assert_array_equal(x.data, y.data)
 
 
+def test_hdf5_load_is_all_or_nothing(tmp_path):
+    """A file whose last layer does not fit is refused naming the file and the layer,
+    and no earlier layer was overwritten; a truncated file is refused before the HDF5
+    library reads it."""
+    h5py = pytest.importorskip("h5py")
+    from symnet.formats.weights import WeightsError
+    a, b = deploy(1), deploy(1)
+    path = tmp_path / "net.h5"
+    a.save_hdf5(str(path))
+    with h5py.File(path, "a") as f:
+        del f["data/ip2/1"]
+        f["data/ip2/1"] = np.zeros(3, np.float32)
+    before = {k: [x.data.copy() for x in v] for k, v in b.params.items()}
+    with pytest.raises(WeightsError, match=r"net\.h5: layer 'ip2'.*blob 1 has shape \[3\]"):
+        b.load_hdf5(str(path))
+    cut = tmp_path / "cut.h5"
+    a.save_hdf5(str(cut))
+    cut.write_bytes(cut.read_bytes()[:3000])
+    with pytest.raises(WeightsError, match="cut.h5"):
+        b.load_hdf5(str(cut))
+    for k, v in b.params.items():
+        for x, y in zip(v, before[k]):
+            np.testing.assert_array_equal(x.data, y)
+
+
 def test_layers_of_the_same_name_keep_their_own_blobs():
     text = """
     input: "data" input_shape { dim: 1 dim: 4 }
