@@ -114,7 +114,7 @@ from .graph import Graph, Tensor, default_graph, graph_scope
 from .layers import context as layer_context
 from .layers import layer, layer_param, state_update
 from .net import TEST, TRAIN, Net
-from .solver import get_solver
+from .solver import ResumeWarning, get_solver
 
 __version__ = "0.1.0"
 
