@@ -91,13 +91,17 @@ class Executor:
 
     def _bind_in(self, bid, value, keep):
         """The address of argument ``value`` for buffer ``bid``, its values current."""
-        if isinstance(value, SyncedMemory):
+        if isinstance(value, SyncedMemory) and value.size:
             if self.on_host:
                 arr = value.host_read()
                 keep.append(arr)
                 return arr.ctypes.data
             return value.device_read(self.device)
+        if isinstance(value, SyncedMemory):
+            value = value.host_read()
         arr = np.ascontiguousarray(value, dtype=np.float32)
+        if arr.size == 0:               # an empty tensor's buffer holds one value
+            arr = np.zeros(1, np.float32)
         if self.on_host:
             keep.append(arr)
             return arr.ctypes.data
@@ -109,6 +113,8 @@ class Executor:
     def _bind_out(self, bid, dst, keep):
         """The address kernels write result buffer ``bid`` to: the destination itself
         where it can be written in place, else a staging buffer copied out after."""
+        if dst.size == 0:               # an empty result: its one-value buffer is ours
+            return self._ptr_of_owned(self._stage(bid, 1))
         if isinstance(dst, SyncedMemory):
             if self.on_host:
                 arr = dst.host_write()
@@ -176,12 +182,17 @@ class Executor:
         for (_, bid), value in zip(plan.params, params):
             self._check_value(bid, value, "param", writes=False)
         if out is not None:
-            for (bid, _), value in zip(plan.outputs, out):
-                self._check_value(bid, value, "output", writes=True)
+            for (bid, shape), value in zip(plan.outputs, out):
+                self._check_value(bid, value, "output", writes=True,
+                                  size=int(np.prod(shape, dtype=np.int64)))
 
-    def _check_value(self, bid, value, role, writes):
+    def _check_value(self, bid, value, role, writes, size=None):
+        """``size``: the number of values expected (default the buffer's; buffers of
+        empty tensors hold one value, so an empty argument is taken for them and bound
+        to a zeroed value of its own)."""
         buf = self.plan.buffers[bid]
         name = f"{role} '{buf.name or bid}'"
+        want = buf.size if size is None else size
         if isinstance(value, SyncedMemory):
             arr = value.host_array
         elif writes:
@@ -190,12 +201,12 @@ class Executor:
                 raise ShapeError(f"{name}: the destination is a {type(arr).__name__}, "
                                  "expected a NumPy array or a SyncedMemory")
         else:
-            size = np.size(value)
-            if size != buf.size:
-                raise ShapeError(f"{name}: {size} values given, expected {buf.size}")
+            arr = None
+        given = np.size(value) if arr is None else arr.size
+        if given != want and not (given == 0 and want == 1 and size is None):
+            raise ShapeError(f"{name}: {given} values given, expected {want}")
+        if arr is None:
             return                      # converted to contiguous float32 when bound
-        if arr.size != buf.size:
-            raise ShapeError(f"{name}: {arr.size} values given, expected {buf.size}")
         if arr.dtype != np.float32 or not arr.flags.c_contiguous:
             raise ShapeError(f"{name}: the memory is {arr.dtype}"
                              f"{'' if arr.flags.c_contiguous else ', not contiguous'}; "
