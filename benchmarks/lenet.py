@@ -1,6 +1,7 @@
 """LeNet training speed: milliseconds per training iteration (forward + backward +
 parameter update, batch 64, 1x28x28 inputs) for symnet's ``cpu`` backend and, in the
-same run, PyTorch eager on the CPU when it is installed (2 threads).
+same run, PyTorch eager on the CPU when it is installed (both with --threads threads,
+default 2: symnet's OMP_NUM_THREADS, torch.set_num_threads).
 
     python benchmarks/lenet.py [--rounds 7] [--iters 10] [--batch 64] [--threads 2]
 
@@ -19,21 +20,15 @@ symnet's forward / backward / update split.
 """
 from __future__ import annotations
 
+import argparse
 import os
 
-ENVIRONMENT = dict(os.environ)      # before symnet's runtime sets anything
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+from _common import (MODELS, TorchProcess, per_iter, print_solver_result, serve,
+                     set_symnet_threads, time_solver_parts, torch_available)
 
-import numpy as np  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-NET = os.path.join(HERE, "..", "tests", "data", "models", "bvlc_mnist",
-                   "lenet_train_test.prototxt")
+NET = os.path.join(MODELS, "bvlc_mnist", "lenet_train_test.prototxt")
 
 
 def symnet_solver(batch, backend):
@@ -76,54 +71,6 @@ def torch_step(batch, threads):
     return step
 
 
-def per_iter(fn, iters):
-    """Seconds of each of ``iters`` calls."""
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def torch_worker(batch, threads):
-    """Serve timing requests on stdin: a line with a count runs that many iterations
-    and answers with their seconds as a JSON list."""
-    step = torch_step(batch, threads)
-    for _ in range(3):
-        step()
-    print("ready", flush=True)
-    for line in sys.stdin:
-        print(json.dumps(per_iter(step, int(line))), flush=True)
-
-
-class TorchProcess:
-    def __init__(self, batch, threads):
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--torch-worker", "--batch",
-             str(batch), "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENVIRONMENT)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError("the PyTorch worker did not start")
-
-    def run(self, iters):
-        self.proc.stdin.write(f"{iters}\n")
-        self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())
-
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
-def torch_available():
-    try:
-        import importlib.util
-        return importlib.util.find_spec("torch") is not None
-    except ValueError:
-        return False
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
@@ -134,47 +81,27 @@ def main():
     ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.torch_worker:
-        torch_worker(args.batch, args.threads)
+        serve(torch_step(args.batch, args.threads))
         return
 
+    set_symnet_threads(args.threads)
     solver = symnet_solver(args.batch, args.backend)
     solver.step(3)                                  # compile and warm up
-    net = solver.net
-    worker = TorchProcess(args.batch, args.threads) if torch_available() else None
+    worker = TorchProcess(__file__, ["--batch", args.batch, "--threads", args.threads]) \
+        if torch_available() else None
 
     sym, tor, parts = [], [], {"forward": [], "backward": [], "update": []}
     for _ in range(args.rounds):
         sym += per_iter(lambda: solver.step(1), args.iters)
         if worker is not None:
             tor += worker.run(args.iters)
-        saved = [(a, a.copy()) for g in solver._layout for a in [g["data"]] + g["hist"]]
-        feed = solver.feed(solver, net, 0)
-        parts["forward"] += per_iter(lambda: net.forward(**feed), args.iters)
-        parts["backward"] += per_iter(net.backward, args.iters)
-        parts["update"] += per_iter(solver.apply_update, args.iters)
-        for a, copy in saved:               # the parts' passes leave no trace
-            a[...] = copy
+        time_solver_parts(solver, args.iters, parts)
     if worker is not None:
         worker.close()
-
-    def ms(times):
-        return 1000 * float(np.min(times)), 1000 * float(np.median(times))
     n = args.rounds * args.iters
     print(f"LeNet training, batch {args.batch}, 1x28x28: {n} iterations each, interleaved "
           f"in {args.rounds} rounds; ms per iteration, best / median")
-    best, med = ms(sym)
-    print(f"symnet {args.backend:<8} {best:8.2f} / {med:8.2f}   (one plan per step; "
-          f"separately, best forward {ms(parts['forward'])[0]:.2f}, backward "
-          f"{ms(parts['backward'])[0]:.2f}, update {ms(parts['update'])[0]:.2f}; "
-          f"update kernels: {len(solver.update_function().report())})")
-    if tor:
-        tbest, tmed = ms(tor)
-        print(f"PyTorch eager  {tbest:8.2f} / {tmed:8.2f}   ({args.threads} threads, own "
-              "process)")
-        print(f"ratio symnet / PyTorch: {best / tbest:.2f} best, {med / tmed:.2f} median "
-              "(target <= 0.7)")
-    else:
-        print("PyTorch is not installed: no comparison")
+    print_solver_result("LeNet", args.backend, sym, parts, solver, tor, args.threads, 0.6)
     solver.close()
 
 

@@ -1,0 +1,134 @@
+"""CIFAR10-quick training speed: milliseconds per training iteration (forward + backward
++ parameter update, batch 100, 3x32x32 inputs) for symnet's ``cpu`` backend and, in the
+same run, PyTorch eager on the CPU when it is installed (both with --threads threads,
+default 2: symnet's OMP_NUM_THREADS, torch.set_num_threads).
+
+    python benchmarks/cifar10.py [--rounds 7] [--iters 5] [--batch 100] [--threads 2]
+
+The net is Caffe's ``cifar10_quick_train_test.prototxt`` with ``input_shapes`` standing
+in the Data layer and random data; the solver is cifar10_quick_solver.prototxt's SGD
+(base_lr 0.001, momentum 0.9, weight decay 0.004, lr policy fixed). PyTorch runs the
+same layers (conv 32 5x5 pad 2, max pool 3/2, relu, conv 32, relu, average pool 3/2,
+conv 64, relu, average pool 3/2, ip 64, ip 10, softmax loss; Caffe's pooling rounds
+the output size up, as ceil_mode=True) with torch.optim.SGD (biases at twice the rate,
+as lr_mult 2).
+
+PyTorch runs in a worker process (see _common.TorchProcess); the two are timed
+iteration by iteration in interleaved rounds, one process idle while the other runs;
+the best and the median are reported, with symnet's forward / backward / update split.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from _common import (MODELS, TorchProcess, load_text, per_iter, print_solver_result,
+                     serve, set_symnet_threads, time_solver_parts, torch_available)
+
+FOLDER = os.path.join(MODELS, "bvlc_cifar10")
+NET = os.path.join(FOLDER, "cifar10_quick_train_test.prototxt")
+SOLVER = os.path.join(FOLDER, "cifar10_quick_solver.prototxt")
+
+
+def solver_param():
+    """cifar10_quick_solver.prototxt, pointed at the corpus's net file and made to run
+    without end, display, test or snapshot."""
+    from symnet.formats.prototxt import parse_solver
+    from symnet.formats.upgrade import upgrade_solver
+    param, _ = upgrade_solver(parse_solver(SOLVER))
+    param.net = NET
+    param.max_iter = 10 ** 9
+    param.display = 0
+    for field in ("test_iter", "test_interval", "snapshot", "snapshot_prefix",
+                  "test_initialization"):
+        param.ClearField(field)
+    param.test_initialization = False
+    return param
+
+
+def symnet_solver(batch, backend):
+    from symnet.solver import SGDSolver
+    rng = np.random.default_rng(0)
+    data = rng.random((batch, 3, 32, 32), dtype=np.float32)
+    label = rng.integers(0, 10, batch).astype(np.float32)
+    return SGDSolver(solver_param(), backend=backend,
+                     input_shapes={"data": data.shape, "label": label.shape},
+                     feed=lambda s, net, i: {"data": data, "label": label})
+
+
+def torch_step(batch, threads, param):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 5, padding=2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(),
+        nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.Linear(64, 10))
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    lr, wd = param["base_lr"], param["weight_decay"]
+    opt = torch.optim.SGD([{"params": weights, "weight_decay": wd},
+                           {"params": biases, "lr": 2 * lr, "weight_decay": wd}],
+                          lr=lr, momentum=param["momentum"])
+    x = torch.rand(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--sgd", nargs=3, type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.torch_worker:
+        lr, momentum, wd = args.sgd
+        serve(torch_step(args.batch, args.threads,
+                         {"base_lr": lr, "momentum": momentum, "weight_decay": wd}))
+        return
+
+    set_symnet_threads(args.threads)
+    param = solver_param()
+    assert param.lr_policy == "fixed" and param.type in ("", "SGD"), param
+    solver = symnet_solver(args.batch, args.backend)
+    solver.step(3)                                  # compile and warm up
+    worker = TorchProcess(__file__, [
+        "--batch", args.batch, "--threads", args.threads,
+        "--sgd", param.base_lr, param.momentum, param.weight_decay]) \
+        if torch_available() else None
+
+    sym, tor, parts = [], [], {"forward": [], "backward": [], "update": []}
+    for _ in range(args.rounds):
+        sym += per_iter(lambda: solver.step(1), args.iters)
+        if worker is not None:
+            tor += worker.run(args.iters)
+        time_solver_parts(solver, args.iters, parts)
+    if worker is not None:
+        worker.close()
+    n = args.rounds * args.iters
+    print(f"CIFAR10-quick training, batch {args.batch}, 3x32x32: {n} iterations each, "
+          f"interleaved in {args.rounds} rounds; {args.threads} threads; load average "
+          f"{load_text()}; ms per iteration, best / median")
+    print_solver_result("CIFAR10-quick", args.backend, sym, parts, solver, tor,
+                        args.threads, 0.7)
+    solver.close()
+
+
+if __name__ == "__main__":
+    main()
