@@ -25,6 +25,7 @@ the memory it was given.
 from __future__ import annotations
 
 import ctypes
+import math
 import time
 
 import numpy as np
@@ -71,6 +72,10 @@ class Executor:
         for bid, _ in plan.outputs:
             self._in_place.append(plan.buffers[bid].role == "output" and bid not in seen)
             seen.add(bid)
+        self._in_specs = [self._arg_spec(bid, "input") for bid in plan.inputs]
+        self._param_specs = [self._arg_spec(bid, "param") for _, bid in plan.params]
+        self._out_specs = [self._arg_spec(bid, "output", math.prod(shape))
+                           for bid, shape in plan.outputs]
         self._ptrs = None
         self._launches = None
         self.step_times = np.zeros(len(plan.steps))
@@ -177,42 +182,50 @@ class Executor:
             if given is not None and len(given) != want:
                 raise ShapeError(f"compiled function: {len(given)} {what} given, "
                                  f"expected {want}")
-        for bid, value in zip(plan.inputs, inputs):
-            self._check_value(bid, value, "input", writes=False)
-        for (_, bid), value in zip(plan.params, params):
-            self._check_value(bid, value, "param", writes=False)
+        check = self._check_value
+        for spec, value in zip(self._in_specs, inputs):
+            check(spec, value)
+        for spec, value in zip(self._param_specs, params):
+            check(spec, value)
         if out is not None:
-            for (bid, shape), value in zip(plan.outputs, out):
-                self._check_value(bid, value, "output", writes=True,
-                                  size=int(np.prod(shape, dtype=np.int64)))
+            for spec, value in zip(self._out_specs, out):
+                check(spec, value)
 
-    def _check_value(self, bid, value, role, writes, size=None):
-        """``size``: the number of values expected (default the buffer's; buffers of
-        empty tensors hold one value, so an empty argument is taken for them and bound
-        to a zeroed value of its own)."""
-        buf = self.plan.buffers[bid]
-        name = f"{role} '{buf.name or bid}'"
-        want = buf.size if size is None else size
+    def _arg_spec(self, bid, role, size=None):
+        """(buffer, role, values expected, whether it is written). ``size``: the values of
+        an output; an input's are its buffer's, and buffers of empty tensors hold one
+        value, so an empty argument is taken for them (bound to a zeroed value)."""
+        return (bid, role, self.plan.buffers[bid].size if size is None else size,
+                role == "output")
+
+    def _check_value(self, spec, value):
+        bid, role, want, writes = spec
         if isinstance(value, SyncedMemory):
             arr = value.host_array
         elif writes:
             arr = value
             if not isinstance(arr, np.ndarray):
-                raise ShapeError(f"{name}: the destination is a {type(arr).__name__}, "
-                                 "expected a NumPy array or a SyncedMemory")
+                raise ShapeError(f"{self._arg_name(spec)}: the destination is a "
+                                 f"{type(arr).__name__}, expected a NumPy array or a "
+                                 "SyncedMemory")
         else:
             arr = None
         given = np.size(value) if arr is None else arr.size
-        if given != want and not (given == 0 and want == 1 and size is None):
-            raise ShapeError(f"{name}: {given} values given, expected {want}")
+        if given != want and not (given == 0 and want == 1 and not writes):
+            raise ShapeError(f"{self._arg_name(spec)}: {given} values given, expected {want}")
         if arr is None:
             return                      # converted to contiguous float32 when bound
-        if arr.dtype != np.float32 or not arr.flags.c_contiguous:
-            raise ShapeError(f"{name}: the memory is {arr.dtype}"
-                             f"{'' if arr.flags.c_contiguous else ', not contiguous'}; "
+        flags = arr.flags
+        if arr.dtype != np.float32 or not flags.c_contiguous:
+            raise ShapeError(f"{self._arg_name(spec)}: the memory is {arr.dtype}"
+                             f"{'' if flags.c_contiguous else ', not contiguous'}; "
                              "expected C-contiguous float32")
-        if writes and not arr.flags.writeable:
-            raise ShapeError(f"{name}: the destination is read-only")
+        if writes and not flags.writeable:
+            raise ShapeError(f"{self._arg_name(spec)}: the destination is read-only")
+
+    def _arg_name(self, spec):
+        bid, role = spec[:2]
+        return f"{role} '{self.plan.buffers[bid].name or bid}'"
 
     def _prepare(self, step, ptrs):
         """A callable issuing the step (None for host steps)."""
