@@ -12,6 +12,9 @@
   matmuls read is a strided view for the GEMM. Every other op is a library kernel.
 - Only values read by another kernel, or requested as outputs, are stored; an
   elementwise group with nothing to store disappears.
+- A group, and a reduction's prologue, is bounded (MAX_GROUP_DEPTH ops on its longest
+  path, MAX_GROUP_SIZE ops): a long chain (thousands of in-place activations) becomes
+  several fused kernels, so composing, cse and printing each stay cheap and shallow.
 """
 from __future__ import annotations
 
