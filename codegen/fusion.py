@@ -12,9 +12,13 @@
   matmuls read is a strided view for the GEMM. Every other op is a library kernel.
 - Only values read by another kernel, or requested as outputs, are stored; an
   elementwise group with nothing to store disappears.
+- A group, and a reduction's prologue, is bounded (MAX_GROUP_DEPTH ops on its longest
+  path, MAX_GROUP_SIZE ops): a long chain (thousands of in-place activations) becomes
+  several fused kernels, so composing, cse and printing each stay cheap and shallow.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -38,6 +42,18 @@ class Kernel:
         return self.stages[-1] if self.stages else self.members[-1]
 
 
+# Bounds of one elementwise group. A group's values are composed into one expression
+# tree per stored value, which sympy (composition, cse, printing) walks recursively:
+# its depth must stay bounded, or a long chain of elementwise layers (a deep net of
+# in-place activations) costs time quadratic in its length and then exhausts Python's
+# recursion limit. A longer chain becomes several kernels, each still fused, with the
+# value between them stored. Depth counts the members on the longest path inside the
+# group; common nets stay far below both bounds (ResNet-50, GoogLeNet, MobileNet v2:
+# depth at most 6 and 11 members, forward and backward).
+MAX_GROUP_DEPTH = 32
+MAX_GROUP_SIZE = 256
+
+
 def _is_ew(graph, n):
     return isinstance(graph.op(n), ops.Elementwise)
 
@@ -47,6 +63,7 @@ class Partition:
         self.graph = graph
         self.outputs = list(dict.fromkeys(output_ids))
         self.order = graph.ancestors(self.outputs)
+        self._args = {n: graph.args(n) for n in self.order}
         self.pos = {n: i for i, n in enumerate(self.order)}
         self.consts = {}
         for n in self.order:
@@ -56,7 +73,7 @@ class Partition:
         # (x == max(x)): every kernel must read the very values the reduction saw, so
         # they are loaded, never recomputed in a prologue (a recomputation may round
         # differently: another association, a vector lane versus a scalar tail)
-        self.exact = {graph.args(n)[0] for n in self.order
+        self.exact = {self.args(n)[0] for n in self.order
                       if isinstance(graph.op(n), ops.Reduce) and graph.op(n).how != "sum"}
         self.prologues = {n: self._prologue(n) for n in self.order
                           if isinstance(graph.op(n), ops.Reduce)}
@@ -68,7 +85,7 @@ class Partition:
             if n in self.prologues and self.prologues[n]:
                 srcs = self._loads_of(self.prologues[n])
             else:
-                srcs = graph.args(n)
+                srcs = self.args(n)
             bits = 0
             for a in srcs:
                 bits |= self.anc[a] | (1 << self.pos[a])
@@ -83,50 +100,110 @@ class Partition:
         self._break_cycles()
         self._select_stored()
 
+    def args(self, n):
+        """graph.args(n), read once per node (networkx's edge views are slow)."""
+        got = self._args.get(n)
+        return got if got is not None else self.graph.args(n)
+
     # ------------------------------------------------------------ elementwise groups
     def _convex(self, members) -> bool:
         bits = 0
         for m in members:
             bits |= 1 << self.pos[m]
         for m in members:
-            for a in self.graph.args(m):
+            for a in self.args(m):
                 if a not in members and self.anc[a] & bits:
                     return False
         return True
 
+    def _joins_convex(self, gid, n):
+        """Whether group gid (convex) plus n, which follows all of it in topological
+        order, is convex: only a path from the group through another node into n can
+        leave and come back, so only n's arguments outside the group are checked."""
+        bits = self.gbits[gid]
+        members = self.groups[gid]
+        return not any(a not in members and self.anc[a] & bits for a in self.args(n))
+
+    def _depths(self, members):
+        """Per member, the members on the longest path inside ``members`` ending at it
+        (constants, inlined, count for nothing)."""
+        depth = {}
+        for m in sorted(members, key=self.pos.get):
+            if m in self.consts:
+                depth[m] = 0
+                continue
+            depth[m] = 1 + max((depth[a] for a in self.args(m) if a in depth),
+                               default=0)
+        return depth
+
+    def _fits(self, cands, n):
+        """The depths of the group made of groups ``cands`` and node n, or None when it
+        would exceed MAX_GROUP_SIZE or MAX_GROUP_DEPTH."""
+        size = 1 + sum(len(self.groups[c]) for c in cands)
+        if size > MAX_GROUP_SIZE:
+            return None
+        if len(cands) == 1:
+            # joining one group: only n's own depth is new
+            d = 0 if n in self.consts else 1 + max(
+                (self.depth[a] for a in self.args(n)
+                 if self.group_of.get(a) == cands[0]), default=0)
+            return None if d > MAX_GROUP_DEPTH else {n: d}
+        # merging groups may turn edges between them into paths inside the union
+        depth = self._depths({n}.union(*(self.groups[c] for c in cands)))
+        return None if max(depth.values()) > MAX_GROUP_DEPTH else depth
+
     def _group_elementwise(self):
         g = self.graph
         next_id = 0
+        self.depth = {}
+        self.gbits = {}         # group id -> bit set of its members' positions
+        self.bounded = set()    # nodes refused by their producers' full groups
         for n in self.order:
             if not _is_ew(g, n):
                 continue
             shape = g.shape(n)
             cands = []
-            for a in g.args(n):
+            for a in self.args(n):
                 if a in self.group_of and g.shape(a) == shape:
                     gid = self.group_of[a]
                     if gid not in cands:
                         cands.append(gid)
-            chosen = None
-            union = {n}.union(*(self.groups[c] for c in cands)) if cands else None
-            if cands and self._convex(union):
-                chosen = cands
+            chosen, depth, refused = None, None, False
+            if len(cands) == 1:
+                convex = self._joins_convex(cands[0], n)
             else:
+                convex = bool(cands) and self._convex(
+                    {n}.union(*(self.groups[c] for c in cands)))
+            if convex:
+                depth = self._fits(cands, n)
+                chosen = cands if depth is not None else None
+                refused = depth is None
+            if chosen is None and len(cands) > 1:
                 for c in cands:
-                    if self._convex(self.groups[c] | {n}):
-                        chosen = [c]
-                        break
+                    if self._joins_convex(c, n):
+                        depth = self._fits([c], n)
+                        if depth is not None:
+                            chosen = [c]
+                            break
+                        refused = True
+            if refused:
+                self.bounded.add(n)
             if chosen:
                 keep = chosen[0]
                 for c in chosen[1:]:
                     for m in self.groups.pop(c):
                         self.group_of[m] = keep
                         self.groups[keep].add(m)
+                    self.gbits[keep] |= self.gbits.pop(c)
                 self.groups[keep].add(n)
                 self.group_of[n] = keep
+                self.gbits[keep] |= 1 << self.pos[n]
+                self.depth.update(depth)
             else:
                 self.groups[next_id] = {n}
+                self.gbits[next_id] = 1 << self.pos[n]
                 self.group_of[n] = next_id
+                self.depth[n] = 0 if n in self.consts else 1
                 next_id += 1
 
     # ------------------------------------------------------------ kernels
@@ -137,7 +214,7 @@ class Partition:
         if isinstance(op, ops.Elementwise) and op.n == 0:
             return op.expr
         if isinstance(op, (ops.Reshape, ops.StopGradient)):
-            return self.consts.get(self.graph.args(n)[0])
+            return self.consts.get(self.args(n)[0])
         return None
 
     def _prologue(self, r):
@@ -151,21 +228,31 @@ class Partition:
         g = self.graph
         if g.op(r).how != "sum":
             return set()
-        (x,) = g.args(r)
+        (x,) = self.args(r)
         space = g.shape(x)
-        members, stack = set(), [x]
-        while stack:
-            n = stack.pop()
+        # walk back from x, consumers before their arguments (descending position), so
+        # a node's depth (the longest path from it to x inside the prologue) is known
+        # when it is reached; the prologue is bounded like an elementwise group, the
+        # rest of a longer chain is loaded
+        members, depth, heap = set(), {x: 1}, [(-self.pos[x], x)]
+        while heap:
+            _, n = heapq.heappop(heap)
             if n in members or not _is_ew(g, n) or g.shape(n) != space or n in self.exact:
                 continue
+            d = depth[n]
+            if d > MAX_GROUP_DEPTH or len(members) >= MAX_GROUP_SIZE:
+                continue
             members.add(n)
-            stack.extend(g.args(n))
+            for a in self.args(n):
+                if a not in depth:
+                    heapq.heappush(heap, (-self.pos[a], a))
+                depth[a] = max(depth.get(a, 0), d + (a not in self.consts))
         return members
 
     def _loads_of(self, members, exclude=()):
         loads = []
         for m in sorted(members, key=self.pos.get):
-            for a in self.graph.args(m):
+            for a in self.args(m):
                 if a not in members and a not in exclude and a not in loads and \
                         a not in self.consts:
                     loads.append(a)
@@ -180,7 +267,7 @@ class Partition:
             op = g.op(n)
             if isinstance(op, ops.Reduce):
                 pro = self.prologues[n]
-                loads = self._loads_of(pro) if pro else list(g.args(n))
+                loads = self._loads_of(pro) if pro else list(self.args(n))
                 target = self._chain_target(n, loads, reduce_kernel) \
                     if self.chain_reductions else None
                 if target is not None:
@@ -193,11 +280,11 @@ class Partition:
                     kernels.append(k)
                     reduce_kernel[n] = k
             elif isinstance(op, (ops.Reshape, ops.StopGradient)):
-                kernels.append(Kernel("alias", [n], loads=list(g.args(n))))
+                kernels.append(Kernel("alias", [n], loads=list(self.args(n))))
             elif self._is_matmul_view(n):
-                kernels.append(Kernel("view", [n], loads=list(g.args(n))))
+                kernels.append(Kernel("view", [n], loads=list(self.args(n))))
             elif not isinstance(op, (ops.Elementwise, ops.Leaf)):
-                kernels.append(Kernel("library", [n], loads=list(g.args(n))))
+                kernels.append(Kernel("library", [n], loads=list(self.args(n))))
         for k in kernels:
             if k.kind == "reduce":
                 k.loads = self._reduce_loads(k)
@@ -220,7 +307,7 @@ class Partition:
         loads = []
         for s in k.stages:
             pro = k.prologue[s]
-            src = self._loads_of(pro) if pro else list(self.graph.args(s))
+            src = self._loads_of(pro) if pro else list(self.args(s))
             for a in src:
                 if a not in k.stages and a not in loads:
                     loads.append(a)
@@ -229,13 +316,13 @@ class Partition:
     def _chain_target(self, r, loads, reduce_kernel):
         g = self.graph
         op = g.op(r)
-        space = g.shape(g.args(r)[0])
+        space = g.shape(self.args(r)[0])
         for l in loads:
             k = reduce_kernel.get(l)
             if k is None:
                 continue
             first = g.op(k.stages[0])
-            if first.axes != op.axes or g.shape(g.args(k.stages[0])[0]) != space:
+            if first.axes != op.axes or g.shape(self.args(k.stages[0])[0]) != space:
                 continue
             stage_bits = 0
             for s in k.stages:
@@ -279,7 +366,7 @@ class Partition:
         for i, k in enumerate(self.kernels):
             if k.kind == "elementwise":
                 members = set(k.members)
-                pairs = [(m, a) for m in k.members for a in g.args(m)
+                pairs = [(m, a) for m in k.members for a in self.args(m)
                          if a not in members and a not in self.consts]
             else:
                 pairs = [(None, a) for a in k.loads]
@@ -314,7 +401,7 @@ class Partition:
         members = self.groups[gid]
         late = set(m for m in readers if m is not None)
         for m in sorted(members, key=self.pos.get):
-            if any(a in late for a in self.graph.args(m)):
+            if any(a in late for a in self.args(m)):
                 late.add(m)
         early = members - late
         if not early or not late:
@@ -363,7 +450,7 @@ class Partition:
             if n in need:
                 continue
             need.add(n)
-            stack.extend(a for a in self.graph.args(n) if a in members)
+            stack.extend(a for a in self.args(n) if a in members)
         return sorted(need, key=self.pos.get)
 
     def _explain(self):
@@ -385,6 +472,11 @@ class Partition:
                         elif g.shape(c) != g.shape(s):
                             reasons.append(f"consumer {cop.label} #{c} iterates {g.shape(c)}, "
                                            f"not {g.shape(s)}")
+                        elif self.group_of.get(c) != self.group_of.get(s) and \
+                                c in self.bounded:
+                            reasons.append(f"the kernel reached its bound (depth "
+                                           f"{MAX_GROUP_DEPTH}, {MAX_GROUP_SIZE} ops): "
+                                           f"consumer {cop.label} #{c} starts another")
                         elif self.group_of.get(c) != self.group_of.get(s):
                             reasons.append(f"fusing consumer {cop.label} #{c} would make a "
                                            "cycle through another kernel")

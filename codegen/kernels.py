@@ -42,6 +42,7 @@ import re
 from dataclasses import dataclass
 
 import sympy as sp
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from symnet import ops, scalar
 
@@ -73,7 +74,7 @@ def _load_symbol(j):
     return sp.Symbol(f"x{j}", real=True)
 
 
-def _substitute(expr, subs, memo):
+def _substitute(expr, subs, memo, pw=None, lift=None):
     """``expr.xreplace(subs)``, except that Piecewise, Max and Min are rebuilt without
     evaluation and a test that an indicator is nonzero becomes the indicator's
     condition: sympy's canonicalisation of these (rewriting conditions that hold
@@ -86,17 +87,82 @@ def _substitute(expr, subs, memo):
     done = memo.get(expr)
     if done is not None:
         return done
-    args = tuple(_substitute(a, subs, memo) for a in expr.args)
+    args = tuple(_substitute(a, subs, memo, pw, lift) for a in expr.args)
     if all(a is b for a, b in zip(args, expr.args)):
         out = expr
     elif isinstance(expr, sp.Ne) and args[1] == 0 and _indicator(args[0]) is not None:
         out = _indicator(args[0])           # where(x > y, ...) tests x > y itself
-    elif isinstance(expr, (sp.Piecewise, sp.Max, sp.Min)):
+    elif isinstance(expr, ExprCondPair):
+        cond = args[1]
+        if lift is not None and _holds_piecewise(cond, pw):
+            cond = _lift_piecewise(cond, lift, pw)
+        out = sp.Basic.__new__(ExprCondPair, args[0], cond)
+    elif isinstance(expr, sp.Piecewise):
+        out = _piecewise(args)
+    elif isinstance(expr, (sp.Max, sp.Min)):
         out = expr.func(*args, evaluate=False)
     else:
         out = expr.func(*args)
     memo[expr] = out
     return out
+
+
+def _lift_piecewise(expr, lift, pw):
+    """expr with each outermost Piecewise inside it replaced by a symbol w<k> whose
+    value, in order, is appended to ``lift`` as (symbol, Piecewise). A condition that
+    holds a Piecewise (a leaky ReLU testing the value of an earlier kink) is what sympy
+    folds through set rewriting, in composition and again in cse, at a cost exponential
+    in the nesting: kernels compute such values first, each on its own line."""
+    if isinstance(expr, sp.Piecewise):
+        for sym, value in lift:
+            if value == expr:
+                return sym
+        sym = sp.Symbol(f"w{len(lift)}", real=True)
+        lift.append((sym, expr))
+        return sym
+    if not _holds_piecewise(expr, pw):
+        return expr
+    return expr.func(*(_lift_piecewise(a, lift, pw) for a in expr.args))
+
+
+def _share_lifted(lifted, exprs):
+    """Each lifted value also read outside conditions becomes its symbol there too (in
+    later lifted values and in ``exprs``), so it is computed once."""
+    rep, memo, out = {}, {}, []
+    for sym, value in lifted:
+        pairs = [sp.Basic.__new__(ExprCondPair, _substitute(e, rep, memo), c)
+                 for e, c in value.args]
+        out.append((sym, sp.Basic.__new__(sp.Piecewise, *pairs)))
+        rep[value] = sym
+        memo.clear()
+    return out, [_substitute(e, rep, memo) for e in exprs]
+
+
+def _holds_piecewise(expr, pw):
+    """Whether expr contains a Piecewise (memoised in pw)."""
+    got = pw.get(expr)
+    if got is None:
+        got = isinstance(expr, sp.Piecewise) or any(_holds_piecewise(a, pw) for a in expr.args)
+        pw[expr] = got
+    return got
+
+
+def _piecewise(pairs):
+    """Piecewise of already built (expr, cond) pairs, as Piecewise(evaluate=False)
+    builds it (pairs with a false condition dropped, nothing after a true one, a lone
+    true pair its expression) but without re-creating each pair: ExprCondPair folds a
+    condition that holds a Piecewise (a leaky ReLU's test of a composed value) through
+    set rewriting, whose cost grows exponentially with the nesting of such conditions."""
+    kept = []
+    for pair in pairs:
+        if pair.cond == sp.false:
+            continue
+        kept.append(pair)
+        if pair.cond == sp.true:
+            break
+    if len(kept) == 1 and kept[0].cond == sp.true:
+        return kept[0].expr
+    return sp.Basic.__new__(sp.Piecewise, *kept)
 
 
 def _indicator(expr):
@@ -108,25 +174,36 @@ def _indicator(expr):
     return None
 
 
-def _compose(graph, nodes, leaf_symbol, consts):
+def _compose(graph, nodes, leaf_symbol, consts, lift=None):
     """sympy expression of each node in ``nodes`` (topological), leaves via leaf_symbol;
-    constant nodes are inlined."""
+    constant nodes are inlined. With a list ``lift``, Piecewise values tested inside a
+    condition are replaced by symbols and their definitions appended to it, in the
+    order to compute them (see _lift_piecewise)."""
     exprs = dict(consts)
     inside = set(nodes)
+    pw = {}
     for n in nodes:
         op = graph.op(n)
         subs = {}
         for k, a in enumerate(graph.args(n)):
             subs[scalar.arg_symbol(k)] = exprs[a] if a in inside or a in consts else \
                 leaf_symbol(a)
-        exprs[n] = _substitute(op.expr, subs, {})
+        exprs[n] = _substitute(op.expr, subs, {}, pw, lift)
     return exprs
 
 
-def _cse_lines(exprs, indent):
+def _cse_lines(exprs, indent, lifted=()):
+    """Lines computing ``exprs`` with common work shared, and the expressions left;
+    the ``lifted`` (symbol, value) pairs come first, each value shared within itself."""
+    lines = []
+    for k, (sym, value) in enumerate(lifted):
+        repl, (red,) = sp.cse([value], symbols=sp.numbered_symbols(f"{sym}_t"),
+                              optimizations=None, order="canonical")
+        lines += [f"{indent}const float {s} = {ccode(e)};" for s, e in repl]
+        lines.append(f"{indent}const float {sym} = {ccode(red)};")
     repl, reduced = sp.cse(exprs, symbols=sp.numbered_symbols("t"), optimizations=None,
                            order="canonical")
-    lines = [f"{indent}const float {s} = {ccode(e)};" for s, e in repl]
+    lines += [f"{indent}const float {s} = {ccode(e)};" for s, e in repl]
     return lines, reduced
 
 
@@ -162,9 +239,12 @@ def elementwise_kernel(graph, k, pos, consts) -> KernelText:
     space = graph.shape(k.stored[0])
     loads = k.loads
     index = {a: j for j, a in enumerate(loads)}
-    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]), consts)
+    lifted = []
+    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]), consts, lifted)
     out_exprs = [exprs[s] for s in k.stored]
-    lines, reduced = _cse_lines(out_exprs, "    ")
+    if lifted:
+        lifted, out_exprs = _share_lifted(lifted, out_exprs)
+    lines, reduced = _cse_lines(out_exprs, "    ", lifted)
     shapes = [graph.shape(a) for a in loads]
     roles, inner = split_inner(space, ["o"] * len(space), shapes, "o", "j")
     # every operand is broadcast into the space: when the space has fewer than 2**30
@@ -236,12 +316,16 @@ class _Reduce:
             return self.stage_sym[a] if a in self.stage_sym else _load_symbol(self.index[a])
 
         (x,) = self.graph.args(s)
+        lifted = []
         if pro:
-            value = _compose(self.graph, order, leaf, self.consts)[x]
+            value = _compose(self.graph, order, leaf, self.consts, lifted)[x]
         else:
             value = self.consts[x] if x in self.consts else leaf(x)
-        lines, (v,) = _cse_lines([value], indent)
-        return self.graph.op(s).how, lines, v, value.free_symbols
+        if lifted:
+            lifted, (value,) = _share_lifted(lifted, [value])
+        lines, (v,) = _cse_lines([value], indent, lifted)
+        used = set(value.free_symbols).union(*(e.free_symbols for _, e in lifted))
+        return self.graph.op(s).how, lines, v, used
 
     def load_lines(self, used, indent):
         return [f"{indent}const float x{jj} = in{jj}[{self.space.offset(jj)}];"
