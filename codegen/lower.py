@@ -22,10 +22,13 @@ from .prelude import C_PRELUDE, CUDA_PRELUDE, DEVICE_SMS, blocks_per_sm, device_
 
 
 def cpu_threads() -> int:
-    """The OpenMP team size CPU kernels that split work by thread are written for."""
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    """The OpenMP team size CPU kernels that split work by thread are written for:
+    ``SYMNET_NUM_THREADS``, else OMP_NUM_THREADS's first value, else the available cores
+    (as the runtime's ``cpu.configured_threads``)."""
+    for var in ("SYMNET_NUM_THREADS", "OMP_NUM_THREADS"):
+        env = os.environ.get(var, "").split(",")[0].strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
 
