@@ -22,10 +22,13 @@ from .prelude import C_PRELUDE, CUDA_PRELUDE, DEVICE_SMS, blocks_per_sm, device_
 
 
 def cpu_threads() -> int:
-    """The OpenMP team size CPU kernels that split work by thread are written for."""
-    env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    """The OpenMP team size CPU kernels that split work by thread are written for:
+    ``SYMNET_NUM_THREADS``, else OMP_NUM_THREADS's first value, else the available cores
+    (as the runtime's ``cpu.configured_threads``)."""
+    for var in ("SYMNET_NUM_THREADS", "OMP_NUM_THREADS"):
+        env = os.environ.get(var, "").split(",")[0].strip()
+        if env.isdigit() and int(env) > 0:
+            return int(env)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
         (os.cpu_count() or 1)
 
@@ -298,6 +301,14 @@ class Lowering:
         step = self.launch(self._template(T.GEMM_BLAS), args, 1, nodes)
         step.attrs["flops"] = 2 * nb[0] * nb[1] * M * N * Kd
 
+    def gemv(self, nodes, a, b, c, M, N, Kd, sam, sbn, beta=0.0):
+        """C (M x N, contiguous) = A B + beta C on the CPU for M <= T.GEMV_MAX_ROWS, A's
+        rows sam apart and contiguous, B the transpose of N contiguous rows sbn apart."""
+        args = [["long", M], ["long", N], ["long", Kd], ["float", beta], a, ["long", sam],
+                b, ["long", sbn], c]
+        step = self.launch(self._template(T.GEMV_CPU), args, 1, nodes)
+        step.attrs["flops"] = 2 * M * N * Kd
+
     # GEMM on the CUDA backends: cuBLAS calls
     def device_gemm_rm(self, nodes, a, b, c, M, N, Kd, sa, sb, ldc, levels, beta=0.0):
         """Row-major C (M x N, rows ldc apart) = A (M x K, strides sa = (sAm, sAk)) times
@@ -363,6 +374,13 @@ class Lowering:
         if self.device_gemm:
             self.device_gemm_rm([n], self.r(a_src), self.r(b_src), self.w(n), M, N, Kd, sa_mk,
                                 sb_kn, N, merged)
+            return
+        if (not outer and inner[0][0] == inner[1][0] == 1 and M <= T.GEMV_MAX_ROWS
+                and sa_mk[1] == 1 and sb_kn[0] == 1):
+            # a few rows times transposed weights (a fully connected layer at a small
+            # batch): the threads split the output columns, each row of B read once
+            self.gemv([n], self.r(a_src), self.r(b_src), self.w(n), M, N, Kd, sa_mk[0],
+                      sb_kn[1])
             return
         for idx in _product([m[0] for m in outer]):
             oa = sum(i * m[1] for i, m in zip(idx, outer))

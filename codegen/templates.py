@@ -341,6 +341,37 @@ GEMM_BLAS = Template("sn_gemm_blas", _GEMM_PARAMS, r"""
   }
 """)
 
+# C (M x N) = A (M x K) B + beta C for a few rows of A (M <= GEMV_MAX_ROWS: a fully
+# connected layer at a small batch), A's rows contiguous and sAm apart, B read as the
+# transpose of a matrix whose N rows are contiguous and sBn apart (Caffe's weights).
+# Memory-bound on B: every thread takes runs of C's columns and reads each row of B once
+# for all M rows of A, keeping M vector accumulators in registers (BLAS's sgemm packs B
+# first, about twice the traffic at M = 1). Guided scheduling lets a thread that starts
+# late (a busy machine) take fewer columns instead of making the others wait for it.
+GEMV_MAX_ROWS = 8
+GEMV_CPU = Template("sn_gemv_cpu", (
+    ("l", "M"), ("l", "N"), ("l", "K"), ("f", "beta"), ("c", "A"), ("l", "sAm"),
+    ("c", "B"), ("l", "sBn"), ("p", "Cm")), r"""
+  typedef float sn_v8 __attribute__((vector_size(32), aligned(4), may_alias));
+  SN_PRAGMA(omp parallel for schedule(guided, 16) if(N * K >= 32768))
+  for (long n = 0; n < N; ++n) {
+    const float* w = B + n * sBn;
+    sn_v8 acc[8];
+    for (long m = 0; m < M; ++m) acc[m] = (sn_v8){0};
+    long k = 0;
+    for (; k + 8 <= K; k += 8) {
+      const sn_v8 wv = *(const sn_v8*)(w + k);
+      for (long m = 0; m < M; ++m) acc[m] += *(const sn_v8*)(A + m * sAm + k) * wv;
+    }
+    for (long m = 0; m < M; ++m) {
+      float s = ((acc[m][0] + acc[m][4]) + (acc[m][1] + acc[m][5])) +
+                ((acc[m][2] + acc[m][6]) + (acc[m][3] + acc[m][7]));
+      for (long r = k; r < K; ++r) s += A[m * sAm + r] * w[r];
+      Cm[m * N + n] = beta == 0.0f ? s : s + beta * Cm[m * N + n];
+    }
+  }
+""")
+
 # C[b1] = sum over b0 of A[b0, b1] B[b0, b1] (a convolution's weight gradient summed over
 # the images): each of at most T threads accumulates its share of b0 with beta = 1,
 # thread 0 in C itself and the others in their slices of scratch, then the partial sums

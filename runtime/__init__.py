@@ -9,6 +9,8 @@ import os as _os
 # are cores (cuda-emu's blocks). libgomp's default of 300000 would keep idle threads
 # busy for longer after a pass, taking the cores from NumPy code that runs next. The
 # value is read once, when the first module loads; a value set by the user wins.
+# The team's size (SYMNET_NUM_THREADS, else OMP_NUM_THREADS) and its adaptation to
+# busy cores are in cpu.py.
 _os.environ.setdefault("GOMP_SPINCOUNT", "100000")
 
 from .memory import SyncedMemory, reset_transfer_counts, transfer_counts  # noqa: E402
