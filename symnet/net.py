@@ -235,8 +235,14 @@ class Net:
             for lp in p.layer:
                 if layer_included(lp, self.phase, level, stages):
                     self._build_layer(lp)
-        consumed = {b for l in self._layers for b in l.bottoms}
-        self.outputs = [b for b in self.blobs if b not in consumed and b not in self.inputs]
+        # Caffe's rule: each layer takes its bottoms out of the available blobs and puts
+        # its tops in; what is left is the output, in name order (Caffe keeps a
+        # std::set<string>). A blob an in-place layer ends on is an output.
+        available = set()
+        for l in self._layers:
+            available.difference_update(l.bottoms)
+            available.update(l.tops)
+        self.outputs = sorted(available)
         del self._old_blobs
 
     def _where(self, lp):
@@ -664,8 +670,31 @@ class Net:
         outs = self._forward_outs(outputs, updates)
         if outputs:
             fn, feeds, _ = self._compile(("forward", s, e), outputs, cut)
+            self._take_blob_values(feeds)
             fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
+            self._show_in_blobs(outputs[:len(outputs) - len(updates)])
         return list(zip([p for p, _ in updates], outs[len(outs) - len(updates):]))
+
+    # In Caffe the versions of a blob written in place share one memory. Here a blob's
+    # memory holds its last version, and earlier ones (which backward reads) their own.
+    # So that scripts see what Caffe shows, a run starts from what the blobs hold, and a
+    # run ending before a blob's last version leaves the blob holding the newest value.
+    def _take_blob_values(self, feeds):
+        """Earlier versions a run reads take their blob's values (an input blob that an
+        in-place layer overwrites, or a blob the user set before forward(start=...))."""
+        for t in feeds:
+            if t.id != self._counter.id and not self._is_final(t):
+                blob = self.blobs.get(t.name)
+                if blob is not None and blob.data_mem.size == math.prod(t.shape):
+                    self._store(t).copy_from(blob.data_mem)
+
+    def _show_in_blobs(self, outputs):
+        latest = {t.name: t for t in outputs}
+        for name, t in latest.items():
+            if not self._is_final(t):
+                blob = self.blobs.get(name)
+                if blob is not None and blob.data_mem.size == math.prod(t.shape):
+                    blob.data_mem.copy_from(self._store(t))
 
     # pycaffe's hooks: callables of the layer index, run around each layer
     def before_forward(self, fn):
@@ -720,6 +749,7 @@ class Net:
         outs = self._forward_outs(outputs, updates)
         extra = [self.blobs[t.name].diff_mem for t in sinks] + \
             [blob.diff_mem for _, blob in params]
+        self._take_blob_values(feeds)
         arrays = [self._store(t) for t in feeds] + [extra[i] for i in used]
         outs += [self.blobs[name].diff_mem for name, _ in firsts] + \
             [blob.diff_mem for _, blob in params]

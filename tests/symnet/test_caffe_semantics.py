@@ -430,3 +430,64 @@ def test_solver_random_seed_seeds_the_weights(tmp_path):
         fillers._STREAM[0] = saved
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+# ---------------------------------------------------------------- in-place blobs
+# Caffe (net.cpp, Init): each layer erases its bottoms from a std::set<string> of
+# available blobs and inserts its tops; what is left are the outputs, in name order.
+# Versions of a blob written in place share the blob's one memory, so a script sees
+# the newest value in the blob, and a layer reads what the blob holds when it runs.
+IN_PLACE = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }
+layer { name: "twice" type: "Power" bottom: "x" top: "x" power_param { scale: 2 } }
+layer { name: "copy" type: "Power" bottom: "x" top: "b" }
+layer { name: "shift" type: "Power" bottom: "b" top: "b" power_param { shift: 1 } }
+"""
+
+
+def test_outputs_follow_caffes_available_blob_rule():
+    assert sn.Net(IN_PLACE, sn.TEST, backend="numpy").outputs == ["b"]   # ends in place
+    text = IN_PLACE + 'layer { name: "a" type: "Power" bottom: "b" top: "a" }'
+    assert sn.Net(text, sn.TEST, backend="numpy").outputs == ["a"]
+    two = """
+    layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 } } }
+    layer { name: "z" type: "Power" bottom: "x" top: "zeta" }
+    layer { name: "a" type: "Power" bottom: "x" top: "alpha" }
+    layer { name: "r" type: "ReLU" bottom: "alpha" top: "alpha" }
+    """
+    net = sn.Net(two, sn.TEST, backend="numpy")
+    assert list(net.blobs) == ["x", "zeta", "alpha"]
+    assert net.outputs == ["alpha", "zeta"]
+
+
+def test_in_place_layers_on_an_input_blob_read_what_was_set(backend):
+    net = sn.Net(IN_PLACE, sn.TEST, backend=backend)
+    x = np.array([[-1, 2, 3], [4, -5, 6]], np.float32)
+    want = np.maximum(x, 0) * 2
+    out = net.forward(x=x)
+    np.testing.assert_array_equal(net.blobs["x"].data, want)
+    np.testing.assert_array_equal(out["b"], want + 1)
+    # set through the blob, as pycaffe scripts do
+    net.blobs["x"].data[...] = -x
+    np.testing.assert_array_equal(net.forward()["b"], np.maximum(-x, 0) * 2 + 1)
+
+
+def test_a_partial_forward_leaves_the_newest_value_in_the_blob(backend):
+    """forward(end=) stopping inside an in-place chain shows that layer's value in the
+    blob; forward(start=) reads what the blob holds (what a script wrote there)."""
+    net = sn.Net(IN_PLACE, sn.TEST, backend=backend)
+    x = np.array([[-1, 2, 3], [4, -5, 6]], np.float32)
+    net.blobs["x"].data[...] = x
+    np.testing.assert_array_equal(net.forward(end="relu")["x"], np.maximum(x, 0))
+    np.testing.assert_array_equal(net.blobs["x"].data, np.maximum(x, 0))
+    net.blobs["x"].data[...] = 5 * x              # the script replaces the ReLU output
+    out = net.forward(start="twice")
+    np.testing.assert_array_equal(net.blobs["x"].data, 10 * x)
+    np.testing.assert_array_equal(out["b"], 10 * x + 1)
+    # hooks see each layer's value in the blob, as in Caffe
+    seen = []
+    net.after_forward(lambda i: seen.append(net.blobs["x"].data.copy()))
+    net.forward(x=x)
+    np.testing.assert_array_equal(seen[1], np.maximum(x, 0))
+    np.testing.assert_array_equal(seen[2], np.maximum(x, 0) * 2)
