@@ -30,6 +30,12 @@ def cpu_threads() -> int:
         (os.cpu_count() or 1)
 
 
+# Channels per group (input or output, the larger) up to which a grouped convolution
+# (group > 1) is computed by a direct kernel instead of columns and a GEMM per group.
+DIRECT_GROUP_CHANNELS_CPU = 8
+DIRECT_GROUP_CHANNELS = 8
+
+
 def _grid(extent, block):
     """Blocks for ``extent`` threads on the model device (prelude.DEVICE_SMS SMs)."""
     return device_grid(extent, block)
@@ -438,11 +444,34 @@ class Lowering:
                            geometry[2], 1, [n])
         step.attrs["flops"] = flops
 
+    def _direct_group(self, G, cin, cout):
+        """Whether a grouped convolution with ``cin`` input and ``cout`` output channels
+        per group runs as a direct kernel (no columns, no GEMM per group): groups of at
+        most DIRECT_GROUP_CHANNELS channels (depthwise convolutions among them), where
+        a GEMM of so few rows and so short a sum is slower (benchmarks/conv_direct.py)."""
+        limit = DIRECT_GROUP_CHANNELS_CPU if self.backend == "cpu" else DIRECT_GROUP_CHANNELS
+        return G > 1 and max(cin, cout) <= limit
+
+    def _conv_direct(self, n, x, out_shape, geometry, flops):
+        """y = conv2d(x, w) as CONV_DIRECT: a thread per output element on CUDA, per
+        output plane on the CPU."""
+        g = self.graph
+        size = math.prod(out_shape)
+        xw = g.args(n)
+        step = self.launch(self._template(T.CONV_DIRECT), [["long", size], self.r(xw[0]),
+                           self.r(xw[1]), self.w(n)] + geometry, size, [n])
+        step.attrs["flops"] = flops
+
     def _lower_Conv2d(self, n, op):
         g = self.graph
         x, w = g.args(n)
         (N, C, H, W), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
         G, P, Kd = op.p.group, oh * ow, Cg * kh * kw
+        if self._direct_group(G, Cg, O // G):
+            self._conv_direct(n, x, (N, O, oh, ow), [["long", O], ["long", G]] +
+                              self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow)),
+                              2 * N * O * Kd * P)
+            return
         if self._by_image(N, op.p, (kh, kw)):
             self._images(T.CONV_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
                          C * kh * kw * P, (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw),
@@ -465,6 +494,14 @@ class Lowering:
         (N, Ci, h, wd), (_, Og, kh, kw), (_, Co, H, W) = g.shape(x), g.shape(w), g.shape(n)
         G, P = op.p.group, h * wd
         Kd, M = Ci // G, Og * kh * kw
+        if self._direct_group(G, Og, Kd):
+            size = N * Co * H * W
+            step = self.launch(self._template(T.CONV_T_DIRECT),
+                               [["long", size], self.r(x), self.r(w), self.w(n), ["long", Ci],
+                                ["long", G]] + self._conv_dims(op.p, (N, Co, H, W), (kh, kw),
+                                                               (h, wd)), size, [n])
+            step.attrs["flops"] = 2 * N * G * M * Kd * P
+            return
         if self._by_image(N, op.p, (kh, kw)):
             self._images(T.CONV_T_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
                          G * M * P, (N, G, self._conv_dims(op.p, (N, Co, H, W), (kh, kw),
@@ -527,6 +564,15 @@ class Lowering:
         kh, kw = op.kernel_hw
         G, P = op.p.group, oh * ow
         Kd, M = C // G * kh * kw, O // G
+        if self._direct_group(G, C // G, M):
+            rows = O * Kd
+            t = self._template(T.CONV_WGRAD_DIRECT)
+            step = self.launch(t, [["long", rows], self.r(x), self.r(gy), self.w(n), ["long", O],
+                                   ["long", G], ["long", N]] +
+                               self._conv_dims(op.p, g.shape(x), (kh, kw), (oh, ow)),
+                               rows * t.block, [n])
+            step.attrs["flops"] = 2 * N * O * Kd * P
+            return
         if self.device_gemm:
             self._device_weight_grad(n, op)
             return
