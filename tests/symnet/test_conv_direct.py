@@ -115,9 +115,11 @@ def test_mobilenet_matches_reference(backend, proto):
         net = sn.Net(path, sn.TEST, backend=backend)
         for name, blobs in ref.params.items():
             for a, b in zip(blobs, net.params[name]):
-                fan_in = max(1, a.data[0].size)
-                a.data[...] = R.standard_normal(a.data.shape).astype(np.float32) * \
-                    np.float32(np.sqrt(2.0 / fan_in))
+                if a.data.ndim == 1:    # biases, BatchNorm statistics, scales: positive
+                    a.data[...] = R.uniform(0.5, 1.5, a.data.shape).astype(np.float32)
+                else:                   # He-scaled filters
+                    a.data[...] = R.standard_normal(a.data.shape).astype(np.float32) * \
+                        np.float32(np.sqrt(2.0 / a.data[0].size))
                 b.data[...] = a.data
         data = R.standard_normal(ref.blobs["data"].data.shape).astype(np.float32)
         ref.blobs["data"].data[...] = data
@@ -128,5 +130,6 @@ def test_mobilenet_matches_reference(backend, proto):
     assert any("sn_conv_direct(" in src for src in sources)
     assert set(want) == set(got)
     for k in want:
+        assert np.isfinite(want[k]).all(), k
         scale = max(1.0, float(np.abs(want[k]).max()))
         np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
