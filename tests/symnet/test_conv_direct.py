@@ -25,6 +25,9 @@ CASES = [
     ((3, 12, 9, 11), 3, 12, 3, 2, 1, 1),       # 4 in and 4 out per group
     ((1, 16, 7, 6), 2, 8, 3, 1, 1, 2),         # 8 in and 4 out per group
     ((1, 2, 3, 4), 2, 2, 3, 1, 2, 1),          # pad wider than the image
+    ((2, 3, 6, 1), 3, 3, 5, 1, 2, 1),          # one column, padding on both sides
+    ((1, 2, 5, 3), 2, 4, 3, 1, 3, 1),          # pad beyond the kernel's reach
+    ((1, 2, 24, 160), 2, 2, 11, 1, 5, 2),      # rows of partial sums too long to keep
 ]
 IDS = [f"x{c[0]}g{c[1]}o{c[2]}k{c[3]}s{c[4]}p{c[5]}d{c[6]}" for c in CASES]
 
