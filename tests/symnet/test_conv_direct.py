@@ -23,7 +23,7 @@ CASES = [
     ((3, 3, 7, 7), 3, 3, 5, 1, 2, 2),          # dilated 5x5 wider than the interior
     ((1, 8, 10, 9), 4, 8, 3, 1, 1, 1),         # 2 channels per group
     ((3, 12, 9, 11), 3, 12, 3, 2, 1, 1),       # 4 in and 4 out per group
-    ((1, 16, 7, 6), 2, 8, 3, 1, 1, 2),         # 8 in and 4 out per group
+    ((1, 8, 7, 6), 2, 4, 3, 1, 1, 2),          # 4 in and 2 out per group, dilated
     ((1, 2, 3, 4), 2, 2, 3, 1, 2, 1),          # pad wider than the image
     ((2, 3, 6, 1), 3, 3, 5, 1, 2, 1),          # one column, padding on both sides
     ((1, 2, 5, 3), 2, 4, 3, 1, 3, 1),          # pad beyond the kernel's reach
