@@ -613,8 +613,7 @@ CONV_DIRECT_CPU = Template("sn_conv_direct", CONV_DIRECT.params, _DIRECT_COLUMNS
     for (long i = 0; i < W; ++i) zero[i] = 0.0f;
     for (long yy = 0; yy < oh; ++yy) {
       float* yr = yp + yy * ow;
-      for (long xx = 0; xx < ow; ++xx) yr[xx] = 0.0f;
-      for (long c = 0; c < Cg; ++c) {
+      for (long c = 0; c < Cg; ++c) {     /* the first channel stores, the others add */
         const float* rows[kh];
         float wk[kh * kw];
         for (long ki = 0; ki < kh; ++ki) {
@@ -624,7 +623,7 @@ CONV_DIRECT_CPU = Template("sn_conv_direct", CONV_DIRECT.params, _DIRECT_COLUMNS
         }
         SN_PRAGMA(omp simd)
         for (long xx = xlo; xx < xmid; ++xx) {
-          float acc = yr[xx];
+          float acc = c ? yr[xx] : 0.0f;
           for (long ki = 0; ki < kh; ++ki)
             for (long kj = 0; kj < kw; ++kj)
               acc += wk[ki * kw + kj] * rows[ki][xx * sw - pw + kj * dw];
@@ -632,7 +631,7 @@ CONV_DIRECT_CPU = Template("sn_conv_direct", CONV_DIRECT.params, _DIRECT_COLUMNS
         }
         for (long e = 0; e < 2; ++e)
           for (long xx = e ? xmid : 0; xx < (e ? ow : xlo); ++xx) {
-            float acc = yr[xx];
+            float acc = c ? yr[xx] : 0.0f;
             for (long ki = 0; ki < kh; ++ki)
               for (long kj = 0; kj < kw; ++kj) {
                 const long ws = xx * sw - pw + kj * dw;
