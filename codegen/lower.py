@@ -39,6 +39,9 @@ def cpu_threads() -> int:
 # the columns' memory traffic.
 DIRECT_GROUP_CHANNELS_CPU = 4
 DIRECT_GROUP_CHANNELS = 8
+# The CPU's direct kernels keep a row of zeros (and the weight gradient rows of partial
+# sums, when short enough) on a thread's stack: images at most this wide.
+DIRECT_MAX_WIDTH_CPU = 16384
 
 
 def _grid(extent, block):
@@ -449,13 +452,16 @@ class Lowering:
                            geometry[2], 1, [n])
         step.attrs["flops"] = flops
 
-    def _direct_group(self, G, cin, cout):
+    def _direct_group(self, G, cin, cout, widths):
         """Whether a grouped convolution with ``cin`` input and ``cout`` output channels
         per group runs as a direct kernel (no columns, no GEMM per group): groups of at
         most DIRECT_GROUP_CHANNELS channels (depthwise convolutions among them), where
-        a GEMM of so few rows and so short a sum is slower (see the constants)."""
-        limit = DIRECT_GROUP_CHANNELS_CPU if self.backend == "cpu" else DIRECT_GROUP_CHANNELS
-        return G > 1 and max(cin, cout) <= limit
+        a GEMM of so few rows and so short a sum is slower (see the constants); on the
+        CPU, images whose ``widths`` (input and output) are at most DIRECT_MAX_WIDTH_CPU."""
+        if self.backend == "cpu":
+            return G > 1 and max(cin, cout) <= DIRECT_GROUP_CHANNELS_CPU and \
+                max(widths) <= DIRECT_MAX_WIDTH_CPU
+        return G > 1 and max(cin, cout) <= DIRECT_GROUP_CHANNELS
 
     def _conv_direct(self, n, out_shape, geometry, flops):
         """y = conv2d(x, w) as CONV_DIRECT: a thread per output element on CUDA, per
@@ -472,7 +478,7 @@ class Lowering:
         x, w = g.args(n)
         (N, C, H, W), (O, Cg, kh, kw), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
         G, P, Kd = op.p.group, oh * ow, Cg * kh * kw
-        if self._direct_group(G, Cg, O // G):
+        if self._direct_group(G, Cg, O // G, (W, ow)):
             self._conv_direct(n, (N, O, oh, ow), [["long", O], ["long", G]] +
                               self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow)),
                               2 * N * O * Kd * P)
@@ -499,7 +505,7 @@ class Lowering:
         (N, Ci, h, wd), (_, Og, kh, kw), (_, Co, H, W) = g.shape(x), g.shape(w), g.shape(n)
         G, P = op.p.group, h * wd
         Kd, M = Ci // G, Og * kh * kw
-        if self._direct_group(G, Og, Kd):
+        if self._direct_group(G, Og, Kd, (W, wd)):
             size = N * Co * H * W
             step = self.launch(self._template(T.CONV_T_DIRECT),
                                [["long", size], self.r(x), self.r(w), self.w(n), ["long", Ci],
@@ -569,7 +575,7 @@ class Lowering:
         kh, kw = op.kernel_hw
         G, P = op.p.group, oh * ow
         Kd, M = C // G * kh * kw, O // G
-        if self._direct_group(G, C // G, M):
+        if self._direct_group(G, C // G, M, (g.shape(x)[3], ow)):
             rows = O * Kd
             t = self._template(T.CONV_WGRAD_DIRECT)
             step = self.launch(t, [["long", rows], self.r(x), self.r(gy), self.w(n), ["long", O],

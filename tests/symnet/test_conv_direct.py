@@ -136,3 +136,19 @@ def test_mobilenet_matches_reference(backend, proto):
         assert np.isfinite(want[k]).all(), k
         scale = max(1.0, float(np.abs(want[k]).max()))
         np.testing.assert_allclose(got[k], want[k], rtol=1e-3, atol=1e-5 * scale, err_msg=k)
+
+
+def test_very_wide_images_keep_gemm_on_cpu():
+    """Rows wider than the CPU's direct kernels keep on a thread's stack go through
+    columns and GEMMs, with the same results."""
+    with sn.graph_scope():
+        ins, outs = _build((1, 2, 3, 20000), 2, 2, 3, 1, 1, 1)
+        feeds = _feeds(ins)
+        want = sn.function(ins, outs, backend="numpy")(*feeds)
+        fn = sn.function(ins, outs, backend="cpu")
+        got = fn(*feeds)
+        assert not _names(fn.plan) & {"sn_conv_direct", "sn_conv_transpose_direct",
+                                      "sn_conv_weight_grad_direct"}
+    for a, b in zip(got, want):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
