@@ -543,11 +543,308 @@ CONV_WGRAD_CPU = Template("sn_conv_weight_grad_images", (("c", "x"), ("c", "gy")
   }
 """)
 
+# ---------------------------------------------------------------- direct convolutions
+# Grouped convolutions with few channels per group (depthwise: one) computed directly,
+# without columns or a GEMM per group of a few channels. Forward: x (NB, C, H, W) and
+# w (O, C/G, kh, kw) into y (NB, O, oh, ow). The transposed convolution (the input
+# gradient): x (NB, Ci, oh, ow) and w (Ci, C/G, kh, kw) into out (NB, C, H, W). The
+# weight gradient: x (NB, C, H, W) and gy (NB, O, oh, ow) into gw (O, C/G, kh, kw).
+# On CUDA one thread per output element (a warp reads neighbouring columns), and for
+# the weight gradient one block per weight summing over the batch and the plane.
+
+CONV_DIRECT = Template("sn_conv_direct", (("l", "n"), ("c", "x"), ("c", "w"), ("p", "y"),
+                                          ("l", "O"), ("l", "G")) + _CONV, r"""
+  SN_FOR(i, n) {
+    const long xx = i % ow, yy = (i / ow) % oh, o = (i / (ow * oh)) % O, b = i / (ow * oh * O);
+    const long Cg = C / G;
+    const float* src = x + (b * C + o / (O / G) * Cg) * H * W;
+    const float* wo = w + o * Cg * kh * kw;
+    const long h0 = yy * sh - ph, w0 = xx * sw - pw;
+    float acc = 0.0f;
+    for (long c = 0; c < Cg; ++c)
+      for (long ki = 0; ki < kh; ++ki) {
+        const long h = h0 + ki * dh;
+        if (h < 0 || h >= H) continue;
+        for (long kj = 0; kj < kw; ++kj) {
+          const long ws = w0 + kj * dw;
+          if (ws >= 0 && ws < W) acc += wo[(c * kh + ki) * kw + kj] * src[(c * H + h) * W + ws];
+        }
+      }
+    y[i] = acc;
+  }
+""")
+
+CONV_T_DIRECT = Template("sn_conv_transpose_direct", (("l", "n"), ("c", "x"), ("c", "w"),
+                                                      ("p", "out"), ("l", "Ci"), ("l", "G"))
+                         + _CONV, r"""
+  SN_FOR(i, n) {
+    const long ws = i % W, hs = (i / W) % H, co = (i / (W * H)) % C, b = i / (W * H * C);
+    const long Og = C / G, Kd = Ci / G, o0 = co / Og * Kd, c = co % Og;
+    float acc = 0.0f;
+    for (long k = 0; k < Kd; ++k) {
+      const float* src = x + (b * Ci + o0 + k) * oh * ow;
+      const float* wk = w + ((o0 + k) * Og + c) * kh * kw;
+      for (long ki = 0; ki < kh; ++ki) {
+        const long ty = hs + ph - ki * dh;
+        if (ty < 0 || ty % sh) continue;
+        const long yy = ty / sh;
+        if (yy >= oh) continue;
+        for (long kj = 0; kj < kw; ++kj) {
+          const long tx = ws + pw - kj * dw;
+          if (tx < 0 || tx % sw) continue;
+          const long xx = tx / sw;
+          if (xx < ow) acc += wk[ki * kw + kj] * src[yy * ow + xx];
+        }
+      }
+    }
+    out[i] = acc;
+  }
+""")
+
+CONV_WGRAD_DIRECT = Template("sn_conv_weight_grad_direct", (("l", "n"), ("c", "x"), ("c", "gy"),
+                                                            ("p", "gw"), ("l", "O"), ("l", "G"),
+                                                            ("l", "NB")) + _CONV, r"""
+  SN_ROWS(r, n) {
+    const long kj = r % kw, ki = (r / kw) % kh, c = (r / (kw * kh)) % (C / G);
+    const long o = r / (kw * kh * (C / G));
+    const float* src = x + (o / (O / G) * (C / G) + c) * H * W;
+    const float* g = gy + o * oh * ow;
+    float acc = 0.0f;
+    SN_ROW_LOOP(q, NB * oh * ow) {
+      const long xx = q % ow, yy = (q / ow) % oh, b = q / (ow * oh);
+      const long h = yy * sh - ph + ki * dh, ws = xx * sw - pw + kj * dw;
+      if (h >= 0 && h < H && ws >= 0 && ws < W)
+        acc += g[b * O * oh * ow + yy * ow + xx] * src[b * C * H * W + h * W + ws];
+    }
+    acc = sn_block_sum(acc);
+    if (SN_ROW_LEADER) gw[r] = acc;
+  }
+""", block=256)
+
+# The CPU's: a thread per output plane (image, channel) and the plane row by row. For a
+# row, the taps' source rows (a row of zeros where a tap falls in the padding) and the
+# weights are gathered first; the columns whose windows lie inside the image are one
+# branch-free loop over the row, which the compiler vectorises (contiguous loads at
+# stride 1), the few clipped columns at the edges a scalar loop.
+_DIRECT_COLUMNS = r"""
+  /* output columns whose window lies inside the image in width: [xlo, xmid) */
+  const long xlo = (pw + sw - 1) / sw < ow ? (pw + sw - 1) / sw : ow;
+  const long xe = W + pw - (kw - 1) * dw;
+  const long xfit = xe <= 0 ? 0 : ((xe + sw - 1) / sw < ow ? (xe + sw - 1) / sw : ow);
+  const long xmid = xfit > xlo ? xfit : xlo;
+"""
+
+CONV_DIRECT_CPU = Template("sn_conv_direct", CONV_DIRECT.params, _DIRECT_COLUMNS + r"""
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const long Cg = C / G, o = plane % O, b = plane / O;
+    const float* xg = x + (b * C + o / (O / G) * Cg) * H * W;
+    const float* wo = w + o * Cg * kh * kw;
+    float* yp = y + plane * oh * ow;
+    float zero[W];
+    for (long i = 0; i < W; ++i) zero[i] = 0.0f;
+    for (long yy = 0; yy < oh; ++yy) {
+      float* yr = yp + yy * ow;
+      for (long c = 0; c < Cg; ++c) {     /* the first channel stores, the others add */
+        const float* rows[kh];
+        float wk[kh * kw];
+        for (long ki = 0; ki < kh; ++ki) {
+          const long h = yy * sh - ph + ki * dh;
+          rows[ki] = h >= 0 && h < H ? xg + (c * H + h) * W : zero;
+          for (long kj = 0; kj < kw; ++kj) wk[ki * kw + kj] = wo[(c * kh + ki) * kw + kj];
+        }
+        SN_PRAGMA(omp simd)
+        for (long xx = xlo; xx < xmid; ++xx) {
+          float acc = c ? yr[xx] : 0.0f;
+          for (long ki = 0; ki < kh; ++ki)
+            for (long kj = 0; kj < kw; ++kj)
+              acc += wk[ki * kw + kj] * rows[ki][xx * sw - pw + kj * dw];
+          yr[xx] = acc;
+        }
+        for (long e = 0; e < 2; ++e)
+          for (long xx = e ? xmid : 0; xx < (e ? ow : xlo); ++xx) {
+            float acc = c ? yr[xx] : 0.0f;
+            for (long ki = 0; ki < kh; ++ki)
+              for (long kj = 0; kj < kw; ++kj) {
+                const long ws = xx * sw - pw + kj * dw;
+                if (ws >= 0 && ws < W) acc += wk[ki * kw + kj] * rows[ki][ws];
+              }
+            yr[xx] = acc;
+          }
+      }
+    }
+  }
+""")
+
+# The transposed convolution at stride 1 is a convolution with the kernel flipped, read
+# as CONV_DIRECT_CPU reads its input (when the padding is at most the dilated kernel's
+# reach, as usual); at other strides each output row is zeroed, then every (input
+# channel, tap) adds its weight times an input row at the columns it reaches.
+CONV_T_DIRECT_CPU = Template("sn_conv_transpose_direct", CONV_T_DIRECT.params, r"""
+  const long Og = C / G, Kd = Ci / G;
+  if (sh == 1 && sw == 1 && ph <= (kh - 1) * dh && pw <= (kw - 1) * dw) {
+    /* out[hs][ws] += x[hs + ph - ki dh][ws + pw - kj dw] w[ki][kj]: output columns whose
+       taps all read inside the input row: [wlo, wmid) */
+    const long wlo = (kw - 1) * dw - pw < W ? (kw - 1) * dw - pw : W;
+    const long wfit = ow - pw < W ? ow - pw : W;
+    const long wmid = wfit > wlo ? wfit : wlo;
+    SN_FOR_OUTER(plane, n / (H * W)) {
+      const long co = plane % C, b = plane / C, o0 = co / Og * Kd, c = co % Og;
+      float* yp = out + plane * H * W;
+      float zero[ow];
+      for (long i = 0; i < ow; ++i) zero[i] = 0.0f;
+      for (long hs = 0; hs < H; ++hs) {
+        float* yr = yp + hs * W;
+        for (long i = 0; i < W; ++i) yr[i] = 0.0f;
+        for (long k = 0; k < Kd; ++k) {
+          const float* src = x + (b * Ci + o0 + k) * oh * ow;
+          const float* wo = w + ((o0 + k) * Og + c) * kh * kw;
+          const float* rows[kh];
+          float wk[kh * kw];
+          for (long ki = 0; ki < kh; ++ki) {
+            const long ty = hs + ph - ki * dh;
+            rows[ki] = ty >= 0 && ty < oh ? src + ty * ow : zero;
+            for (long kj = 0; kj < kw; ++kj) wk[ki * kw + kj] = wo[ki * kw + kj];
+          }
+          SN_PRAGMA(omp simd)
+          for (long ws = wlo; ws < wmid; ++ws) {
+            float acc = yr[ws];
+            for (long ki = 0; ki < kh; ++ki)
+              for (long kj = 0; kj < kw; ++kj)
+                acc += wk[ki * kw + kj] * rows[ki][ws + pw - kj * dw];
+            yr[ws] = acc;
+          }
+          for (long e = 0; e < 2; ++e)
+            for (long ws = e ? wmid : 0; ws < (e ? W : wlo); ++ws) {
+              float acc = yr[ws];
+              for (long ki = 0; ki < kh; ++ki)
+                for (long kj = 0; kj < kw; ++kj) {
+                  const long xx = ws + pw - kj * dw;
+                  if (xx >= 0 && xx < ow) acc += wk[ki * kw + kj] * rows[ki][xx];
+                }
+              yr[ws] = acc;
+            }
+        }
+      }
+    }
+  } else {
+    long x0[kw], x1[kw];
+    for (long kj = 0; kj < kw; ++kj) {   /* input columns whose tap kj lands in the image */
+      const long rx = pw - kj * dw;
+      const long xe = W - 1 + rx < 0 ? 0 : (W - 1 + rx) / sw + 1;
+      x0[kj] = rx > 0 ? (rx + sw - 1) / sw : 0;
+      x1[kj] = xe < ow ? xe : ow;
+    }
+    SN_FOR_OUTER(plane, n / (H * W)) {
+      const long co = plane % C, b = plane / C, o0 = co / Og * Kd, c = co % Og;
+      float* yp = out + plane * H * W;
+      for (long hs = 0; hs < H; ++hs) {
+        float* yr = yp + hs * W;
+        for (long i = 0; i < W; ++i) yr[i] = 0.0f;
+        for (long k = 0; k < Kd; ++k) {
+          const float* src = x + (b * Ci + o0 + k) * oh * ow;
+          const float* wk = w + ((o0 + k) * Og + c) * kh * kw;
+          for (long ki = 0; ki < kh; ++ki) {
+            const long ty = hs + ph - ki * dh;
+            if (ty < 0 || ty % sh || ty / sh >= oh) continue;
+            const float* sr = src + ty / sh * ow;
+            for (long kj = 0; kj < kw; ++kj) {
+              const float wv = wk[ki * kw + kj];
+              float* dst = yr + kj * dw - pw;
+              SN_PRAGMA(omp simd)
+              for (long xx = x0[kj]; xx < x1[kj]; ++xx) dst[xx * sw] += wv * sr[xx];
+            }
+          }
+        }
+      }
+    }
+  }
+""")
+
+# A thread per (output, input channel of its group). Each output row adds, for every
+# tap, the products of the output gradient and the tap's input row into a row of
+# partial sums per tap (vectorised over the row, no reduction inside the loop), summed
+# along the row at the end; when those rows would not fit in a thread's stack comfortably,
+# each tap's products are summed row by row instead.
+CONV_WGRAD_DIRECT_CPU = Template("sn_conv_weight_grad_direct", CONV_WGRAD_DIRECT.params,
+                                 _DIRECT_COLUMNS + r"""
+  const long Cg = C / G;
+  if (kh * kw * ow <= 16384) {
+    SN_FOR_OUTER(oc, n / (kh * kw)) {
+      const long o = oc / Cg, c = oc % Cg;
+      const float* xc = x + (o / (O / G) * Cg + c) * H * W;
+      float part[kh * kw * ow], zero[W];
+      for (long i = 0; i < kh * kw * ow; ++i) part[i] = 0.0f;
+      for (long i = 0; i < W; ++i) zero[i] = 0.0f;
+      for (long b = 0; b < NB; ++b)
+        for (long yy = 0; yy < oh; ++yy) {
+          const float* gr = gy + ((b * O + o) * oh + yy) * ow;
+          const float* rows[kh];
+          for (long ki = 0; ki < kh; ++ki) {
+            const long h = yy * sh - ph + ki * dh;
+            rows[ki] = h >= 0 && h < H ? xc + (b * C * H + h) * W : zero;
+          }
+          SN_PRAGMA(omp simd)
+          for (long xx = xlo; xx < xmid; ++xx) {
+            const float gv = gr[xx];
+            for (long ki = 0; ki < kh; ++ki)
+              for (long kj = 0; kj < kw; ++kj)
+                part[(ki * kw + kj) * ow + xx] += gv * rows[ki][xx * sw - pw + kj * dw];
+          }
+          for (long e = 0; e < 2; ++e)
+            for (long xx = e ? xmid : 0; xx < (e ? ow : xlo); ++xx)
+              for (long ki = 0; ki < kh; ++ki)
+                for (long kj = 0; kj < kw; ++kj) {
+                  const long ws = xx * sw - pw + kj * dw;
+                  if (ws >= 0 && ws < W) part[(ki * kw + kj) * ow + xx] += gr[xx] * rows[ki][ws];
+                }
+        }
+      for (long t = 0; t < kh * kw; ++t) {
+        float s = 0.0f;
+        for (long xx = 0; xx < ow; ++xx) s += part[t * ow + xx];
+        gw[oc * kh * kw + t] = s;
+      }
+    }
+  } else {
+    long x0[kw], x1[kw];
+    for (long kj = 0; kj < kw; ++kj) {   /* output columns whose tap kj lies in the image */
+      const long rx = pw - kj * dw;
+      const long xe = W - 1 + rx < 0 ? 0 : (W - 1 + rx) / sw + 1;
+      x0[kj] = rx > 0 ? (rx + sw - 1) / sw : 0;
+      x1[kj] = xe < ow ? xe : ow;
+    }
+    SN_FOR_OUTER(oc, n / (kh * kw)) {
+      const long o = oc / Cg, c = oc % Cg;
+      const float* xc = x + (o / (O / G) * Cg + c) * H * W;
+      float acc[kh * kw];
+      for (long t = 0; t < kh * kw; ++t) acc[t] = 0.0f;
+      for (long b = 0; b < NB; ++b)
+        for (long yy = 0; yy < oh; ++yy) {
+          const float* gr = gy + ((b * O + o) * oh + yy) * ow;
+          for (long ki = 0; ki < kh; ++ki) {
+            const long h = yy * sh - ph + ki * dh;
+            if (h < 0 || h >= H) continue;
+            const float* xr = xc + (b * C * H + h) * W;
+            for (long kj = 0; kj < kw; ++kj) {
+              const float* xs = xr + kj * dw - pw;
+              float s = 0.0f;
+              SN_PRAGMA(omp simd reduction(+:s))
+              for (long xx = x0[kj]; xx < x1[kj]; ++xx) s += gr[xx] * xs[xx * sw];
+              acc[ki * kw + kj] += s;
+            }
+          }
+        }
+      for (long t = 0; t < kh * kw; ++t) gw[oc * kh * kw + t] = acc[t];
+    }
+  }
+""")
+
 CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU,
-                                    COL2IM_CPU)}
+                                    COL2IM_CPU, CONV_DIRECT_CPU, CONV_T_DIRECT_CPU,
+                                    CONV_WGRAD_DIRECT_CPU)}
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            MAXPOOL_GRAD_DISJOINT,
                            AVEPOOL_GRAD, MAXPOOL_SELECT, WINDOW_SUM, GATHER, GATHER_GRAD,
                            ARGTOPK, RANDOM_UNIFORM, GEMM_BLAS, GEMM_BLAS_SUM,
-                           IM2COL_COLS, COL2IM_COLS, BATCH_TO_COLS)}
+                           IM2COL_COLS, COL2IM_COLS, BATCH_TO_COLS, CONV_DIRECT,
+                           CONV_T_DIRECT, CONV_WGRAD_DIRECT)}
