@@ -25,6 +25,7 @@ the memory it was given.
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import time
 
@@ -98,9 +99,7 @@ class Executor:
         """The address of argument ``value`` for buffer ``bid``, its values current."""
         if isinstance(value, SyncedMemory) and value.size:
             if self.on_host:
-                arr = value.host_read()
-                keep.append(arr)
-                return arr.ctypes.data
+                return value.host_address()
             return value.device_read(self.device)
         if isinstance(value, SyncedMemory):
             value = value.host_read()
@@ -122,9 +121,7 @@ class Executor:
             return self._ptr_of_owned(self._stage(bid, 1))
         if isinstance(dst, SyncedMemory):
             if self.on_host:
-                arr = dst.host_write()
-                keep.append(arr)
-                return arr.ctypes.data
+                return dst.host_address(write=True)
             return dst.device_overwrite(self.device)
         if self.on_host:
             return dst.ctypes.data
@@ -132,7 +129,7 @@ class Executor:
 
     def _ptr_of_owned(self, mem):
         if self.on_host:
-            return mem.host_read().ctypes.data
+            return mem.host_address()
         return mem.device_ptr(self.device)
 
     # ------------------------------------------------------------------ running
@@ -158,18 +155,17 @@ class Executor:
         if ptrs != self._ptrs:
             self._launches = [self._prepare(step, ptrs) for step in plan.steps]
             self._ptrs = ptrs
-        be = self.backend
-        for i, (step, launch) in enumerate(zip(plan.steps, self._launches)):
-            t0 = time.perf_counter() if timed else 0.0
-            if launch is not None:
+        if timed:
+            be = self.backend
+            for i, launch in enumerate(self._launches):
+                t0 = time.perf_counter()
                 launch()
-            else:
-                self._host(step, ptrs)
-            if timed:
                 be.synchronize()
                 self.step_times[i] += time.perf_counter() - t0
-        if timed:
             self.timed_calls += 1
+        else:
+            for launch in self._launches:
+                launch()
         self._collect(dests, ptrs)
         return dests
 
@@ -228,14 +224,14 @@ class Executor:
         return f"{role} '{self.plan.buffers[bid].name or bid}'"
 
     def _prepare(self, step, ptrs):
-        """A callable issuing the step (None for host steps)."""
+        """A callable issuing the step."""
         if step.kind == "kernel":
             return self.backend.prepare(step, pack_args(step.args, ptrs))
         if step.kind == "gemm":
             a, b, c = (ptrs[arg[1]] + 4 * arg[2] for arg in step.args)
             return self.backend.prepare_gemm(step, a, b, c)
         if step.kind == "host":
-            return None
+            return functools.partial(self._host, step, ptrs)
         raise ValueError(f"plan step {step.name!r}: unknown kind {step.kind!r}")
 
     def _collect(self, dests, ptrs):

@@ -238,6 +238,15 @@ class SyncedMemory:
         self._host = self._host.reshape(shape)
 
     # ---- host side
+    def host_address(self, write=False) -> int:
+        """The host array's address, its values up to date (``write``: the host becomes
+        the head). The address is the array's for its lifetime, so it is kept."""
+        arr = self.host_write() if write else self.host_read()
+        ptr = self.__dict__.get("_hptr")
+        if ptr is None:
+            ptr = self._hptr = arr.__array_interface__["data"][0]
+        return ptr
+
     def host_read(self) -> np.ndarray:
         """The host array, brought up to date (Caffe's cpu_data)."""
         root = self._root()

@@ -222,6 +222,7 @@ class Net:
         self.inputs = []
         self._built_shapes = {}      # input blob -> the shape the graph was built for
         self._current = {}           # blob name -> latest version (Tensor)
+        self._where_stored = {}      # tensor id -> where _store finds its memory
         self._version_ids = set()
         self._shared = {}            # param share name -> (Tensor, Blob)
         self._fns = {}
@@ -513,7 +514,15 @@ class Net:
         """The memory holding version t: its blob's data if it is the blob's latest
         version, else a private memory (an in-place layer's earlier value). Memories stay
         where the compiled calls left them (on the device for the CUDA backends)."""
-        if t.id == self._counter.id:
+        where = self._where_stored.get(t.id)
+        if where is None:           # fixed once the net is built: looked up once
+            where = self._where_stored[t.id] = (
+                "counter" if t.id == self._counter.id else
+                "blob" if self._is_final(t) else "private", t.name, t.shape)
+        kind, name, shape = where
+        if kind == "blob":
+            return self.blobs[name].data_mem
+        if kind == "counter":
             mem = self._private.get(t.id)
             if mem is None:
                 mem = self._private[t.id] = SyncedMemory(())
@@ -521,11 +530,9 @@ class Net:
             elif mem.host_read() != self._counter_value:
                 mem.host_write()[...] = self._counter_value
             return mem
-        if self._is_final(t):
-            return self.blobs[t.name].data_mem
         mem = self._private.get(t.id)
-        if mem is None or mem.shape != t.shape:
-            mem = self._private[t.id] = SyncedMemory(t.shape)
+        if mem is None or mem.shape != shape:
+            mem = self._private[t.id] = SyncedMemory(shape)
         return mem
 
     def _update_store(self, k, shape):
@@ -682,19 +689,24 @@ class Net:
     def _take_blob_values(self, feeds):
         """Earlier versions a run reads take their blob's values (an input blob that an
         in-place layer overwrites, or a blob the user set before forward(start=...))."""
-        for t in feeds:
-            if t.id != self._counter.id and not self._is_final(t):
-                blob = self.blobs.get(t.name)
-                if blob is not None and blob.data_mem.size == math.prod(t.shape):
-                    self._store(t).copy_from(blob.data_mem)
+        for t in self._earlier(feeds):
+            self._store(t).copy_from(self.blobs[t.name].data_mem)
 
     def _show_in_blobs(self, outputs):
-        latest = {t.name: t for t in outputs}
-        for name, t in latest.items():
-            if not self._is_final(t):
-                blob = self.blobs.get(name)
-                if blob is not None and blob.data_mem.size == math.prod(t.shape):
-                    blob.data_mem.copy_from(self._store(t))
+        for t in self._earlier(list({t.name: t for t in outputs}.values())):
+            self.blobs[t.name].data_mem.copy_from(self._store(t))
+
+    def _earlier(self, versions):
+        """The versions among ``versions`` that are not their blob's last (kept in their
+        own memory), of the blob's size; looked up once per list."""
+        key = ("earlier", tuple(t.id for t in versions))
+        found = self._where_stored.get(key)
+        if found is None:
+            found = self._where_stored[key] = [
+                t for t in versions if t.id != self._counter.id and not self._is_final(t)
+                and t.name in self.blobs
+                and self.blobs[t.name].data_mem.size == math.prod(t.shape)]
+        return found
 
     # pycaffe's hooks: callables of the layer index, run around each layer
     def before_forward(self, fn):
