@@ -39,12 +39,11 @@ def cpu_threads() -> int:
 # kernels are 2-13x faster at 1 and 2 channels per group, 1.5-1.9x at 4 (forward and
 # forward + both gradients), even at 8 and slower from 16. CUDA: the direct kernels (a
 # thread per output element, where cuBLAS would run a GEMM of at most 8 rows and 72-long
-# sums per group after writing the columns) serve groups of up to 8 channels when this
-# is set to 8, as tests/symnet/test_conv_direct.py does; the default 0 keeps the
-# device's grouped convolutions on cuBLAS, whose calls tests/runtime/test_cublas.py
-# checks on grouped and depthwise convolutions.
+# sums per group after writing the columns) serve groups of up to 8 channels, as
+# cuDNN's depthwise kernels do; wider groups stay on cuBLAS (0 puts every grouped
+# convolution on cuBLAS, whose calls tests/runtime/test_cublas.py checks).
 DIRECT_GROUP_CHANNELS_CPU = 4
-DIRECT_GROUP_CHANNELS = 0
+DIRECT_GROUP_CHANNELS = 8
 # The CPU's direct kernels keep a row of zeros (and the weight gradient rows of partial
 # sums, when short enough) on a thread's stack: images at most this wide.
 DIRECT_MAX_WIDTH_CPU = 16384

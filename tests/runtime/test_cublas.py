@@ -236,17 +236,18 @@ def graphs():
     return [
         ("matmul", matmul_batched),
         ("conv", conv((2, 3, 6, 5), (4, 3, 3, 2), 1, 1, 1, 1)),
-        ("conv_group_stride", conv((3, 4, 7, 7), (6, 2, 3, 3), 2, 1, 1, 2)),
+        # groups of more than lower.DIRECT_GROUP_CHANNELS channels: cuBLAS per group
+        ("conv_group_stride", conv((3, 18, 7, 7), (20, 9, 3, 3), 2, 1, 1, 2)),
         ("conv_dilation", conv((2, 2, 7, 8), (2, 2, 3, 2), 1, (2, 1), (2, 3), 1)),
         ("conv_depthwise", conv((1, 6, 6, 6), (6, 1, 3, 3), 2, 1, 1, 6)),
         ("conv_1x1", conv((3, 4, 4, 5), (5, 4, 1, 1), 1, 0, 1, 1)),
-        ("conv_1x1_group", conv((2, 4, 3, 3), (6, 2, 1, 1), 1, 0, 1, 2)),
+        ("conv_1x1_group", conv((2, 18, 3, 3), (20, 9, 1, 1), 1, 0, 1, 2)),
         ("conv_1x1_single", conv((1, 3, 4, 4), (2, 3, 1, 1), 1, 0, 1, 1)),
         ("conv_1x1_stride", conv((2, 3, 5, 5), (2, 3, 1, 1), 2, 0, 1, 1)),
         ("deconv", deconv((2, 2, 3, 4), (2, 3, 3, 3), 2, 0, 1, 1, 0)),
-        ("deconv_group", deconv((2, 4, 2, 3), (4, 3, 2, 3), (1, 2), (0, 1), (2, 2), 4,
+        ("deconv_group", deconv((2, 18, 2, 3), (18, 10, 2, 3), (1, 2), (0, 1), (2, 2), 2,
                                 (0, 1))),
-        ("deconv_1x1", deconv((2, 4, 3, 3), (4, 3, 1, 1), 1, 0, 1, 2, 0)),
+        ("deconv_1x1", deconv((2, 18, 3, 3), (18, 5, 1, 1), 1, 0, 1, 2, 0)),
     ]
 
 
@@ -273,6 +274,9 @@ GRAPHS = graphs() + nvcc_graphs()
 def test_lowered_gemm_steps_are_covered_by_the_shim_test(name, build):
     plan = lowered(build)
     gemms = [s for s in plan.steps if s.kind == "gemm"]
+    if name == "conv_depthwise":            # a direct kernel, no GEMM at all
+        assert not gemms and "sn_conv_direct" in [s.name for s in plan.steps]
+        return
     assert gemms or name in ("nvcc_layout", "nvcc_elementwise"), \
         "the device lowering emits GEMMs as library steps"
     assert not any(s.kind == "kernel" and "gemm" in s.name for s in plan.steps)
@@ -295,7 +299,7 @@ def test_convolution_gemms_are_batched_not_per_image():
     """A grouped convolution with more images than groups: one call per group, each
     batched over the images; the weight gradient is one call (batch = groups, K
     folding the images)."""
-    xs, ws = (8, 4, 6, 6), (6, 2, 3, 3)
+    xs, ws = (8, 18, 6, 6), (20, 9, 3, 3)
     with sn.graph_scope() as g:
         x, w = sn.input("x", xs), sn.input("w", ws)
         y = sn.conv2d(x, w, pad=1, group=2)
@@ -303,7 +307,7 @@ def test_convolution_gemms_are_batched_not_per_image():
         fwd = lower.lower(g, [x.id, w.id], [y.id], "cuda-emu")
         both = lower.lower(g, [x.id, w.id], [y.id, gw.id], "cuda-emu")
     calls = [s.attrs for s in fwd.steps if s.kind == "gemm"]
-    assert [(c["batch"], c["m"], c["n"], c["k"]) for c in calls] == [(8, 36, 3, 18)] * 2
+    assert [(c["batch"], c["m"], c["n"], c["k"]) for c in calls] == [(8, 36, 10, 81)] * 2
     wgrad = [s.attrs for s in both.steps if s.kind == "gemm"][-1]
     assert (wgrad["batch"], wgrad["k"]) == (2, 8 * 36)
     names = [s.name for s in both.steps if s.kind == "kernel"]
