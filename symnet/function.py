@@ -110,13 +110,8 @@ class Function:
         if len(out) != len(self.outputs):
             raise GraphError(f"function '{self.name}': out= has {len(out)} arrays for "
                              f"{len(self.outputs)} outputs")
-        for j, (o, a) in enumerate(zip(self.outputs, out)):
-            for k in range(j):
-                other = out[k]
-                if other is a or (isinstance(a, np.ndarray) and isinstance(other, np.ndarray)
-                                  and np.shares_memory(a, other)):
-                    raise ShapeError(f"function '{self.name}': out arrays {k} and {j} "
-                                     "share memory; each output needs its own")
+        self._check_distinct(out)
+        for o, a in zip(self.outputs, out):
             if isinstance(a, SyncedMemory):
                 if a.shape != o.shape:
                     raise ShapeError(f"function '{self.name}': out memory for {o.label()} "
@@ -130,6 +125,33 @@ class Function:
                 raise ShapeError(f"function '{self.name}': out array for {o.label()} is "
                                  "read-only")
         return out
+
+    def _check_distinct(self, out):
+        """No two destinations share memory (in n log n: the same object, or arrays whose
+        byte ranges overlap and that share an element)."""
+        seen = {}
+        spans = []
+        for j, a in enumerate(out):
+            k = seen.setdefault(id(a), j)
+            if k != j:
+                self._shared_out(k, j)
+            if isinstance(a, np.ndarray) and a.size:
+                lo = hi = a.__array_interface__["data"][0]
+                for n, s in zip(a.shape, a.strides):
+                    lo, hi = lo + min(0, s * (n - 1)), hi + max(0, s * (n - 1))
+                spans.append((lo, hi + a.itemsize, j))
+        spans.sort()
+        reach = None                     # the span reaching furthest so far
+        for lo, hi, j in spans:
+            if reach is not None and lo < reach[1] and \
+                    np.shares_memory(out[reach[2]], out[j]):
+                self._shared_out(*sorted((reach[2], j)))
+            if reach is None or hi > reach[1]:
+                reach = (lo, hi, j)
+
+    def _shared_out(self, k, j):
+        raise ShapeError(f"function '{self.name}': out arrays {k} and {j} share memory; "
+                         "each output needs its own")
 
     # inspection (codegen backends fill these)
     @property

@@ -233,6 +233,22 @@ def test_out_arrays_that_share_memory_are_refused(backend):
     np.testing.assert_array_equal(big, [x * 2, x + 1])
 
 
+def test_shared_out_memory_is_found_among_many_outputs():
+    """Overlaps are found by sorting the arrays' byte ranges, not pair by pair: the
+    shared pair may be anywhere in the list."""
+    with sn.graph_scope():
+        x = sn.input("x", (4,))
+        fn = sn.function([x], [x + float(k) for k in range(6)], backend="numpy")
+    pool = np.empty((8, 4), np.float32)
+    outs = [pool[k] for k in (5, 0, 3, 7, 1, 2)]
+    fn(np.ones(4, np.float32), out=outs)
+    np.testing.assert_array_equal(pool[[5, 0, 3, 7, 1, 2]], 1 + np.arange(6)[:, None] +
+                                  np.zeros(4))
+    outs[4] = pool.reshape(-1)[26:30]                 # straddles rows 6 and 7 (outs[3])
+    with pytest.raises(ShapeError, match="out arrays 3 and 4 share memory"):
+        fn(np.ones(4, np.float32), out=outs)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda-emu"])
 def test_read_only_out_array_is_refused(backend, tmp_path):
     fn = _fn(backend)
