@@ -1,0 +1,288 @@
+"""Winograd convolutions on the cpu backend: 3x3 kernels, stride 1, dilation 1, group 1.
+
+F(m x m, 3 x 3) computes an m x m output tile from an n x n input tile (n = m + 2) as
+
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A
+
+summed over the input channels, where (.) is the elementwise product. Summed over the
+channels, each of the n*n transform positions is a GEMM: M[p] (K x tiles) = U[p]
+(K x C) V[p] (C x tiles), with U the transformed weights and V the transformed input
+tiles (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2015).
+
+The matrices come from Toom-Cook interpolation at points a_0..a_{n-2} and infinity
+(``matrices``): A^T[i][j] = a_j^i, G[j][k] = a_j^k / prod_{l != j}(a_j - a_l), and row j
+of B^T holds the coefficients of prod_{l != j}(x - a_l) (the infinity row: of
+prod_l (x - a_l)). F(2x2, 3x3) uses 0, 1, -1; F(4x4, 3x3) uses 0, 1, -1, 1/2, -1/2,
+which gives smaller transform entries than Lavin's 0, +-1, +-2 and so a smaller
+error (Barabasz, Anderson, Soodhalter, Gregg, "Error analysis and improving the
+accuracy of Winograd convolution for deep neural networks", 2020). With these points
+A^T and B^T are dyadic (exact in float32); only G has entries (multiples of 1/3) that
+round.
+
+Error bound (what tests/symnet/test_winograd.py checks). Every value the kernel
+computes is a sum of products evaluated in float32 with unit roundoff u = 2^-24, so by
+the standard analysis of sums and products (Higham, "Accuracy and Stability of
+Numerical Algorithms", ch. 3) the computed output of tile position (i, j) satisfies
+
+    |y_hat - y| <= gamma_D * sum_c sum_p |A^T|_(i,p) |A^T|_(j,p)'
+                   * (|G| |g_c| |G|^T)_p * (|B^T| |d_c| |B|)_p
+
+(|.| taken elementwise; p runs over the n x n positions; gamma_D = D u / (1 - D u))
+where D is the longest chain of roundings an input passes through: the float32
+rounding of G (1), G g G^T (2 x 3 terms), B^T d B (2 x n terms), the product (1), the
+GEMM's sum over C channels (C), A^T m A (2 x n terms). ``error_depth`` gives D. The
+bound is rigorous and loose (the sum over C is what dominates it for many channels);
+the test also reports the observed error against u * sum |w| |x| beside those of the
+im2col path and OpenCV's Winograd.
+
+Only the forward convolution runs here; its gradients keep the im2col path. The
+weights are transformed once per call into scratch (the kernel cannot know whether
+they changed since the last call), in parallel before the tiles.
+"""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+
+from .templates import Template
+
+POINTS = {2: (0, 1, -1),
+          4: (0, 1, -1, Fraction(1, 2), Fraction(-1, 2))}
+
+
+def matrices(m, r=3, points=None):
+    """(A^T (m x n), G (n x r), B^T (n x n)) as Fractions for F(m, r)."""
+    pts = [Fraction(p) for p in (points if points is not None else POINTS[m])]
+    n = m + r - 1
+    if len(pts) != n - 1:
+        raise ValueError(f"F({m}, {r}) needs {n - 1} finite points")
+
+    def poly(roots):
+        c = [Fraction(1)]
+        for a in roots:         # multiply by (x - a)
+            c = [(c[i - 1] if i > 0 else 0) - a * (c[i] if i < len(c) else 0)
+                 for i in range(len(c) + 1)]
+        return c
+
+    at = [[p ** i for p in pts] + [Fraction(int(i == m - 1))] for i in range(m)]
+    g, bt = [], []
+    for j, a in enumerate(pts):
+        f = math.prod((a - b for l, b in enumerate(pts) if l != j), start=Fraction(1))
+        g.append([a ** k / f for k in range(r)])
+        row = poly([b for l, b in enumerate(pts) if l != j])
+        bt.append(row + [Fraction(0)] * (n - len(row)))
+    g.append([Fraction(int(k == r - 1)) for k in range(r)])
+    bt.append(poly(pts))
+    return at, g, bt
+
+
+def error_depth(m, C, r=3):
+    """D of the module docstring's bound for F(m x m, r x r) over C channels."""
+    n = m + r - 1
+    return 1 + 2 * r + 2 * n + 1 + C + 2 * n
+
+
+# ---------------------------------------------------------------- C text
+def _lit(v):
+    f = float(v)
+    return f"{f!r}f" if f != int(f) else f"{int(f)}.0f"
+
+
+def _combo(row, names):
+    """C expression for sum_j row[j] * names[j] (zero terms dropped)."""
+    terms = []
+    for c, nm in zip(row, names):
+        if c == 0:
+            continue
+        if c == 1:
+            terms.append(f"+ {nm}")
+        elif c == -1:
+            terms.append(f"- {nm}")
+        elif c < 0:
+            terms.append(f"- {_lit(-c)} * {nm}")
+        else:
+            terms.append(f"+ {_lit(c)} * {nm}")
+    if not terms:
+        return "0.0f"
+    s = " ".join(terms)
+    return s[2:] if s.startswith("+ ") else "-" + s[2:]
+
+
+def _two_sided(mat, src, dst, tmp, decl="const float"):
+    """Lines computing dst[i][j] = (mat src mat^T)[i][j]; src(a, b) and dst(i, j) give
+    the C names; tmp a prefix for the intermediate (mat src)."""
+    rows, cols = len(mat), len(mat[0])
+    lines = []
+    for i in range(rows):
+        for b in range(cols):
+            lines.append(f"{decl} {tmp}{i}_{b} = "
+                         f"{_combo(mat[i], [src(a, b) for a in range(cols)])};")
+    for i in range(rows):
+        for j in range(rows):
+            lines.append(f"{dst(i, j)} = "
+                         f"{_combo(mat[j], [f'{tmp}{i}_{b}' for b in range(cols)])};")
+    return lines
+
+
+def _indent(lines, k):
+    return "\n".join(" " * k + ln for ln in lines)
+
+
+def conv_template(m) -> Template:
+    """The F(m x m, 3 x 3) convolution of NB images x (NB, C, H, W) with w (K, C, 3, 3)
+    into y (NB, K, oh, ow), pads ph, pw. Tiles are taken in rows of ntx tiles; a block is
+    RB consecutive tile rows of the batch (spanning images); each thread transforms its
+    blocks' tiles into V (n*n, C, TB), runs the n*n GEMMs into Mo (n*n, K, TB) and
+    transforms those into y. scratch: U (n*n, K, C), then per thread V, Mo."""
+    at, g, bt = matrices(m)
+    n = m + 2
+    NP = n * n
+    gt = [[g[j][k] for j in range(n)] for k in range(3)]      # noqa: F841 (doc)
+    wt = _two_sided(g, lambda a, b: f"g{a}{b}", lambda i, j: f"U[{i * n + j} * KC + kc]",
+                    "s", "const float")
+    # input: B^T d B with d read through the pointer rows; dst into V
+    it_in = _two_sided(bt, lambda a, b: f"d{a}_{b}",
+                       lambda i, j: f"vp[{i * n + j} * CTB]", "e")
+    ot = _two_sided(at, lambda a, b: f"mp[{a * n + b} * KTB]",
+                    lambda i, j: f"o{i}_{j}", "q", "const float")
+    ot = [("const float " + ln) if ln.startswith("o") else ln for ln in ot]
+    load_fast = [f"const float d{a}_{b} = xr[{a} * W + {b}];" for a in range(n)
+                 for b in range(n)]
+    load_checked = [f"const float d{a}_{b} = (rok{a} && (unsigned long)(c0 + {b}) < "
+                    f"(unsigned long)W) ? xr[{a} * W + {b}] : 0.0f;"
+                    for a in range(n) for b in range(n)]
+    store_fast = [f"yr[{i} * ow + {j}] = o{i}_{j};" for i in range(m) for j in range(m)]
+    store_checked = [f"if ({i} < nyv && {j} < nxv) yr[{i} * ow + {j}] = o{i}_{j};"
+                     for i in range(m) for j in range(m)]
+    rok = [f"const int rok{a} = (unsigned long)(h0 + {a}) < (unsigned long)H;"
+           for a in range(n)]
+    body = f"""
+  /* F({m}x{m}, 3x3): {NP} transform positions */
+  const long ntx = (ow + {m - 1}) / {m}, nty = (oh + {m - 1}) / {m}, rows = NB * nty;
+  const long nblk = (rows + RB - 1) / RB, TBM = RB * ntx, KC = K * C;
+  float* U = scratch;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {{
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    SN_PRAGMA(omp for schedule(static))
+    for (long kc = 0; kc < KC; ++kc) {{
+      const float* gp = w + kc * 9;
+{_indent([f"const float g{a}{b} = gp[{a * 3 + b}];" for a in range(3) for b in range(3)], 6)}
+{_indent(wt, 6)}
+    }}
+    float* V = scratch + {NP} * KC + t * {NP} * (C + K) * TBM;
+    float* Mo = V + {NP} * C * TBM;
+    for (long blk = t * nblk / nt; blk < (t + 1) * nblk / nt; ++blk) {{
+      const long r0 = blk * RB, r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
+      const long CTB = C * TB, KTB = K * TB;
+      for (long c = 0; c < C; ++c)
+        for (long r = r0; r < r1; ++r) {{
+          const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
+          const float* xp = x + (b * C + c) * H * W;
+          float* vrow = V + c * TB + (r - r0) * ntx;
+          /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
+          const long xlo = (pw + {m - 1}) / {m};
+          const long xhi0 = W + pw - {n} < 0 ? 0 : (W + pw - {n}) / {m} + 1;
+          const long xhi = xhi0 < ntx ? xhi0 : ntx;
+          const int rows_in = h0 >= 0 && h0 + {n} <= H;
+          if (rows_in && xlo < xhi) {{
+            SN_PRAGMA(omp simd)
+            for (long tx = xlo; tx < xhi; ++tx) {{
+              const float* xr = xp + h0 * W + tx * {m} - pw;
+              float* vp = vrow + tx;
+{_indent(load_fast, 14)}
+{_indent(it_in, 14)}
+            }}
+          }}
+          for (long tx = 0; tx < ntx; ++tx) {{
+            if (rows_in && tx >= xlo && tx < xhi) continue;
+            const long c0 = tx * {m} - pw;
+            const float* xr = xp + h0 * W + c0;
+            float* vp = vrow + tx;
+{_indent(rok, 12)}
+{_indent(load_checked, 12)}
+{_indent(it_in, 12)}
+          }}
+        }}
+      for (long p = 0; p < {NP}; ++p)
+        SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, TB, C, 1.0f, U + p * KC, C,
+                 V + p * CTB, TB, 0.0f, Mo + p * KTB, TB);
+      for (long k = 0; k < K; ++k)
+        for (long r = r0; r < r1; ++r) {{
+          const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
+          float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
+          const float* mrow = Mo + k * TB + (r - r0) * ntx;
+          const long full = nyv >= {m} ? ow / {m} : 0;
+          SN_PRAGMA(omp simd)
+          for (long tx = 0; tx < full; ++tx) {{
+            const float* mp = mrow + tx;
+            float* yr = yrow + tx * {m};
+{_indent(ot, 12)}
+{_indent(store_fast, 12)}
+          }}
+          for (long tx = full; tx < ntx; ++tx) {{
+            const float* mp = mrow + tx;
+            float* yr = yrow + tx * {m};
+            const long nxv = ow - tx * {m};
+{_indent(ot, 12)}
+{_indent(store_checked, 12)}
+          }}
+        }}
+    }}
+  }}
+"""
+    params = (("c", "x"), ("c", "w"), ("p", "y"), ("p", "scratch"), ("l", "NB"), ("l", "C"),
+              ("l", "H"), ("l", "W"), ("l", "K"), ("l", "ph"), ("l", "pw"), ("l", "oh"),
+              ("l", "ow"), ("l", "T"), ("l", "RB"))
+    return Template(f"sn_conv_winograd{m}", params, body)
+
+
+TEMPLATES = {m: conv_template(m) for m in POINTS}
+
+
+# ---------------------------------------------------------------- choice
+def applicable(op, x_shape, w_shape):
+    p = op.p
+    return (p.group == 1 and tuple(w_shape[2:]) == (3, 3) and p.stride == (1, 1)
+            and p.dilation == (1, 1))
+
+
+def choose(N, C, K, H, W, oh, ow, threads):
+    """The tile size m (2 or 4) to use, or None for the im2col path. SYMNET_WINOGRAD
+    overrides: "0" never, "2" or "4" always that variant (where applicable)."""
+    env = os.environ.get("SYMNET_WINOGRAD", "").strip()
+    if env in ("0", "off"):
+        return None
+    if env in ("2", "4"):
+        return int(env)
+    return None
+
+
+def block_rows(N, oh, ow, m, threads, target=None):
+    """Tile rows per block: about ``target`` tiles per GEMM, and at least a block per
+    thread where the batch has enough tile rows."""
+    target = target or int(os.environ.get("SYMNET_WINOGRAD_TILES", "0") or 0) or 128
+    ntx, nty = -(-ow // m), -(-oh // m)
+    rows = N * nty
+    rb = max(1, round(target / ntx))
+    rb = min(rb, max(1, -(-rows // threads)))
+    return rb
+
+
+def lower_conv(low, n, m):
+    """Lower Conv2d node n through F(m x m, 3 x 3) onto Lowering ``low``."""
+    g = low.graph
+    x, w = g.args(n)
+    (N, C, H, W), (K, _, _, _), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
+    op = g.op(n)
+    nn = m + 2
+    rb = block_rows(N, oh, ow, m, low.threads)
+    tbm = rb * -(-ow // m)
+    size = nn * nn * (K * C + low.threads * (C + K) * tbm)
+    scratch = ["val", low.new_value(size, "temp", "winograd"), 0, "w"]
+    args = [low.r(x), low.r(w), low.w(n), scratch] + [
+        ["long", v] for v in (N, C, H, W, K, op.p.pad[0], op.p.pad[1], oh, ow, low.threads, rb)]
+    step = low.launch(low._template(TEMPLATES[m]), args, 1, [n])
+    ntiles = N * -(-oh // m) * -(-ow // m)
+    step.attrs["flops"] = 2 * nn * nn * K * C * ntiles
