@@ -133,8 +133,8 @@ def conv_template(m) -> Template:
     """The F(m x m, 3 x 3) convolution of NB images x (NB, C, H, W) with w (K, C, 3, 3)
     into y (NB, K, oh, ow), pads ph, pw. Tiles are taken in rows of ntx tiles; a block is
     RB consecutive tile rows of the batch (spanning images); each thread transforms its
-    blocks' tiles into V (n*n, C, TB), runs the n*n GEMMs into Mo (n*n, K, TB) and
-    transforms those into y. scratch: U (n*n, K, C), then per thread V, Mo."""
+    chunk's tiles into V (n*n, C, TB), runs the n*n GEMMs into Mo (n*n, K, TB) and
+    transforms those into y. scratch: U (n*n, K, C), V, Mo."""
     at, g, bt = matrices(m)
     n = m + 2
     NP = n * n
@@ -158,33 +158,45 @@ def conv_template(m) -> Template:
     rok = [f"const int rok{a} = (unsigned long)(h0 + {a}) < (unsigned long)H;"
            for a in range(n)]
     body = f"""
-  /* F({m}x{m}, 3x3): {NP} transform positions */
+  /* F({m}x{m}, 3x3): {NP} transform positions. The batch's tile rows are taken RB at a
+     time (a chunk of TB tiles); the team transforms a chunk's input tiles (split over
+     channels), runs its {NP} GEMMs (split over positions) and transforms the products
+     into y (split over output channels). */
   const long ntx = (ow + {m - 1}) / {m}, nty = (oh + {m - 1}) / {m}, rows = NB * nty;
-  const long nblk = (rows + RB - 1) / RB, TBM = RB * ntx, KC = K * C;
+  const long KC = K * C, TBM = RB * ntx;
+  const long xlo = (pw + {m - 1}) / {m};
+  const long xhi0 = W + pw - {n} < 0 ? 0 : (W + pw - {n}) / {m} + 1;
+  const long xhi = xhi0 < ntx ? xhi0 : ntx;
   float* U = scratch;
+  float* V = scratch + {NP} * KC;
+  float* Mo = V + {NP} * C * TBM;
   SN_PRAGMA(omp parallel num_threads(T))
   {{
-    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    /* weights, 64 (out, in) pairs at a time through a transposed copy, so the
+       transform vectorises across pairs */
     SN_PRAGMA(omp for schedule(static))
-    for (long kc = 0; kc < KC; ++kc) {{
-      const float* gp = w + kc * 9;
-{_indent([f"const float g{a}{b} = gp[{a * 3 + b}];" for a in range(3) for b in range(3)], 6)}
-{_indent(wt, 6)}
+    for (long kc0 = 0; kc0 < KC; kc0 += 64) {{
+      const long len = KC - kc0 < 64 ? KC - kc0 : 64;
+      float gl[9][64];
+      for (long l = 0; l < len; ++l)
+        for (long e = 0; e < 9; ++e) gl[e][l] = w[(kc0 + l) * 9 + e];
+      SN_PRAGMA(omp simd)
+      for (long l = 0; l < len; ++l) {{
+        const long kc = kc0 + l;
+{_indent([f"const float g{a}{b} = gl[{a * 3 + b}][l];" for a in range(3) for b in range(3)], 8)}
+{_indent(wt, 8)}
+      }}
     }}
-    float* V = scratch + {NP} * KC + t * {NP} * (C + K) * TBM;
-    float* Mo = V + {NP} * C * TBM;
-    for (long blk = t * nblk / nt; blk < (t + 1) * nblk / nt; ++blk) {{
-      const long r0 = blk * RB, r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
+    for (long r0 = 0; r0 < rows; r0 += RB) {{
+      const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
       const long CTB = C * TB, KTB = K * TB;
+      SN_PRAGMA(omp for schedule(static) collapse(2))
       for (long c = 0; c < C; ++c)
         for (long r = r0; r < r1; ++r) {{
           const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
           const float* xp = x + (b * C + c) * H * W;
           float* vrow = V + c * TB + (r - r0) * ntx;
           /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
-          const long xlo = (pw + {m - 1}) / {m};
-          const long xhi0 = W + pw - {n} < 0 ? 0 : (W + pw - {n}) / {m} + 1;
-          const long xhi = xhi0 < ntx ? xhi0 : ntx;
           const int rows_in = h0 >= 0 && h0 + {n} <= H;
           if (rows_in && xlo < xhi) {{
             SN_PRAGMA(omp simd)
@@ -205,9 +217,11 @@ def conv_template(m) -> Template:
 {_indent(it_in, 12)}
           }}
         }}
+      SN_PRAGMA(omp for schedule(static))
       for (long p = 0; p < {NP}; ++p)
         SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, TB, C, 1.0f, U + p * KC, C,
                  V + p * CTB, TB, 0.0f, Mo + p * KTB, TB);
+      SN_PRAGMA(omp for schedule(static) collapse(2))
       for (long k = 0; k < K; ++k)
         for (long r = r0; r < r1; ++r) {{
           const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
@@ -259,15 +273,16 @@ def choose(N, C, K, H, W, oh, ow, threads):
     return None
 
 
-def block_rows(N, oh, ow, m, threads, target=None):
-    """Tile rows per block: about ``target`` tiles per GEMM, and at least a block per
-    thread where the batch has enough tile rows."""
-    target = target or int(os.environ.get("SYMNET_WINOGRAD_TILES", "0") or 0) or 128
+def block_rows(N, C, K, oh, ow, m):
+    """Tile rows per chunk: the chunk's transformed tiles and products ((C + K) * n*n
+    floats a tile) within CHUNK_BYTES, at least one tile row."""
+    budget = int(os.environ.get("SYMNET_WINOGRAD_BYTES", "0") or 0) or CHUNK_BYTES
     ntx, nty = -(-ow // m), -(-oh // m)
-    rows = N * nty
-    rb = max(1, round(target / ntx))
-    rb = min(rb, max(1, -(-rows // threads)))
-    return rb
+    per_row = 4 * (C + K) * (m + 2) ** 2 * ntx
+    return max(1, min(N * nty, budget // per_row))
+
+
+CHUNK_BYTES = 8 << 20
 
 
 def lower_conv(low, n, m):
@@ -277,9 +292,9 @@ def lower_conv(low, n, m):
     (N, C, H, W), (K, _, _, _), (_, _, oh, ow) = g.shape(x), g.shape(w), g.shape(n)
     op = g.op(n)
     nn = m + 2
-    rb = block_rows(N, oh, ow, m, low.threads)
+    rb = block_rows(N, C, K, oh, ow, m)
     tbm = rb * -(-ow // m)
-    size = nn * nn * (K * C + low.threads * (C + K) * tbm)
+    size = nn * nn * (K * C + (C + K) * tbm)
     scratch = ["val", low.new_value(size, "temp", "winograd"), 0, "w"]
     args = [low.r(x), low.r(w), low.w(n), scratch] + [
         ["long", v] for v in (N, C, H, W, K, op.p.pad[0], op.p.pad[1], oh, ow, low.threads, rb)]
