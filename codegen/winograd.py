@@ -28,9 +28,10 @@ Numerical Algorithms", ch. 3) the computed output of tile position (i, j) satisf
                    * (|G| |g_c| |G|^T)_p * (|B^T| |d_c| |B|)_p
 
 (|.| taken elementwise; p runs over the n x n positions; gamma_D = D u / (1 - D u))
-where D is the longest chain of roundings an input passes through: the float32
-rounding of G (1), G g G^T (2 x 3 terms), B^T d B (2 x n terms), the product (1), the
-GEMM's sum over C channels (C), A^T m A (2 x n terms). ``error_depth`` gives D. The
+where D is the longest chain of roundings a term passes through: the float32 rounding
+of G's entries (2: G on both sides), G g G^T (two sums of r = 3 terms: 2r), B^T d B
+(2n), the GEMM's dot products over C channels (C, their products included), A^T m A
+(2n): D = 2 + 2r + 4n + C. ``error_depth`` gives D. The
 bound is rigorous and loose (the sum over C is what dominates it for many channels);
 the test also reports the observed error against u * sum |w| |x| beside those of the
 im2col path and OpenCV's Winograd.
@@ -80,7 +81,7 @@ def matrices(m, r=3, points=None):
 def error_depth(m, C, r=3):
     """D of the module docstring's bound for F(m x m, r x r) over C channels."""
     n = m + r - 1
-    return 1 + 2 * r + 2 * n + 1 + C + 2 * n
+    return 2 + 2 * r + 4 * n + C
 
 
 # ---------------------------------------------------------------- C text
