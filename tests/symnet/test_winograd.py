@@ -59,8 +59,10 @@ SHAPES = [
     ((1, 2, 4, 4), 3, 1),
     ((3, 33, 6, 17), 65, 0),
     ((1, 6, 5, 30), 4, 1),          # a row of tiles wider than one vector
+    ((2, 3, 6, 7), 4, (2, 0)),      # pads of their own per axis
+    ((1, 2, 9, 5), 3, (0, 2)),
 ]
-SIDS = [f"x{s[0]}k{s[1]}p{s[2]}" for s in SHAPES]
+SIDS = [f"x{s[0]}k{s[1]}p{s[2]}".replace(" ", "") for s in SHAPES]
 
 
 def _abs_conv(x, w, pad):
@@ -68,12 +70,17 @@ def _abs_conv(x, w, pad):
     return _conv64(np.abs(x), np.abs(w), pad)
 
 
+def _pads(pad):
+    return (pad, pad) if np.isscalar(pad) else tuple(pad)
+
+
 def _conv64(x, w, pad):
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     N, C, H, W = x.shape
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    oh, ow = H + 2 * pad - 2, W + 2 * pad - 2
+    ph, pw = _pads(pad)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh, ow = H + 2 * ph - 2, W + 2 * pw - 2
     out = np.zeros((N, w.shape[0], oh, ow))
     for i in range(3):
         for j in range(3):
@@ -151,10 +158,11 @@ def _winograd_bound(x, w, pad, m):
     N, C, H, W = x.shape
     K = w.shape[0]
     n = m + 2
-    oh, ow = H + 2 * pad - 2, W + 2 * pad - 2
+    ph, pw = _pads(pad)
+    oh, ow = H + 2 * ph - 2, W + 2 * pw - 2
     nty, ntx = -(-oh // m), -(-ow // m)
-    xp = np.zeros((N, C, nty * m + 2, ntx * m + 2))
-    xp[:, :, pad:pad + H, pad:pad + W] = np.abs(x)
+    xp = np.zeros((N, C, max(nty * m + 2, H + ph), max(ntx * m + 2, W + pw)))
+    xp[:, :, ph:ph + H, pw:pw + W] = np.abs(x)
     gw = np.einsum("ia,kcab,jb->kcij", g, np.abs(w.astype(np.float64)), g)
     out = np.zeros((N, K, nty * m, ntx * m))
     for ty in range(nty):
