@@ -132,14 +132,13 @@ def _indent(lines, k):
 
 def conv_template(m) -> Template:
     """The F(m x m, 3 x 3) convolution of NB images x (NB, C, H, W) with w (K, C, 3, 3)
-    into y (NB, K, oh, ow), pads ph, pw. Tiles are taken in rows of ntx tiles; a block is
-    RB consecutive tile rows of the batch (spanning images); each thread transforms its
-    chunk's tiles into V (n*n, C, TB), runs the n*n GEMMs into Mo (n*n, K, TB) and
-    transforms those into y. scratch: U (n*n, K, C), V, Mo."""
+    into y (NB, K, oh, ow), pads ph, pw. Tiles are taken in rows of ntx tiles; a chunk
+    is RB consecutive tile rows of the batch (spanning images); the team of T threads
+    transforms a chunk's tiles into V (n*n, C, TB), runs the n*n GEMMs into Mo
+    (n*n, K, TB) and transforms those into y. scratch: U (n*n, K, C), V, Mo."""
     at, g, bt = matrices(m)
     n = m + 2
     NP = n * n
-    gt = [[g[j][k] for j in range(n)] for k in range(3)]      # noqa: F841 (doc)
     wt = _two_sided(g, lambda a, b: f"g{a}{b}", lambda i, j: f"U[{i * n + j} * KC + kc]",
                     "s", "const float")
     # input: B^T d B with d read through the pointer rows; dst into V
@@ -271,8 +270,9 @@ def choose(N, C, K, H, W, oh, ow, threads):
         return None
     if env in ("2", "4"):
         return int(env)
-    tiles = N * -(-oh // 4) * -(-ow // 4)
-    if min(C, K) >= MIN_CHANNELS and tiles >= MIN_TILES:
+    nty, ntx = -(-oh // 4), -(-ow // 4)
+    saving = 9 * oh * ow / (36 * nty * ntx)     # multiplications saved, 4 at best
+    if min(C, K) >= MIN_CHANNELS and N * nty * ntx >= MIN_TILES and saving >= MIN_SAVING:
         return 4
     return None
 
@@ -283,9 +283,12 @@ def choose(N, C, K, H, W, oh, ow, threads):
 # faster than im2col + GEMM from 28 x 28 outputs at batch 1 (49 tiles) up, and slower
 # on 14 x 14 and 7 x 7 ones at batch 1, where transforming every weight each call and
 # GEMMs over few tiles cost more than the 4x fewer multiplications save; with 3 input
-# channels (a first layer) the transforms dominate. F(2x2) was never the faster of the
+# channels (a first layer) the transforms dominate. Outputs that fill their last tiles
+# badly (13 x 13: 16 x 16 computed, 2.65x fewer multiplications instead of 4x) lose
+# even at batch 8, while 14 x 14 ones (3.06x) win there. F(2x2) was never the faster of the
 # two where either beat im2col by more than noise, so automatic choice takes F(4x4).
 MIN_TILES = 48
+MIN_SAVING = 2.9
 MIN_CHANNELS = 16
 
 
