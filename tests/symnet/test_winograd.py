@@ -4,13 +4,19 @@ sizes, pads 0 and 1, channel counts that fill no tile or vector evenly, batches 
 3, with a bias; and their float32 error against a float64 convolution within the bound
 derived in codegen/winograd.py.
 
-Observed on the error test's data (x ~ N(0, 1), w ~ N(0, 1/(9C)), 12 x 11 images, pad
-1), as max |y - y64| / (u * sum |w| |x|) over the outputs, u = 2^-24:
+Observed on the error test's data (x ~ N(0, 1), w ~ N(0, 1/(9C)), 16 outputs of
+12 x 12, pad 1), as max |y - y64| / (u * sum |w| |x|) over the outputs, u = 2^-24
+(OpenCV 4 dnn on the same prototxt and weights, 1 thread):
 
-    C      im2col   F(2x2)   F(4x4)   OpenCV default (Winograd)   OpenCV, Winograd off
-    8       0.5      0.6      3.0      ...
-See test_error_against_float64 (run with -s) for the figures of a run; they are
-reported, the bound is what is asserted.
+    C     im2col  F(2x2)  F(4x4)  OpenCV default (its Winograd)  OpenCV Winograd off
+    8      2.79    2.38    49.5        80.8                          3.06
+    64     1.73    1.40    20.8        47.2                          2.33
+    256    0.93    1.43    27.4        44.8                          1.04
+    512    0.59    1.33    26.9        50.0                          0.46
+
+F(4x4) with Lavin's points (0, +-1, +-2) measured 40.6, 20.5, 18.5, 30.2 here: no
+clear difference from the points used. The rigorous bound asserted below is loose: the
+errors are 1e-4 to 1e-2 of it. Run with -s for a run's figures.
 """
 import numpy as np
 import pytest
@@ -234,9 +240,10 @@ def test_error_against_float64(C, monkeypatch, tmp_path):
             d = WG.error_depth(int(mode), C)
             bound = d * U32 / (1 - d * U32) * _winograd_bound(x, w, pad, int(mode))
             assert np.all(err <= bound), float(np.max(err / bound))
+            ratios[f"F({mode}x{mode}) of its bound"] = float(np.max(err / bound))
             d = None
         if d:
             assert np.all(err <= d * U32 / (1 - d * U32) * scale)
     ratios.update(_opencv_errors(x, w, pad, want, scale, tmp_path) or {})
     print(f"\nC={C}: max |y - y64| / (u sum|w||x|): " +
-          ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
+          ", ".join(f"{k} {v:.3g}" for k, v in ratios.items()))
