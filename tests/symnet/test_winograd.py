@@ -247,3 +247,31 @@ def test_error_against_float64(C, monkeypatch, tmp_path):
     ratios.update(_opencv_errors(x, w, pad, want, scale, tmp_path) or {})
     print(f"\nC={C}: max |y - y64| / (u sum|w||x|): " +
           ", ".join(f"{k} {v:.3g}" for k, v in ratios.items()))
+
+
+def test_chosen_by_shape_and_gradients_keep_im2col(monkeypatch):
+    """Without SYMNET_WINOGRAD: a 28 x 28 layer of 16 channels takes F(4x4) and a 7 x 7
+    one im2col; in one function with the gradients (which keep their im2col path),
+    output and gradients match the NumPy reference."""
+    monkeypatch.delenv("SYMNET_WINOGRAD", raising=False)
+    assert WG.choose(1, 16, 16, 28, 28, 28, 28, 2) == 4
+    assert WG.choose(1, 512, 512, 7, 7, 7, 7, 2) is None
+    assert WG.choose(1, 3, 64, 224, 224, 224, 224, 2) is None
+    rng = np.random.default_rng(11)
+    xs, ws = (1, 16, 28, 28), (16, 16, 3, 3)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) / 12).astype(np.float32)
+    r = rng.standard_normal((1, 16, 28, 28)).astype(np.float32)
+    outs = {}
+    for backend in ("cpu", "numpy"):
+        with sn.graph_scope():
+            a, b, c = sn.input("x", xs), sn.input("w", ws), sn.input("r", r.shape)
+            y = sn.conv2d(a, b, pad=1)
+            cost = (sn.tanh(y) * c).sum()
+            gx, gw = sn.grad(cost, [a, b])
+            f = sn.function([a, b, c], [y, gx, gw], backend=backend)
+            if backend == "cpu":
+                assert "sn_conv_winograd4" in _kernels(f)
+            outs[backend] = f(x, w, r)
+    for got, want in zip(outs["cpu"], outs["numpy"]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
