@@ -161,7 +161,8 @@ def conv_template(m) -> Template:
   /* F({m}x{m}, 3x3): {NP} transform positions. The batch's tile rows are taken RB at a
      time (a chunk of TB tiles); the team transforms a chunk's input tiles (split over
      channels), runs its {NP} GEMMs (split over positions) and transforms the products
-     into y (split over output channels). */
+     into y (split over output channels); work is handed out dynamically, so a thread
+     the OS preempts delays the others less at each phase's barrier. */
   const long ntx = (ow + {m - 1}) / {m}, nty = (oh + {m - 1}) / {m}, rows = NB * nty;
   const long KC = K * C, TBM = RB * ntx;
   const long xlo = (pw + {m - 1}) / {m};
@@ -174,7 +175,7 @@ def conv_template(m) -> Template:
   {{
     /* weights, 64 (out, in) pairs at a time through a transposed copy, so the
        transform vectorises across pairs */
-    SN_PRAGMA(omp for schedule(static))
+    SN_PRAGMA(omp for schedule(dynamic, 4))
     for (long kc0 = 0; kc0 < KC; kc0 += 64) {{
       const long len = KC - kc0 < 64 ? KC - kc0 : 64;
       float gl[9][64];
@@ -190,7 +191,7 @@ def conv_template(m) -> Template:
     for (long r0 = 0; r0 < rows; r0 += RB) {{
       const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
       const long CTB = C * TB, KTB = K * TB;
-      SN_PRAGMA(omp for schedule(static) collapse(2))
+      SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
       for (long c = 0; c < C; ++c)
         for (long r = r0; r < r1; ++r) {{
           const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
@@ -217,11 +218,11 @@ def conv_template(m) -> Template:
 {_indent(it_in, 12)}
           }}
         }}
-      SN_PRAGMA(omp for schedule(static))
+      SN_PRAGMA(omp for schedule(dynamic, 1))
       for (long p = 0; p < {NP}; ++p)
         SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, TB, C, 1.0f, U + p * KC, C,
                  V + p * CTB, TB, 0.0f, Mo + p * KTB, TB);
-      SN_PRAGMA(omp for schedule(static) collapse(2))
+      SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
       for (long k = 0; k < K; ++k)
         for (long r = r0; r < r1; ++r) {{
           const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
@@ -294,14 +295,18 @@ MIN_CHANNELS = 16
 
 def block_rows(N, C, K, oh, ow, m):
     """Tile rows per chunk: the chunk's transformed tiles and products ((C + K) * n*n
-    floats a tile) within CHUNK_BYTES, at least one tile row."""
+    floats a tile) within CHUNK_BYTES (so they stay in cache between the phases), but
+    at least CHUNK_MIN_TILES tiles (GEMMs over fewer tiles read each transformed weight
+    for little work); at least one tile row, at most the batch's."""
     budget = int(os.environ.get("SYMNET_WINOGRAD_BYTES", "0") or 0) or CHUNK_BYTES
     ntx, nty = -(-ow // m), -(-oh // m)
     per_row = 4 * (C + K) * (m + 2) ** 2 * ntx
-    return max(1, min(N * nty, budget // per_row))
+    rb = max(budget // per_row, -(-CHUNK_MIN_TILES // ntx), 1)
+    return min(N * nty, rb)
 
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 2 << 20
+CHUNK_MIN_TILES = 64
 
 
 def lower_conv(low, n, m):

@@ -67,7 +67,10 @@ SHAPES = [
     ((1, 6, 5, 30), 4, 1),          # a row of tiles wider than one vector
     ((2, 3, 6, 7), 4, (2, 0)),      # pads of their own per axis
     ((1, 2, 9, 5), 3, (0, 2)),
+    ((3, 4, 26, 26), 5, 1),         # several chunks of tile rows, across images
 ]
+# the smallest chunks lowering makes (CHUNK_MIN_TILES), so the batches above take
+# several, one of them spanning two images and the last one short
 SIDS = [f"x{s[0]}k{s[1]}p{s[2]}".replace(" ", "") for s in SHAPES]
 
 
@@ -97,6 +100,7 @@ def _conv64(x, w, pad):
 @pytest.mark.parametrize("m", ["2", "4"])
 @pytest.mark.parametrize("xs, K, pad", SHAPES, ids=SIDS)
 def test_matches_reference(xs, K, pad, m, monkeypatch):
+    monkeypatch.setenv("SYMNET_WINOGRAD_BYTES", "1")
     rng = np.random.default_rng(7)
     ws = (K, xs[1], 3, 3)
     x = rng.standard_normal(xs).astype(np.float32)
@@ -113,6 +117,21 @@ def test_matches_reference(xs, K, pad, m, monkeypatch):
         dr * U32 / (1 - dr * U32) * scale + 2 * U32 * scale
     err = np.abs(got.astype(np.float64) - want)
     assert np.all(err <= tol), float(np.max(err / tol))
+
+
+@pytest.mark.parametrize("m", ["2", "4"])
+def test_two_threads(m, monkeypatch):
+    """The team of two splits every phase of several chunks."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.setenv("SYMNET_WINOGRAD_BYTES", "1")
+    rng = np.random.default_rng(9)
+    xs, ws = (3, 20, 26, 23), (24, 20, 3, 3)
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal(ws).astype(np.float32)
+    got = _run(xs, ws, 1, m, monkeypatch, [x, w]).astype(np.float64)
+    d = WG.error_depth(int(m), xs[1])
+    tol = d * U32 / (1 - d * U32) * _winograd_bound(x, w, 1, int(m))
+    assert np.all(np.abs(got - _conv64(x, w, 1)) <= tol)
 
 
 def test_im2col_path_unchanged_when_off(monkeypatch):
