@@ -160,9 +160,10 @@ def conv_template(m) -> Template:
     body = f"""
   /* F({m}x{m}, 3x3): {NP} transform positions. The batch's tile rows are taken RB at a
      time (a chunk of TB tiles); the team transforms a chunk's input tiles (split over
-     channels), runs its {NP} GEMMs (split over positions) and transforms the products
-     into y (split over output channels); work is handed out dynamically, so a thread
-     the OS preempts delays the others less at each phase's barrier. */
+     channels; the first chunk's threads transform the weights before), then each
+     block of KB output channels runs its rows of the {NP} GEMMs and transforms them
+     into y: two barriers a chunk. Work is handed out dynamically, so a thread the OS
+     preempts delays the others less at each barrier. */
   const long ntx = (ow + {m - 1}) / {m}, nty = (oh + {m - 1}) / {m}, rows = NB * nty;
   const long KC = K * C, TBM = RB * ntx;
   const long xlo = (pw + {m - 1}) / {m};
@@ -175,7 +176,7 @@ def conv_template(m) -> Template:
   {{
     /* weights, 64 (out, in) pairs at a time through a transposed copy, so the
        transform vectorises across pairs */
-    SN_PRAGMA(omp for schedule(dynamic, 4))
+    SN_PRAGMA(omp for schedule(dynamic, 4) nowait)
     for (long kc0 = 0; kc0 < KC; kc0 += 64) {{
       const long len = KC - kc0 < 64 ? KC - kc0 : 64;
       float gl[9][64];
@@ -218,12 +219,15 @@ def conv_template(m) -> Template:
 {_indent(it_in, 12)}
           }}
         }}
+      /* the input loop's barrier has seen U and V complete; each block of KB output
+         channels runs its rows of the {NP} GEMMs and transforms them into y */
       SN_PRAGMA(omp for schedule(dynamic, 1))
-      for (long p = 0; p < {NP}; ++p)
-        SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, K, TB, C, 1.0f, U + p * KC, C,
-                 V + p * CTB, TB, 0.0f, Mo + p * KTB, TB);
-      SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
-      for (long k = 0; k < K; ++k)
+      for (long k0 = 0; k0 < K; k0 += KB) {{
+        const long kn = K - k0 < KB ? K - k0 : KB;
+        for (long p = 0; p < {NP}; ++p)
+          SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
+                   U + p * KC + k0 * C, C, V + p * CTB, TB, 0.0f, Mo + p * KTB + k0 * TB, TB);
+        for (long k = k0; k < k0 + kn; ++k)
         for (long r = r0; r < r1; ++r) {{
           const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
           float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
@@ -244,12 +248,13 @@ def conv_template(m) -> Template:
 {_indent(store_checked, 12)}
           }}
         }}
+      }}
     }}
   }}
 """
     params = (("c", "x"), ("c", "w"), ("p", "y"), ("p", "scratch"), ("l", "NB"), ("l", "C"),
               ("l", "H"), ("l", "W"), ("l", "K"), ("l", "ph"), ("l", "pw"), ("l", "oh"),
-              ("l", "ow"), ("l", "T"), ("l", "RB"))
+              ("l", "ow"), ("l", "T"), ("l", "RB"), ("l", "KB"))
     return Template(f"sn_conv_winograd{m}", params, body)
 
 
@@ -309,6 +314,13 @@ CHUNK_BYTES = 2 << 20
 CHUNK_MIN_TILES = 64
 
 
+def channel_block(K, threads):
+    """Output channels per work item of the GEMM and output phase: about two items a
+    thread, 8 to 64 channels (a multiple of 8) each."""
+    kb = -(-K // (2 * max(threads, 1)))
+    return max(8, min(64, -(-kb // 8) * 8))
+
+
 def lower_conv(low, n, m):
     """Lower Conv2d node n through F(m x m, 3 x 3) onto Lowering ``low``."""
     g = low.graph
@@ -320,8 +332,10 @@ def lower_conv(low, n, m):
     tbm = rb * -(-ow // m)
     size = nn * nn * (K * C + (C + K) * tbm)
     scratch = ["val", low.new_value(size, "temp", "winograd"), 0, "w"]
+    kb = channel_block(K, low.threads)
     args = [low.r(x), low.r(w), low.w(n), scratch] + [
-        ["long", v] for v in (N, C, H, W, K, op.p.pad[0], op.p.pad[1], oh, ow, low.threads, rb)]
+        ["long", v] for v in (N, C, H, W, K, op.p.pad[0], op.p.pad[1], oh, ow, low.threads, rb,
+                              kb)]
     step = low.launch(low._template(TEMPLATES[m]), args, 1, [n])
     ntiles = N * -(-oh // m) * -(-ow // m)
     step.attrs["flops"] = 2 * nn * nn * K * C * ntiles
