@@ -163,7 +163,9 @@ def conv_template(m) -> Template:
      channels; the first chunk's threads transform the weights before), then each
      block of KB output channels runs its rows of the {NP} GEMMs and transforms them
      into y: two barriers a chunk. Work is handed out dynamically, so a thread the OS
-     preempts delays the others less at each barrier. */
+     preempts delays the others less at each barrier. With PRIV (at least a chunk per
+     thread), each thread takes whole chunks instead, in its own V and Mo, and meets
+     the others only after the weights. */
   const long ntx = (ow + {m - 1}) / {m}, nty = (oh + {m - 1}) / {m}, rows = NB * nty;
   const long KC = K * C, TBM = RB * ntx;
   const long xlo = (pw + {m - 1}) / {m};
@@ -189,63 +191,133 @@ def conv_template(m) -> Template:
 {_indent(wt, 8)}
       }}
     }}
-    for (long r0 = 0; r0 < rows; r0 += RB) {{
-      const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
-      const long CTB = C * TB, KTB = K * TB;
-      SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
-      for (long c = 0; c < C; ++c)
-        for (long r = r0; r < r1; ++r) {{
-          const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
-          const float* xp = x + (b * C + c) * H * W;
-          float* vrow = V + c * TB + (r - r0) * ntx;
-          /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
-          const int rows_in = h0 >= 0 && h0 + {n} <= H;
-          if (rows_in && xlo < xhi) {{
-            SN_PRAGMA(omp simd)
-            for (long tx = xlo; tx < xhi; ++tx) {{
-              const float* xr = xp + h0 * W + tx * {m} - pw;
+    if (PRIV) {{
+      /* chunks to threads, each with its own V and Mo: no barrier but the weights' */
+      SN_PRAGMA(omp barrier)
+      float* const Vt = V + omp_get_thread_num() * {NP} * (C + K) * TBM;
+      SN_PRAGMA(omp for schedule(dynamic, 1))
+      for (long r0 = 0; r0 < rows; r0 += RB) {{
+        float* const Vc = Vt;
+        float* const Mc = Vt + {NP} * C * TBM;
+        const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
+        const long CTB = C * TB, KTB = K * TB;
+        for (long c = 0; c < C; ++c)
+          for (long r = r0; r < r1; ++r) {{
+            const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
+            const float* xp = x + (b * C + c) * H * W;
+            float* vrow = Vc + c * TB + (r - r0) * ntx;
+            /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
+            const int rows_in = h0 >= 0 && h0 + {n} <= H;
+            if (rows_in && xlo < xhi) {{
+              SN_PRAGMA(omp simd)
+              for (long tx = xlo; tx < xhi; ++tx) {{
+                const float* xr = xp + h0 * W + tx * {m} - pw;
+                float* vp = vrow + tx;
+  {_indent(load_fast, 14)}
+  {_indent(it_in, 14)}
+              }}
+            }}
+            for (long tx = 0; tx < ntx; ++tx) {{
+              if (rows_in && tx >= xlo && tx < xhi) continue;
+              const long c0 = tx * {m} - pw;
+              const float* xr = xp + h0 * W + c0;
               float* vp = vrow + tx;
-{_indent(load_fast, 14)}
-{_indent(it_in, 14)}
+  {_indent(rok, 12)}
+  {_indent(load_checked, 12)}
+  {_indent(it_in, 12)}
             }}
           }}
-          for (long tx = 0; tx < ntx; ++tx) {{
-            if (rows_in && tx >= xlo && tx < xhi) continue;
-            const long c0 = tx * {m} - pw;
-            const float* xr = xp + h0 * W + c0;
-            float* vp = vrow + tx;
-{_indent(rok, 12)}
-{_indent(load_checked, 12)}
-{_indent(it_in, 12)}
+        /* the input loop's barrier has seen U and V complete; each block of KB output
+           channels runs its rows of the {NP} GEMMs and transforms them into y */
+        for (long k0 = 0; k0 < K; k0 += KB) {{
+          const long kn = K - k0 < KB ? K - k0 : KB;
+          for (long p = 0; p < {NP}; ++p)
+            SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
+                     U + p * KC + k0 * C, C, Vc + p * CTB, TB, 0.0f, Mc + p * KTB + k0 * TB, TB);
+          for (long k = k0; k < k0 + kn; ++k)
+          for (long r = r0; r < r1; ++r) {{
+            const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
+            float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
+            const float* mrow = Mc + k * TB + (r - r0) * ntx;
+            const long full = nyv >= {m} ? ow / {m} : 0;
+            SN_PRAGMA(omp simd)
+            for (long tx = 0; tx < full; ++tx) {{
+              const float* mp = mrow + tx;
+              float* yr = yrow + tx * {m};
+  {_indent(ot, 12)}
+  {_indent(store_fast, 12)}
+            }}
+            for (long tx = full; tx < ntx; ++tx) {{
+              const float* mp = mrow + tx;
+              float* yr = yrow + tx * {m};
+              const long nxv = ow - tx * {m};
+  {_indent(ot, 12)}
+  {_indent(store_checked, 12)}
+            }}
           }}
         }}
-      /* the input loop's barrier has seen U and V complete; each block of KB output
-         channels runs its rows of the {NP} GEMMs and transforms them into y */
-      SN_PRAGMA(omp for schedule(dynamic, 1))
-      for (long k0 = 0; k0 < K; k0 += KB) {{
-        const long kn = K - k0 < KB ? K - k0 : KB;
-        for (long p = 0; p < {NP}; ++p)
-          SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
-                   U + p * KC + k0 * C, C, V + p * CTB, TB, 0.0f, Mo + p * KTB + k0 * TB, TB);
-        for (long k = k0; k < k0 + kn; ++k)
-        for (long r = r0; r < r1; ++r) {{
-          const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
-          float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
-          const float* mrow = Mo + k * TB + (r - r0) * ntx;
-          const long full = nyv >= {m} ? ow / {m} : 0;
-          SN_PRAGMA(omp simd)
-          for (long tx = 0; tx < full; ++tx) {{
-            const float* mp = mrow + tx;
-            float* yr = yrow + tx * {m};
-{_indent(ot, 12)}
-{_indent(store_fast, 12)}
+      }}
+    }} else {{
+      for (long r0 = 0; r0 < rows; r0 += RB) {{
+        float* const Vc = V;
+        float* const Mc = Mo;
+        const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
+        const long CTB = C * TB, KTB = K * TB;
+        SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
+        for (long c = 0; c < C; ++c)
+          for (long r = r0; r < r1; ++r) {{
+            const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
+            const float* xp = x + (b * C + c) * H * W;
+            float* vrow = Vc + c * TB + (r - r0) * ntx;
+            /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
+            const int rows_in = h0 >= 0 && h0 + {n} <= H;
+            if (rows_in && xlo < xhi) {{
+              SN_PRAGMA(omp simd)
+              for (long tx = xlo; tx < xhi; ++tx) {{
+                const float* xr = xp + h0 * W + tx * {m} - pw;
+                float* vp = vrow + tx;
+  {_indent(load_fast, 14)}
+  {_indent(it_in, 14)}
+              }}
+            }}
+            for (long tx = 0; tx < ntx; ++tx) {{
+              if (rows_in && tx >= xlo && tx < xhi) continue;
+              const long c0 = tx * {m} - pw;
+              const float* xr = xp + h0 * W + c0;
+              float* vp = vrow + tx;
+  {_indent(rok, 12)}
+  {_indent(load_checked, 12)}
+  {_indent(it_in, 12)}
+            }}
           }}
-          for (long tx = full; tx < ntx; ++tx) {{
-            const float* mp = mrow + tx;
-            float* yr = yrow + tx * {m};
-            const long nxv = ow - tx * {m};
-{_indent(ot, 12)}
-{_indent(store_checked, 12)}
+        /* the input loop's barrier has seen U and V complete; each block of KB output
+           channels runs its rows of the {NP} GEMMs and transforms them into y */
+        SN_PRAGMA(omp for schedule(dynamic, 1))
+        for (long k0 = 0; k0 < K; k0 += KB) {{
+          const long kn = K - k0 < KB ? K - k0 : KB;
+          for (long p = 0; p < {NP}; ++p)
+            SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
+                     U + p * KC + k0 * C, C, Vc + p * CTB, TB, 0.0f, Mc + p * KTB + k0 * TB, TB);
+          for (long k = k0; k < k0 + kn; ++k)
+          for (long r = r0; r < r1; ++r) {{
+            const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
+            float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
+            const float* mrow = Mc + k * TB + (r - r0) * ntx;
+            const long full = nyv >= {m} ? ow / {m} : 0;
+            SN_PRAGMA(omp simd)
+            for (long tx = 0; tx < full; ++tx) {{
+              const float* mp = mrow + tx;
+              float* yr = yrow + tx * {m};
+  {_indent(ot, 12)}
+  {_indent(store_fast, 12)}
+            }}
+            for (long tx = full; tx < ntx; ++tx) {{
+              const float* mp = mrow + tx;
+              float* yr = yrow + tx * {m};
+              const long nxv = ow - tx * {m};
+  {_indent(ot, 12)}
+  {_indent(store_checked, 12)}
+            }}
           }}
         }}
       }}
@@ -254,7 +326,7 @@ def conv_template(m) -> Template:
 """
     params = (("c", "x"), ("c", "w"), ("p", "y"), ("p", "scratch"), ("l", "NB"), ("l", "C"),
               ("l", "H"), ("l", "W"), ("l", "K"), ("l", "ph"), ("l", "pw"), ("l", "oh"),
-              ("l", "ow"), ("l", "T"), ("l", "RB"), ("l", "KB"))
+              ("l", "ow"), ("l", "T"), ("l", "RB"), ("l", "KB"), ("l", "PRIV"))
     return Template(f"sn_conv_winograd{m}", params, body)
 
 
@@ -330,12 +402,14 @@ def lower_conv(low, n, m):
     nn = m + 2
     rb = block_rows(N, C, K, oh, ow, m)
     tbm = rb * -(-ow // m)
-    size = nn * nn * (K * C + (C + K) * tbm)
+    chunks = -(-(N * -(-oh // m)) // rb)
+    priv = int(low.threads > 1 and chunks >= low.threads)
+    size = nn * nn * (K * C + (low.threads if priv else 1) * (C + K) * tbm)
     scratch = ["val", low.new_value(size, "temp", "winograd"), 0, "w"]
     kb = channel_block(K, low.threads)
     args = [low.r(x), low.r(w), low.w(n), scratch] + [
         ["long", v] for v in (N, C, H, W, K, op.p.pad[0], op.p.pad[1], oh, ow, low.threads, rb,
-                              kb)]
+                              kb, priv)]
     step = low.launch(low._template(TEMPLATES[m]), args, 1, [n])
     ntiles = N * -(-oh // m) * -(-ow // m)
     step.attrs["flops"] = 2 * nn * nn * K * C * ntiles

@@ -119,11 +119,13 @@ def test_matches_reference(xs, K, pad, m, monkeypatch):
     assert np.all(err <= tol), float(np.max(err / tol))
 
 
+@pytest.mark.parametrize("chunk_bytes", ["1", ""], ids=["chunks_per_thread", "one_chunk"])
 @pytest.mark.parametrize("m", ["2", "4"])
-def test_two_threads(m, monkeypatch):
-    """The team of two splits every phase of several chunks."""
+def test_two_threads(m, chunk_bytes, monkeypatch):
+    """Two threads: with several chunks each thread takes whole chunks (PRIV), with one
+    the team splits every phase of it."""
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    monkeypatch.setenv("SYMNET_WINOGRAD_BYTES", "1")
+    monkeypatch.setenv("SYMNET_WINOGRAD_BYTES", chunk_bytes)
     rng = np.random.default_rng(9)
     xs, ws = (3, 20, 26, 23), (20, 20, 3, 3)      # output channel blocks 8, 8, 4
     x = rng.standard_normal(xs).astype(np.float32)
