@@ -350,7 +350,10 @@ def choose(N, C, K, H, W, oh, ow, threads):
         return int(env)
     nty, ntx = -(-oh // 4), -(-ow // 4)
     saving = 9 * oh * ow / (36 * nty * ntx)     # multiplications saved, 4 at best
-    if min(C, K) >= MIN_CHANNELS and N * nty * ntx >= MIN_TILES and saving >= MIN_SAVING:
+    tiles = N * nty * ntx
+    enough = tiles >= MIN_TILES * max(threads, 1) or \
+        (tiles >= MIN_TILES and C * K >= MANY_PAIRS)
+    if min(C, K) >= MIN_CHANNELS and enough and saving >= MIN_SAVING:
         return 4
     return None
 
@@ -363,10 +366,16 @@ def choose(N, C, K, H, W, oh, ow, threads):
 # GEMMs over few tiles cost more than the 4x fewer multiplications save; with 3 input
 # channels (a first layer) the transforms dominate. Outputs that fill their last tiles
 # badly (13 x 13: 16 x 16 computed, 2.65x fewer multiplications instead of 4x) lose
-# even at batch 8, while 14 x 14 ones (3.06x) win there. F(2x2) was never the faster of the
+# even at batch 8, while 14 x 14 ones (3.06x) win there. With two threads a single
+# chunk of 49 tiles (28 x 28 at batch 1) is split across the team at a loss (ResNet-50's
+# 128-channel layer 0.8x), except with many channel pairs (VGG's 512 x 512: 1.2x); from
+# 196 tiles (56 x 56) it wins again (1.4-2x), and at batch 8, where each thread takes
+# whole chunks, 14 x 14 and larger layers win (1.2-1.9x). So: at least MIN_TILES tiles
+# per thread, or MIN_TILES with MANY_PAIRS (out, in) channel pairs. F(2x2) was never the faster of the
 # two where either beat im2col by more than noise, so automatic choice takes F(4x4).
 MIN_TILES = 48
 MIN_SAVING = 2.9
+MANY_PAIRS = 1 << 16
 MIN_CHANNELS = 16
 
 

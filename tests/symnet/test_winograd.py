@@ -271,11 +271,14 @@ def test_error_against_float64(C, monkeypatch, tmp_path):
 
 
 def test_chosen_by_shape_and_gradients_keep_im2col(monkeypatch):
-    """Without SYMNET_WINOGRAD: a 28 x 28 layer of 16 channels takes F(4x4) and a 7 x 7
-    one im2col; in one function with the gradients (which keep their im2col path),
+    """Without SYMNET_WINOGRAD: a 28 x 28 layer of 16 channels takes F(4x4) with one
+    thread and a 7 x 7 one im2col; in one function with the gradients (which keep their im2col path),
     output and gradients match the NumPy reference."""
     monkeypatch.delenv("SYMNET_WINOGRAD", raising=False)
-    assert WG.choose(1, 16, 16, 28, 28, 28, 28, 2) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert WG.choose(1, 16, 16, 28, 28, 28, 28, 1) == 4
+    assert WG.choose(1, 16, 16, 28, 28, 28, 28, 2) is None     # 49 tiles for 2 threads
+    assert WG.choose(1, 16, 16, 56, 56, 56, 56, 2) == 4
     assert WG.choose(1, 512, 512, 7, 7, 7, 7, 2) is None
     assert WG.choose(1, 3, 64, 224, 224, 224, 224, 2) is None
     rng = np.random.default_rng(11)
