@@ -371,8 +371,10 @@ def choose(N, C, K, H, W, oh, ow, threads):
 # 128-channel layer 0.8x), except with many channel pairs (VGG's 512 x 512: 1.2x); from
 # 196 tiles (56 x 56) it wins again (1.4-2x), and at batch 8, where each thread takes
 # whole chunks, 14 x 14 and larger layers win (1.2-1.9x). So: at least MIN_TILES tiles
-# per thread, or MIN_TILES with MANY_PAIRS (out, in) channel pairs. F(2x2) was never the faster of the
-# two where either beat im2col by more than noise, so automatic choice takes F(4x4).
+# per thread, or MIN_TILES with MANY_PAIRS (out, in) channel pairs. F(2x2) was never
+# the faster of the two where either beat im2col by more than noise, so automatic
+# choice takes F(4x4). The machine was shared (load average 3-11 on 2 cores while
+# measuring): the figures are medians and minima of 9-25 interleaved rounds.
 MIN_TILES = 48
 MIN_SAVING = 2.9
 MANY_PAIRS = 1 << 16

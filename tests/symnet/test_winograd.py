@@ -272,8 +272,8 @@ def test_error_against_float64(C, monkeypatch, tmp_path):
 
 def test_chosen_by_shape_and_gradients_keep_im2col(monkeypatch):
     """Without SYMNET_WINOGRAD: a 28 x 28 layer of 16 channels takes F(4x4) with one
-    thread and a 7 x 7 one im2col; in one function with the gradients (which keep their im2col path),
-    output and gradients match the NumPy reference."""
+    thread and a 7 x 7 one im2col; in one function with the gradients (which keep
+    their im2col path), output and gradients match the NumPy reference."""
     monkeypatch.delenv("SYMNET_WINOGRAD", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert WG.choose(1, 16, 16, 28, 28, 28, 28, 1) == 4
