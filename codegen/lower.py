@@ -16,6 +16,7 @@ from symnet import ops
 from . import kernels as K
 from .kernels import _ident
 from . import templates as T
+from . import winograd as WG
 from .fusion import partition
 from .plan import Buffer, KernelInfo, Plan, Step
 from .prelude import C_PRELUDE, CUDA_PRELUDE, DEVICE_SMS, blocks_per_sm, device_grid
@@ -503,6 +504,11 @@ class Lowering:
                               self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow)),
                               2 * N * O * Kd * P)
             return
+        if self.backend == "cpu" and WG.applicable(op, g.shape(x), g.shape(w)):
+            m = WG.choose(N, C, O, H, W, oh, ow, self.threads)
+            if m:
+                WG.lower_conv(self, n, m)
+                return
         if self._by_image(N, op.p, (kh, kw)):
             self._images(T.CONV_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
                          C * kh * kw * P, (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw),
