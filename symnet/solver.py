@@ -68,7 +68,6 @@ import logging
 import math
 import os
 import re
-import secrets
 import signal
 import stat
 import time
@@ -231,29 +230,11 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
 
 
-TEMP_SUFFIX = ".symnet-tmp"       # temporary files of snapshots: .<target>.<12 hex>.symnet-tmp
+TEMP_SUFFIX = prototxt.TEMP_SUFFIX  # temporary files of snapshots: .<target>.<12 hex>.symnet-tmp
 TEMP_MAX_AGE = 3600.0             # seconds after which a leftover temporary file is swept
 _TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]{12}" + re.escape(TEMP_SUFFIX) + "$")
 # what earlier versions left (tempfile.mkstemp's 8 characters, ".tmp")
 _LEGACY_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
-
-
-def temp_path(path):
-    """A fresh temporary name beside ``path``: ``.<name>.<12 hex digits>.symnet-tmp``."""
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
-
-
-def _create_temp(path):
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
-        getattr(os, "O_CLOEXEC", 0)
-    for _ in range(100):
-        tmp = temp_path(path)
-        try:
-            return os.open(tmp, flags, 0o600), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(17, "no free temporary name", path)
 
 
 def sweep_stale_temps(prefix, max_age=TEMP_MAX_AGE, now=None):
@@ -288,13 +269,13 @@ def sweep_stale_temps(prefix, max_age=TEMP_MAX_AGE, now=None):
 
 def write_files_atomically(items):
     """Write [(path, bytes)]: every file to a temporary file beside it (see
-    :func:`temp_path`; flushed to disk), then each renamed over its target; on any
+    :func:`symnet.formats.prototxt.create_temp`; flushed to disk), then each renamed over its target; on any
     error (or interrupt) the temporary files are removed and targets not yet renamed
     keep their old content."""
     temps = []
     try:
         for path, data in items:
-            fd, tmp = _create_temp(path)
+            fd, tmp = prototxt.create_temp(path)
             temps.append(tmp)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import tempfile
+import secrets
 
 import numpy as np
 from google.protobuf import text_format
@@ -598,12 +598,30 @@ def write_text(message, path):
 
 # ----------------------------------------------------------------------------- binary
 
+TEMP_SUFFIX = ".symnet-tmp"       # temporary files of atomic writes: .<target>.<12 hex>.symnet-tmp
+
+
+def create_temp(path):
+    """(fd, name) of a new temporary file beside ``path``, ``.<name>.<12 hex
+    digits>.symnet-tmp``, opened for writing. Its mode is what the umask leaves of 0666,
+    as for any file the user's tools write, so the file renamed over ``path`` has the
+    permissions a plain write would give it."""
+    directory, name = os.path.split(os.path.abspath(path))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(17, "no free temporary name", path)
+
+
 def _atomic_write(path, data: bytes):
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                   suffix=".tmp", dir=directory)
+        fd, tmp = create_temp(path)
     except OSError as e:
         raise PrototxtError(f"{path}: cannot write the file: {e.strerror or e}",
                             filename=path) from None

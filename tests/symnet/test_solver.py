@@ -944,6 +944,27 @@ def test_snapshot_temporary_names_have_the_swept_form(tmp_path, monkeypatch):
         assert S._TEMP_RE.match(n)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    """Snapshots, upgraded prototxt and caffemodel files get the permissions a plain
+    write gives (0666 less the umask), as other tools' outputs; only the kernel cache
+    is private."""
+    from symnet.formats import upgrade
+    old = os.umask(umask)
+    try:
+        solver = make_solver(tmp_path, BASE + "momentum: 0.9\n")
+        solver.step(1)
+        model, state = solver.snapshot()
+        src = tmp_path / "old.prototxt"
+        src.write_text('layers { name: "ip" type: INNER_PRODUCT bottom: "x" top: "y" }\n')
+        upgrade.upgrade_file(src, tmp_path / "new.prototxt")
+        upgrade.upgrade_file(model, tmp_path / "up.caffemodel", kind="binary")
+    finally:
+        os.umask(old)
+    for path in (model, state, tmp_path / "new.prototxt", tmp_path / "up.caffemodel"):
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask, path
+
+
 def test_learned_net_path_that_is_not_utf8(tmp_path):
     """learned_net is a path in the file system's bytes: a name that is not UTF-8 (which
     protobuf hands over as bytes) still finds its file, or is a SolverError."""
