@@ -517,6 +517,7 @@ def test_snapshot_prefix_defaults(tmp_path):
 def test_signal_actions(tmp_path):
     import signal
     solver = make_solver(tmp_path, BASE.replace("100", "50") + "momentum: 0.9\n")
+    before = signal.getsignal(signal.SIGINT)    # SIG_IGN in a background job
     with S.SignalHandler(sigint_effect="stop", sighup_effect="snapshot") as h:
         solver.action_function = h.requested_action
         solver.add_callback(on_start=lambda: solver.iter == 3 and
@@ -527,7 +528,7 @@ def test_signal_actions(tmp_path):
     assert solver.iter == 6 and solver.requested_early_exit
     assert os.path.exists(tmp_path / "snap_iter_4.solverstate")
     assert not os.path.exists(tmp_path / "snap_iter_50.solverstate")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before          # put back as it was
 
 
 def test_data_layer_state_resume(tmp_path):
