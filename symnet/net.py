@@ -575,7 +575,14 @@ class Net:
 
     def _forward_parts(self, s, e):
         """Outputs (blob versions, then state updates) of layers s..e and the stored
-        values they start from."""
+        values they start from (fixed once the net is built: found once)."""
+        key = ("parts", s, e)
+        parts = self._where_stored.get(key)
+        if parts is None:
+            parts = self._where_stored[key] = self._find_forward_parts(s, e)
+        return parts
+
+    def _find_forward_parts(self, s, e):
         rng = self._layers[s:e + 1]
         made = {t.id for l in rng for t in l.top_tensors}
         updates = [(p, v) for l in rng for p, v in l.updates]
