@@ -36,6 +36,8 @@ class Kernel:
     loads: list = field(default_factory=list)       # node ids read from memory
     needed: list = field(default_factory=list)      # elementwise: members computed
     boundaries: list = field(default_factory=list)  # (node, reason) where fusion stopped
+    epilogue: "Kernel" = None       # library GEMM: the elementwise kernel it may apply
+    fused: bool = False             # elementwise: applied inside a GEMM's kernel
 
     @property
     def anchor(self):
@@ -59,7 +61,7 @@ def _is_ew(graph, n):
 
 
 class Partition:
-    def __init__(self, graph, output_ids, chain_reductions=True):
+    def __init__(self, graph, output_ids, chain_reductions=True, epilogues=False):
         self.graph = graph
         self.outputs = list(dict.fromkeys(output_ids))
         self.order = graph.ancestors(self.outputs)
@@ -99,6 +101,8 @@ class Partition:
         self.kernels = self._build_kernels()
         self._break_cycles()
         self._select_stored()
+        if epilogues:
+            self._gemm_epilogues()
 
     def args(self, n):
         """graph.args(n), read once per node (networkx's edge views are slow)."""
@@ -442,6 +446,82 @@ class Partition:
         self.stored = stored
         self._explain()
 
+    # ------------------------------------------------------------ GEMM epilogues
+    def _gemm_epilogues(self):
+        """Pair each convolution or product (a library kernel) with the elementwise
+        kernel that reads its result over the same space and whose other operands
+        are ready before it (per-channel vectors: a bias, BatchNorm's and Scale's
+        coefficients; a residual computed earlier): lowering may apply that kernel to
+        each piece of the GEMM's output while it is in cache instead of as a pass of
+        its own. The kernels the epilogue needs that come between the two and do not
+        depend on the GEMM (the coefficients' tiny kernels) move before it, and the
+        epilogue right after it, so either way the order stays topological."""
+        g = self.graph
+        producer = {}
+        for i, k in enumerate(self.kernels):
+            for s in k.stored or k.members:
+                producer.setdefault(s, i)
+        deps = []       # per kernel: indices of the kernels it reads (aliases resolved)
+        for k in self.kernels:
+            found = set()
+            for a in k.loads:
+                p = producer.get(a)
+                if p is not None and self.kernels[p] is not k:
+                    found.add(p)
+            deps.append(found)
+        li, taken = 0, set()
+        while li < len(self.kernels):
+            lib = self.kernels[li]
+            li += 1
+            if lib.kind != "library" or len(lib.members) != 1 or lib.epilogue is not None \
+                    or not isinstance(g.op(lib.members[0]), (ops.Conv2d, ops.MatMul)):
+                continue
+            n = lib.members[0]
+            at = li - 1
+            for ei in range(at + 1, len(self.kernels)):
+                e = self.kernels[ei]
+                if e.kind != "elementwise" or n not in e.loads:
+                    continue
+                if g.shape(e.stored[0]) != g.shape(n) or id(e) in taken:
+                    break
+                # the kernels between the two that the epilogue needs, transitively
+                need, stack = set(), [ei]
+                while stack:
+                    for p in deps[stack.pop()]:
+                        if at < p < ei and p not in need:
+                            need.add(p)
+                            stack.append(p)
+                if self._reaches(deps, at, need) or any(
+                        self.kernels[p].epilogue is not None or id(self.kernels[p]) in taken
+                        for p in need):
+                    break
+                order = list(range(len(self.kernels)))
+                moved = sorted(need)
+                rest = [i for i in order[at + 1:] if i not in need and i != ei]
+                new = order[:at] + moved + [at, ei] + rest
+                self.kernels = [self.kernels[i] for i in new]
+                remap = {old: pos for pos, old in enumerate(new)}
+                deps = [{remap[p] for p in deps[old]} for old in new]
+                producer = {s: remap[p] for s, p in producer.items()}
+                lib.epilogue = e
+                taken.add(id(e))
+                li = at         # the kernels moved before it are looked at next
+                break
+
+    @staticmethod
+    def _reaches(deps, at, need):
+        """Whether any kernel in ``need`` depends on kernel ``at``, through any path."""
+        seen, stack = set(), list(need)
+        while stack:
+            p = stack.pop()
+            if p in seen:
+                continue
+            seen.add(p)
+            if p == at or at in deps[p]:
+                return True
+            stack.extend(q for q in deps[p] if q > at)
+        return False
+
     def _needed(self, k, want):
         members = set(k.members)
         need, stack = set(), list(want)
@@ -490,10 +570,12 @@ class Partition:
                 k.boundaries.append((s, "; ".join(dict.fromkeys(reasons)) or "read later"))
 
 
-def partition(graph, output_ids) -> Partition:
+def partition(graph, output_ids, epilogues=False) -> Partition:
+    """``epilogues``: pair GEMMs with the elementwise kernels they may apply
+    (Partition._gemm_epilogues; the cpu backend)."""
     try:
-        return Partition(graph, output_ids)
+        return Partition(graph, output_ids, epilogues=epilogues)
     except nx.NetworkXUnfeasible:
         # a chain of reductions closed a cycle between kernels the checks above did
         # not foresee: partition again with every reduction in a kernel of its own
-        return Partition(graph, output_ids, chain_reductions=False)
+        return Partition(graph, output_ids, chain_reductions=False, epilogues=epilogues)

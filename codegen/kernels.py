@@ -273,6 +273,47 @@ def elementwise_kernel(graph, k, pos, consts) -> KernelText:
                       "fuses " + _describe(graph, k.needed, pos))
 
 
+def epilogue_function(graph, k, consts, row_len, name) -> str | None:
+    """Elementwise kernel ``k`` as a C function a GEMM's kernel calls on the part of
+    the output it has just written (still in cache): ``name(r0, r1, j0, j1, out0, ...,
+    in0, ...)`` computes the flat indices i = r * row_len + j for rows r in [r0, r1)
+    and j in [j0, j1) of the kernel's space, whose trailing dims make up ``row_len``
+    (a convolution's output plane, a product's row). Pointers may alias (a stored
+    value may share the GEMM output's memory: each i reads its operands before it
+    writes), so none is restrict. None when no trailing dims make up ``row_len``."""
+    space = graph.shape(k.stored[0])
+    d = len(space)
+    while d > 0 and math.prod(space[d:]) < row_len:
+        d -= 1
+    if math.prod(space[d:]) != row_len:
+        return None
+    loads = k.loads
+    index = {a: j for j, a in enumerate(loads)}
+    lifted = []
+    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]), consts, lifted)
+    out_exprs = [exprs[s] for s in k.stored]
+    if lifted:
+        lifted, out_exprs = _share_lifted(lifted, out_exprs)
+    lines, reduced = _cse_lines(out_exprs, "      ", lifted)
+    shapes = [graph.shape(a) for a in loads]
+    sp_ = Space(space, ["o"] * d + ["j"] * (len(space) - d), shapes)
+    params = ["long r0", "long r1", "long j0", "long j1"] + \
+        [f"float* out{o}" for o in range(len(k.stored))] + \
+        [f"const float* in{j}" for j in range(len(loads))]
+    body = [f"SN_DEVICE void {name}({', '.join(params)}) {{",
+            "  for (long o = r0; o < r1; ++o) {",
+            "    SN_PRAGMA(omp simd)",
+            "    for (long j = j0; j < j1; ++j) {",
+            f"      const long i = o * {row_len}L + j;"]
+    for j in range(len(loads)):
+        body.append(f"      const float x{j} = in{j}[{sp_.offset(j)}];")
+    body += lines
+    for o, e in enumerate(reduced):
+        body.append(f"      out{o}[i] = {ccode(e)};")
+    body += ["    }", "  }", "}"]
+    return "\n".join(body) + "\n"
+
+
 _REDUCE = {
     "sum": ("0.0f", "{acc} += {v};", "sn_block_sum"),
     "max": ("(-INFINITY)", "{acc} = sn_max({acc}, {v});", "sn_block_max"),

@@ -50,6 +50,14 @@ DIRECT_GROUP_CHANNELS = 8
 DIRECT_MAX_WIDTH_CPU = 16384
 
 
+# CPU: a convolution's or product's GEMM applies the elementwise kernel that follows it
+# (bias, inference BatchNorm and Scale, ReLU, a residual sum) to each piece of its
+# output right after computing it, while the piece is in cache, instead of in a pass of
+# its own (fusion.Partition._gemm_epilogues pairs them). SYMNET_GEMM_EPILOGUES=0, or
+# setting this to False before compiling, keeps the separate pass (to compare).
+GEMM_EPILOGUES = os.environ.get("SYMNET_GEMM_EPILOGUES", "1").strip() != "0"
+
+
 def _grid(extent, block):
     """Blocks for ``extent`` threads on the model device (prelude.DEVICE_SMS SMs)."""
     return device_grid(extent, block)
@@ -61,7 +69,9 @@ class Lowering:
         self.backend = backend
         self.device_gemm = backend != "cpu"
         self.threads = cpu_threads()
-        self.part = partition(graph, output_ids)
+        self.part = partition(graph, output_ids,
+                              epilogues=backend == "cpu" and GEMM_EPILOGUES)
+        self._pending = None    # (GEMM node, its epilogue kernel) while lowering it
         self.pos = self.part.pos
         self.values = {}        # node id -> value id
         self.vsize = []         # value id -> size
@@ -235,6 +245,8 @@ class Lowering:
             self.views[n] = g.args(n)[0]
             return
         if k.kind == "elementwise":
+            if k.fused:
+                return
             text = K.elementwise_kernel(g, k, self.pos, self.part.consts)
             n = math.prod(g.shape(k.stored[0]))
             args = [["long", n]] + [self.w(s) for s in k.stored] + [self.r(a) for a in k.loads]
@@ -248,7 +260,78 @@ class Lowering:
         method = getattr(self, "_lower_" + type(op).__name__, None)
         if method is None:
             raise NotImplementedError(f"codegen: no lowering for {op.describe()}")
-        method(n, op)
+        self._pending = (n, k.epilogue) if k.epilogue is not None else None
+        try:
+            method(n, op)
+        finally:
+            self._pending = None
+
+    # ------------------------------------------------------------ GEMM epilogues
+    def _epilogue(self, n, args, params, body, row_len, out_index):
+        """Apply the pending epilogue of GEMM node ``n`` (if any) in a CPU library
+        kernel: ``args``/``params`` are the kernel's arguments and parameters, ``body``
+        its text with /*SN_EPILOGUE(...)*/ markers, rows ``row_len`` long, args[
+        out_index] the GEMM's output (all of n, from offset 0). Returns (args, params,
+        body, the epilogue kernel applied), the body's markers replaced by calls of the
+        epilogue function, or unchanged (and None) when there is nothing to apply."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != n or "/*SN_EPILOGUE(" not in body:
+            return args, params, body, None
+        e = pending[1]
+        g = self.graph
+        out = args[out_index]
+        if out[0] != "val" or out[2] != 0 or out[1] != self.value(n):
+            return args, params, body, None
+        fname = "sn_epi_" + K._name_of(g, e.needed, "k")[2:]
+        text = K.epilogue_function(g, e, self.part.consts, row_len, "SN_EPI_NAME")
+        if text is None:
+            return args, params, body, None
+        # n read only by the epilogue: the GEMM writes its first stored value's memory
+        # and the epilogue rewrites it in place (no buffer for n). Not when the epilogue
+        # reads an input: the caller may bind an output to an input's memory (a param
+        # diff accumulated in place: diff + gradient), which the GEMM would overwrite
+        # before the epilogue reads it.
+        readers = [k for k in self.part.kernels if n in k.loads]
+        if n not in self.part.outputs and readers == [e] and \
+                not any(isinstance(g.op(a), ops.Input) for a in e.loads) and \
+                math.prod(g.shape(e.stored[0])) == self.vsize[out[1]]:
+            self.values[n] = self.value(e.stored[0])
+            out = ["val", self.values[n], 0, out[3]]
+            args = list(args)
+            args[out_index] = out
+        key = ("epilogue", text)
+        if key not in self.texts:
+            name = fname
+            taken = {nm for nm, _ in self.sources}
+            i = 2
+            while name in taken:
+                name = f"{fname}_{i}"
+                i += 1
+            self.texts[key] = name
+            self.sources.append((name, text.replace("SN_EPI_NAME", name)))
+        name = self.texts[key]
+        # pointer arguments: the kernel's own where the value is one it already has
+        have = {}
+        for (t, pname), a in zip(params, args):
+            if a[0] == "val" and t in "pc":
+                have.setdefault(a[1], (pname, t))
+        args, params = list(args), list(params)
+        ptrs = []
+        for role, nodes in (("w", e.stored), ("r", e.loads)):
+            for v in nodes:
+                vid = self.value(v)
+                if vid in have and (role == "r" or have[vid][1] == "p"):
+                    ptrs.append(have[vid][0])
+                    continue
+                pname = f"epi{len(ptrs)}"
+                params.append(("p" if role == "w" else "c", pname))
+                args.append(["val", vid, 0, role])
+                have[vid] = (pname, "p" if role == "w" else "c")
+                ptrs.append(pname)
+        body = re.sub(r"/\*SN_EPILOGUE\((.*)\)\*/",
+                      lambda m: f"{name}({m.group(1)}, {', '.join(ptrs)});", body)
+        e.fused = True
+        return args, params, body, e
 
     def _lower_reduce(self, k):
         """A reduce kernel: on the CPU one launch (a thread per row); on CUDA the form
@@ -315,7 +398,12 @@ class Lowering:
         args = [["long", nb[0]], ["long", nb[1]], ["long", M], ["long", N], ["long", Kd],
                 ["float", 1.0], ["float", beta], a] + [["long", s] for s in sa] + [b] + \
             [["long", s] for s in sb] + [c] + [["long", s] for s in sc]
-        step = self.launch(self._template(T.GEMM_BLAS), args, 1, nodes)
+        spec, nodes, boundary = self._template(T.GEMM_BLAS), list(nodes), ""
+        if len(nodes) == 1 and beta == 0.0 and (nb[0] == 1 or sc[0] % N == 0) and \
+                (nb[1] == 1 or sc[1] % N == 0) and \
+                nb[0] * nb[1] * M * N == math.prod(self.graph.shape(nodes[0])):
+            args, spec, nodes, boundary = self._apply_epilogue(nodes[0], spec, args, N, 17)
+        step = self.launch(spec, args, 1, nodes, boundary=boundary)
         step.attrs["flops"] = 2 * nb[0] * nb[1] * M * N * Kd
 
     def gemv(self, nodes, a, b, c, M, N, Kd, sam, sbn, beta=0.0):
@@ -323,7 +411,10 @@ class Lowering:
         rows sam apart and contiguous, B the transpose of N contiguous rows sbn apart."""
         args = [["long", M], ["long", N], ["long", Kd], ["float", beta], a, ["long", sam],
                 b, ["long", sbn], c]
-        step = self.launch(self._template(T.GEMV_CPU), args, 1, nodes)
+        spec, nodes, boundary = self._template(T.GEMV_CPU), list(nodes), ""
+        if len(nodes) == 1 and beta == 0.0 and M * N == math.prod(self.graph.shape(nodes[0])):
+            args, spec, nodes, boundary = self._apply_epilogue(nodes[0], spec, args, N, 8)
+        step = self.launch(spec, args, 1, nodes, boundary=boundary)
         step.attrs["flops"] = 2 * M * N * Kd
 
     # GEMM on the CUDA backends: cuBLAS calls
@@ -468,10 +559,25 @@ class Lowering:
 
     def _images(self, template, n, args, per_thread, geometry, flops):
         scratch = ["val", self.new_value(self.threads * per_thread, "temp", "scratch"), 0, "w"]
-        step = self.launch(self._template(template), args[:3] + [scratch] + args[3:] +
-                           [["long", v] for v in geometry[:2]] + [["long", self.threads]] +
-                           geometry[2], 1, [n])
+        spec, nodes, boundary = self._template(template), [n], ""
+        args = args[:3] + [scratch] + args[3:] + [["long", v] for v in geometry[:2]] + \
+            [["long", self.threads]] + geometry[2]
+        if template is T.CONV_CPU:      # rows of the output plane, oh * ow long
+            args, spec, nodes, boundary = self._apply_epilogue(
+                n, spec, args, geometry[2][-2][1] * geometry[2][-1][1], 2)
+        step = self.launch(spec, args, 1, nodes, boundary=boundary)
         step.attrs["flops"] = flops
+
+    def _apply_epilogue(self, n, spec, args, row_len, out_index):
+        """The library kernel ``spec`` with ``args`` applying n's pending epilogue, if
+        any: (args, spec, nodes, boundary)."""
+        args, params, body, e = self._epilogue(n, args, spec.params, spec.body, row_len,
+                                               out_index)
+        if e is None:
+            return args, spec, [n], ""
+        spec = K.KernelText(spec.base_name, tuple(params), body, spec.comment, spec.block)
+        return args, spec, [n] + list(e.needed), "epilogue applied to each piece of the " \
+            "GEMM's output: " + self._boundary(e)
 
     def _direct_group(self, G, cin, cout, widths):
         """Whether a grouped convolution with ``cin`` input and ``cout`` output channels

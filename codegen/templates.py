@@ -331,12 +331,15 @@ GEMM_BLAS = Template("sn_gemm_blas", _GEMM_PARAMS, r"""
       const float* a = A + (b / nb1) * sA0 + (b % nb1) * sA1;
       const float* bb = B + (b / nb1) * sB0 + (b % nb1) * sB1;
       float* c = Cm + (b / nb1) * sC0 + (b % nb1) * sC1;
-      if (by_cols)
+      if (by_cols) {
         SN_SGEMM(CblasRowMajor, ta, tb, M, hi - lo, K, alpha, a, lda, bb + lo * sBn, ldb,
                  beta, c + lo, N);
-      else
+        /*SN_EPILOGUE((c - Cm) / N, (c - Cm) / N + M, lo, hi)*/
+      } else {
         SN_SGEMM(CblasRowMajor, ta, tb, hi - lo, N, K, alpha, a + lo * sAm, lda, bb, ldb,
                  beta, c + lo * N, N);
+        /*SN_EPILOGUE((c - Cm) / N + lo, (c - Cm) / N + hi, 0, N)*/
+      }
     }
   }
 """)
@@ -369,6 +372,7 @@ GEMV_CPU = Template("sn_gemv_cpu", (
       for (long r = k; r < K; ++r) s += A[m * sAm + r] * w[r];
       Cm[m * N + n] = beta == 0.0f ? s : s + beta * Cm[m * N + n];
     }
+    /*SN_EPILOGUE(0, M, n, n + 1)*/
   }
 """)
 
@@ -480,6 +484,11 @@ COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
 # its own slice of scratch, which stays in cache for the GEMM beside it; T threads.
 _CONV_CPU = (("l", "NB"), ("l", "G"), ("l", "T")) + _CONV
 
+# A line /*SN_EPILOGUE(r0, r1, j0, j1)*/ in CONV_CPU, GEMM_BLAS and GEMV_CPU marks where
+# the output rows r0..r1 (of the GEMM's row length), columns j0..j1, have just been
+# written by the thread: lowering replaces it with a call of an elementwise epilogue
+# (kernels.epilogue_function) on that piece, or leaves the comment.
+
 CONV_CPU = Template("sn_conv_images", (("c", "x"), ("c", "w"), ("p", "y"), ("p", "scratch"),
                                        ("l", "O")) + _CONV_CPU, r"""
   const long P = oh * ow, M = O / G, Kd = C / G * kh * kw;
@@ -492,6 +501,7 @@ CONV_CPU = Template("sn_conv_images", (("c", "x"), ("c", "w"), ("p", "y"), ("p",
       for (long g = 0; g < G; ++g)
         SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, P, Kd, 1.0f, w + g * M * Kd, Kd,
                  col + g * Kd * P, P, 0.0f, y + (b * O + g * M) * P, P);
+      /*SN_EPILOGUE(b * O, (b + 1) * O, 0, P)*/
     }
   }
 """)
