@@ -596,8 +596,12 @@ class Lowering:
         g = self.graph
         size = math.prod(out_shape)
         xw = g.args(n)
-        step = self.launch(self._template(T.CONV_DIRECT), [["long", size], self.r(xw[0]),
-                           self.r(xw[1]), self.w(n)] + geometry, size, [n])
+        args = [["long", size], self.r(xw[0]), self.r(xw[1]), self.w(n)] + geometry
+        spec, nodes, boundary = self._template(T.CONV_DIRECT), [n], ""
+        if self.backend == "cpu":       # rows of the output plane (the CPU variant)
+            args, spec, nodes, boundary = self._apply_epilogue(
+                n, spec, args, out_shape[2] * out_shape[3], 3)
+        step = self.launch(spec, args, size, nodes, boundary=boundary)
         step.attrs["flops"] = flops
 
     def _lower_Conv2d(self, n, op):

@@ -484,7 +484,8 @@ COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
 # its own slice of scratch, which stays in cache for the GEMM beside it; T threads.
 _CONV_CPU = (("l", "NB"), ("l", "G"), ("l", "T")) + _CONV
 
-# A line /*SN_EPILOGUE(r0, r1, j0, j1)*/ in CONV_CPU, GEMM_BLAS and GEMV_CPU marks where
+# A line /*SN_EPILOGUE(r0, r1, j0, j1)*/ in CONV_CPU, GEMM_BLAS, GEMV_CPU and
+# CONV_DIRECT_CPU (after each output row) marks where
 # the output rows r0..r1 (of the GEMM's row length), columns j0..j1, have just been
 # written by the thread: lowering replaces it with a call of an elementwise epilogue
 # (kernels.epilogue_function) on that piece, or leaves the comment.
@@ -681,6 +682,7 @@ CONV_DIRECT_CPU = Template("sn_conv_direct", CONV_DIRECT.params, _DIRECT_COLUMNS
             yr[xx] = acc;
           }
       }
+      /*SN_EPILOGUE(plane, plane + 1, yy * ow, (yy + 1) * ow)*/
     }
   }
 """)

@@ -138,6 +138,9 @@ CONV_CASES = [
     (1, 4, 5, 9, 33, 3, 1, 2, "false", 1),
     (3, 10, 7, 7, 30, 3, 1, 1, "true", 2),      # grouped, wide groups: GEMMs per group
     (2, 3, 1, 1, 11, 1, 0, 1, "true", 1),       # 1x1 planes
+    (3, 6, 7, 9, 6, 3, 1, 1, "true", 6),        # depthwise: the direct kernel
+    (1, 9, 8, 7, 9, 3, 1, 2, "false", 9),
+    (1, 6, 5, 5, 12, 3, 1, 1, "true", 3),       # 2 in, 4 out per group: direct
 ]
 
 
