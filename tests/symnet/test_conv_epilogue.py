@@ -136,6 +136,8 @@ CONV_CASES = [
     (3, 5, 6, 6, 7, 1, 0, 1, "true", 1),
     (3, 7, 11, 10, 9, 3, 0, 2, "true", 1),
     (1, 4, 5, 9, 33, 3, 1, 2, "false", 1),
+    (1, 3, 12, 11, 20, 1, 0, 1, "true", 1),     # 1x1: a GEMM of 132 columns
+    (3, 3, 12, 11, 5, 3, 1, 1, "true", 1),
     (3, 10, 7, 7, 30, 3, 1, 1, "true", 2),      # grouped, wide groups: GEMMs per group
     (2, 3, 1, 1, 11, 1, 0, 1, "true", 1),       # 1x1 planes
     (3, 6, 7, 9, 6, 3, 1, 1, "true", 6),        # depthwise: the direct kernel
@@ -225,3 +227,24 @@ def test_train_forward_backward(threads, n):
             scale = max(1.0, float(np.abs(a.diff).max()))
             np.testing.assert_allclose(b.diff, a.diff, rtol=1e-3, atol=1e-5 * scale,
                                        err_msg=f"{name}[{i}]")
+
+
+def test_large_multi_value_epilogue_stays_separate(monkeypatch):
+    """An epilogue storing several values totalling more than EPILOGUE_MAX_BYTES stays
+    a pass of its own; one storing a single value (the final ReLU of a chain whose
+    other versions nothing reads) is still applied."""
+    monkeypatch.setattr(lower, "EPILOGUE_MAX_BYTES", 1024)
+    net = _compare(CONV_BN.format(n=3, c=3, h=9, w=7, o=5, k=3, p=1, s=1, bias="true", g=1))
+    plan = _plan(net)
+    assert not _epilogue_steps(plan)
+    assert _passes_over(plan, net.blobs["conv"].data.size)
+    with sn.graph_scope():
+        x = sn.input("x", (2, 3, 6, 6))
+        w = sn.param("w", (4, 3, 3, 3), value=R.standard_normal((4, 3, 3, 3)).astype(np.float32))
+        b = sn.param("b", (1, 4, 1, 1), value=R.standard_normal((1, 4, 1, 1)).astype(np.float32))
+        y = sn.maximum(sn.conv2d(x, w, pad=1) + b, 0.0)
+        fn = sn.function([x], y, backend="cpu")
+        ref = sn.function([x], y, backend="numpy")
+        xv = R.standard_normal((2, 3, 6, 6)).astype(np.float32)
+        np.testing.assert_allclose(fn(xv), ref(xv), rtol=1e-5, atol=1e-5)
+        assert _epilogue_steps(fn.plan) and not _passes_over(fn.plan, 2 * 4 * 36)
