@@ -12,6 +12,10 @@
   matmuls read is a strided view for the GEMM. Every other op is a library kernel.
 - Only values read by another kernel, or requested as outputs, are stored; an
   elementwise group with nothing to store disappears.
+- With ``epilogues`` (the cpu backend), a convolution or product is paired with the
+  elementwise kernel that reads its result and nothing computed after it (bias,
+  inference BatchNorm and Scale, ReLU, a residual sum): lowering may run that kernel
+  inside the GEMM's kernel on each piece of the output as it is computed.
 - A group, and a reduction's prologue, is bounded (MAX_GROUP_DEPTH ops on its longest
   path, MAX_GROUP_SIZE ops): a long chain (thousands of in-place activations) becomes
   several fused kernels, so composing, cse and printing each stay cheap and shallow.
