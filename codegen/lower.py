@@ -302,7 +302,7 @@ class Lowering:
         # diff accumulated in place: diff + gradient), which the GEMM would overwrite
         # before the epilogue reads it.
         readers = [k for k in self.part.kernels if n in k.loads]
-        if n not in self.part.outputs and readers == [e] and \
+        if n not in self.part.outputs and len(readers) == 1 and readers[0] is e and \
                 not any(isinstance(g.op(a), ops.Input) for a in e.loads) and \
                 math.prod(g.shape(e.stored[0])) == self.vsize[out[1]]:
             self.values[n] = self.value(e.stored[0])
