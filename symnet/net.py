@@ -615,9 +615,8 @@ class Net:
     def functions(self):
         """The whole net's forward and backward Functions (backward None when nothing
         needs it), compiled for the net's backend without running them."""
-        outputs, _, cut = self._forward_parts(0, len(self._layers) - 1)
-        fwd = self._compile(("forward", 0, len(self._layers) - 1), outputs, cut)[0] \
-            if outputs else None
+        key, outputs, _, cut = self._run_parts(0, len(self._layers) - 1)
+        fwd = self._compile(key, outputs, cut)[0] if outputs else None
         bwd = self._backward_fn()
         return fwd, (bwd[0] if bwd else None)
 
@@ -678,12 +677,36 @@ class Net:
             updates = self._forward_range(s, e)
         return self._forward_done(updates, blobs, None if end is None else e)
 
+    def _run_parts(self, s, e):
+        """(compile key, outputs, updates, cut) of a run of layers s..e. A run of the
+        whole net that no backward can follow (no loss, no force_backward) stores only
+        each blob's last version, as Caffe's one memory per blob holds: the values an
+        in-place chain passes through stay inside the kernels (BatchNorm, Scale and
+        ReLU after a convolution become its GEMM's epilogue with one store). Otherwise
+        every version is kept, for backward."""
+        outputs, updates, cut = self._forward_parts(s, e)
+        if (s, e) != (0, len(self._layers) - 1) or not self._forward_only():
+            return ("forward", s, e), outputs, updates, cut
+        key = ("forward", s, e, "last versions")
+        found = self._where_stored.get(key)
+        if found is None:
+            n_blob = len(outputs) - len(updates)
+            kept = [t for t in outputs[:n_blob] if self._is_final(t)]
+            found = self._where_stored[key] = (key, kept + outputs[n_blob:], updates, cut)
+        return found
+
+    def _forward_only(self):
+        found = self._where_stored.get("forward only")
+        if found is None:
+            found = self._where_stored["forward only"] = not self._backward_parts()[0]
+        return found
+
     def _forward_range(self, s, e):
         """Layers s..e as one compiled call; their state updates (param, memory)."""
-        outputs, updates, cut = self._forward_parts(s, e)
+        key, outputs, updates, cut = self._run_parts(s, e)
         outs = self._forward_outs(outputs, updates)
         if outputs:
-            fn, feeds, _ = self._compile(("forward", s, e), outputs, cut)
+            fn, feeds, _ = self._compile(key, outputs, cut)
             self._take_blob_values(feeds)
             fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
             self._show_in_blobs(outputs[:len(outputs) - len(updates)])

@@ -234,7 +234,9 @@ def test_large_multi_value_epilogue_stays_separate(monkeypatch):
     a pass of its own; one storing a single value (the final ReLU of a chain whose
     other versions nothing reads) is still applied."""
     monkeypatch.setattr(lower, "EPILOGUE_MAX_BYTES", 1024)
-    net = _compare(CONV_BN.format(n=3, c=3, h=9, w=7, o=5, k=3, p=1, s=1, bias="true", g=1))
+    # force_backward keeps every version of the in-place chain (backward reads them)
+    net = _compare("force_backward: true\n" +
+                   CONV_BN.format(n=3, c=3, h=9, w=7, o=5, k=3, p=1, s=1, bias="true", g=1))
     plan = _plan(net)
     assert not _epilogue_steps(plan)
     assert _passes_over(plan, net.blobs["conv"].data.size)
@@ -248,3 +250,18 @@ def test_large_multi_value_epilogue_stays_separate(monkeypatch):
         xv = R.standard_normal((2, 3, 6, 6)).astype(np.float32)
         np.testing.assert_allclose(fn(xv), ref(xv), rtol=1e-5, atol=1e-5)
         assert _epilogue_steps(fn.plan) and not _passes_over(fn.plan, 2 * 4 * 36)
+
+
+def test_a_forward_only_net_stores_each_blob_once():
+    """With no backward to follow (no loss, no force_backward), a whole-net forward
+    stores only each blob's last version, as Caffe's one memory per blob: the in-place
+    BatchNorm, Scale and ReLU after a convolution leave one full-size store, made by
+    the GEMM's epilogue; with force_backward every version is kept."""
+    text = CONV_BN.format(n=2, c=3, h=9, w=7, o=5, k=3, p=1, s=1, bias="true", g=1)
+    net = _compare(text)
+    size = net.blobs["conv"].data.size
+    plan = _plan(net)
+    assert _epilogue_steps(plan) and not _passes_over(plan, size)
+    assert sum(1 for bid, shape in plan.outputs if np.prod(shape) == size) == 1
+    kept = _plan(_compare("force_backward: true\n" + text))
+    assert sum(1 for bid, shape in kept.outputs if np.prod(shape) == size) > 1
