@@ -657,6 +657,11 @@ class Lowering:
             mv = self.new_value(size, "temp", "argmax")
             self.masks[(x, tuple(sorted(key.items())))] = mv
             mask = ["val", mv, 0, "w"]
+        elif self.backend == "cpu":
+            # nothing in this plan reads the argmax: values alone
+            self.launch(self._template(T.MAXPOOL_VALUE_CPU), [["long", size], self.r(x),
+                        self.w(n)] + dims, size, [n])
+            return
         self.launch(self._template(T.MAXPOOL), [["long", size], self.r(x), self.w(n), mask] + dims,
                     size, [n])
 

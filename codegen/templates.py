@@ -469,6 +469,102 @@ MAXPOOL_GRAD_CPU = Template("sn_maxpool_grad", MAXPOOL_GRAD.params, r"""
 MAXPOOL_GRAD_DISJOINT_CPU = Template("sn_maxpool_grad_disjoint", MAXPOOL_GRAD_DISJOINT.params,
                                      MAXPOOL_GRAD_CPU.body)
 
+# Columns xx whose windows lie wholly inside the image's width: [xlo, xhi), with
+# xlo <= xhi (a CPU pooling kernel's interior, walked without bounds checks).
+_POOL_COLUMNS = r"""
+  const long xlo = (pw + sw - 1) / sw < ow ? (pw + sw - 1) / sw : ow;
+  const long xend = W + pw < kw ? 0 : (W + pw - kw) / sw + 1;
+  const long xhi = xend < xlo ? xlo : (xend < ow ? xend : ow);
+"""
+
+
+def _pool_rows_cpu(row_interior, row_border, combine, finish):
+    """A CPU pooling kernel over planes, separable: each input row's windows along the
+    width reduced once into a ring of kh rows of ow values (interior columns by a
+    vectorised loop with no bounds checks, the clipped border columns apart), then each
+    output row combines the ring's rows of its window (clipped to the image), vectorised
+    over the output columns. Rows are combined in window order, each after the row
+    before, so the result is the window's reduction in row-major order."""
+    return _POOL_COLUMNS + r"""
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const float* src = x + plane * H * W;
+    float* yp = y + plane * oh * ow;
+    float ring[kh * ow];
+    long next = 0;     /* the first input row not reduced into the ring */
+    for (long yy = 0; yy < oh; ++yy) {
+      long hs = yy * sh - ph;
+      const long hs0 = hs, he = hs + kh < H ? hs + kh : H;
+      hs = hs > 0 ? hs : 0;
+      if (next < hs) next = hs;
+      for (; next < he; ++next) {
+        const float* r = src + next * W;
+        float* o = ring + (next % kh) * ow;
+        SN_PRAGMA(omp simd)
+        for (long xx = xlo; xx < xhi; ++xx) {
+          const float* q = r + xx * sw - pw;
+""" + row_interior + r"""
+          o[xx] = m;
+        }
+        for (long xx = 0; xx < ow; ++xx) {
+          if (xx == xlo) xx = xhi;
+          if (xx >= ow) break;
+          long ws = xx * sw - pw;
+          const long we = ws + kw < W ? ws + kw : W;
+          ws = ws > 0 ? ws : 0;
+""" + row_border + r"""
+          o[xx] = m;
+        }
+      }
+      float* out = yp + yy * ow;
+      const float* r0 = ring + (hs % kh) * ow;
+      SN_PRAGMA(omp simd)
+      for (long xx = 0; xx < ow; ++xx) out[xx] = r0[xx];
+      for (long h = hs + 1; h < he; ++h) {
+        const float* rr = ring + (h % kh) * ow;
+        SN_PRAGMA(omp simd)
+        for (long xx = 0; xx < ow; ++xx) {
+          const float v = rr[xx], m = out[xx];
+          out[xx] = """ + combine + r""";
+        }
+      }
+""" + finish + r"""
+    }
+  }
+"""
+
+
+_MAX_TAKE = "(v > m || (v != v && m == m)) ? v : m"
+
+# Max pooling's values alone (no argmax: nothing reads it), for the CPU.
+MAXPOOL_VALUE_CPU = Template("sn_maxpool_value", (("l", "n"), ("c", "x"), ("p", "y")) + _POOL,
+                             _pool_rows_cpu(r"""
+          float m = q[0];
+          for (long j = 1; j < kw; ++j) {
+            const float v = q[j];
+            m = """ + _MAX_TAKE + r""";
+          }""", r"""
+          float m = r[ws];
+          for (long w = ws + 1; w < we; ++w) {
+            const float v = r[w];
+            m = """ + _MAX_TAKE + r""";
+          }""", _MAX_TAKE, ""))
+
+# Average pooling on the CPU: window sums as above, then the division by the window's
+# size clipped to the padded image (AVEPOOL's divisor).
+AVEPOOL_CPU = Template("sn_avepool", AVEPOOL.params, _pool_rows_cpu(r"""
+          float m = q[0];
+          for (long j = 1; j < kw; ++j) m += q[j];""", r"""
+          float m = r[ws];
+          for (long w = ws + 1; w < we; ++w) m += r[w];""", "m + v", r"""
+      const long span = (hs0 + kh < H + ph ? hs0 + kh : H + ph) - hs0;
+      SN_PRAGMA(omp simd)
+      for (long xx = 0; xx < ow; ++xx) {
+        const long ws0 = xx * sw - pw;
+        const long we0 = ws0 + kw < W + pw ? ws0 + kw : W + pw;
+        out[xx] = out[xx] / (float)(span * (we0 - ws0));
+      }"""))
+
+
 COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
   SN_FOR_OUTER(bc, n / (H * W)) {
     sn_col2im_plane(col + (bc / C) * C * kh * kw * oh * ow, x + bc * H * W, bc % C, H, W, kh,
@@ -838,9 +934,9 @@ CONV_WGRAD_DIRECT_CPU = Template("sn_conv_weight_grad_direct", CONV_WGRAD_DIRECT
   }
 """)
 
-CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU,
-                                    COL2IM_CPU, CONV_DIRECT_CPU, CONV_T_DIRECT_CPU,
-                                    CONV_WGRAD_DIRECT_CPU)}
+CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, AVEPOOL_CPU, MAXPOOL_GRAD_CPU,
+                                    MAXPOOL_GRAD_DISJOINT_CPU, COL2IM_CPU, CONV_DIRECT_CPU,
+                                    CONV_T_DIRECT_CPU, CONV_WGRAD_DIRECT_CPU)}
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            MAXPOOL_GRAD_DISJOINT,
