@@ -716,6 +716,18 @@ class Lowering:
                     ["long", L], ["long", inner], ["long", op.before], ["long", op.after]],
                     size, [n])
 
+    def _lower_LRN(self, n, op):
+        (x,) = self.graph.args(n)
+        N, C, H, W = self.graph.shape(x)
+        size = N * C * H * W
+        pre = (op.size - 1) // 2
+        dims = [["long", C], ["long", H * W]] if op.region == "across" else \
+            [["long", H], ["long", W]]
+        t = T.lrn_template(op.region, self.backend == "cpu", op.size, op.coeff, op.k,
+                           op.beta)
+        self.launch(self._template(t), [["long", size], self.r(x), self.w(n)] + dims +
+                    [["long", pre]], size, [n])
+
     def _lower_Gather(self, n, op):
         x, idx = self.graph.args(n)
         _, L, inner = self._axis_view(self.graph.shape(x), op.axis)

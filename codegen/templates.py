@@ -239,6 +239,219 @@ WINDOW_SUM = Template("sn_window_sum", (("l", "n"), ("c", "x"), ("p", "y"), ("l"
   }
 """)
 
+# Local response normalization (ops.LRN): y = x * (k + coeff * S)^-beta, S the sum of
+# squares over a window of 2 pre + 1 channels ("across", x viewed (N, C, HW)) or of
+# (2 pre + 1)^2 pixels of the plane ("within", x viewed (N*C, H, W)), zeros outside.
+# coeff, k and the power are baked into the text by lrn_template.
+LRN_DIRECT_MAX = 15
+_LRN_ACROSS_PARAMS = (("l", "n"), ("c", "x"), ("p", "y"), ("l", "C"), ("l", "HW"), ("l", "pre"))
+_LRN_WITHIN_PARAMS = (("l", "n"), ("c", "x"), ("p", "y"), ("l", "H"), ("l", "W"), ("l", "pre"))
+
+_LRN_ACROSS = r"""
+  SN_FOR(i, n) {
+    const long p = i % HW, c = (i / HW) % C, base = i - c * HW;
+    const long lo = c - pre > 0 ? c - pre : 0, hi = c + pre < C - 1 ? c + pre : C - 1;
+    float acc = 0.0f;
+    for (long j = lo; j <= hi; ++j) {
+      const float v = x[base + j * HW];
+      acc += v * v;
+    }
+    const float s = acc * coeff + kk;
+    y[i] = x[i] * (SN_LRN_POW);
+  }
+"""
+
+_LRN_WITHIN = r"""
+  SN_FOR(i, n) {
+    const long w = i % W, h = (i / W) % H, base = i - (h * W + w);
+    const long h0 = h - pre > 0 ? h - pre : 0, h1 = h + pre < H - 1 ? h + pre : H - 1;
+    const long w0 = w - pre > 0 ? w - pre : 0, w1 = w + pre < W - 1 ? w + pre : W - 1;
+    float acc = 0.0f;
+    for (long r = h0; r <= h1; ++r)
+      for (long q = w0; q <= w1; ++q) {
+        const float v = x[base + r * W + q];
+        acc += v * v;
+      }
+    const float s = acc * coeff + kk;
+    y[i] = x[i] * (SN_LRN_POW);
+  }
+"""
+
+# The CPU's for windows of up to LRN_DIRECT_MAX values along an axis: per image and block
+# of at most 512 positions of the plane, each channel's window summed directly from the
+# block's rows (in cache: each value is read from memory once), vectorised over the
+# block, then the power.
+_LRN_ACROSS_CPU_DIRECT = r"""
+  const long nblk = (HW + 511) / 512, blk = (HW + nblk - 1) / nblk;
+  SN_FOR_OUTER(item, (n / (C * HW)) * nblk) {
+    const long p0 = (item % nblk) * blk, len = HW - p0 < blk ? HW - p0 : blk;
+    const float* xb = x + (item / nblk) * C * HW + p0;
+    float* yb = y + (item / nblk) * C * HW + p0;
+    for (long c = 0; c < C; ++c) {
+      const long lo = c - pre > 0 ? c - pre : 0, hi = c + pre < C - 1 ? c + pre : C - 1;
+      const float* xc = xb + c * HW;
+      float* yc = yb + c * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) {
+        float acc = 0.0f;
+        for (long j = lo; j <= hi; ++j) {
+          const float v = xb[j * HW + q];
+          acc += v * v;
+        }
+        const float s = acc * coeff + kk;
+        yc[q] = xc[q] * (SN_LRN_POW);
+      }
+    }
+  }
+"""
+
+# The same per plane for the within-channel window: each row's sums over the window's
+# rows, into a row padded with pre zeros each side, then the sums of 2 pre + 1
+# neighbours along that row, vectorised with no bounds checks.
+_LRN_WITHIN_CPU_DIRECT = r"""
+  SN_FOR_OUTER(plane, n / (H * W)) {
+    const float* xp = x + plane * H * W;
+    float* yp = y + plane * H * W;
+    float col[W + 2 * pre];
+    float* cc = col + pre;
+    for (long q = 0; q < W + 2 * pre; ++q) col[q] = 0.0f;
+    for (long h = 0; h < H; ++h) {
+      const long r0 = h - pre > 0 ? h - pre : 0, r1 = h + pre < H - 1 ? h + pre : H - 1;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) {
+        float acc = 0.0f;
+        for (long r = r0; r <= r1; ++r) {
+          const float v = xp[r * W + q];
+          acc += v * v;
+        }
+        cc[q] = acc;
+      }
+      const float* xr = xp + h * W;
+      float* yr = yp + h * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) {
+        float t = 0.0f;
+        for (long j = 0; j <= 2 * pre; ++j) t += col[q + j];
+        const float s = t * coeff + kk;
+        yr[q] = xr[q] * (SN_LRN_POW);
+      }
+    }
+  }
+"""
+
+# For wider windows, the CPU's: per image and block of at most 512 positions of the
+# plane, a running sum over the channel window (the entering channel's squares added,
+# the leaving one's subtracted) in double, so each value is read from memory once, the
+# cost per value does not grow with the window, and the sums are exact while the
+# squares in a column span less than 2^29 (beyond, the error is below 2^-53 of the
+# largest square that passed).
+_LRN_ACROSS_CPU = r"""
+  const long nblk = (HW + 511) / 512, blk = (HW + nblk - 1) / nblk;
+  SN_FOR_OUTER(item, (n / (C * HW)) * nblk) {
+    const long p0 = (item % nblk) * blk, len = HW - p0 < blk ? HW - p0 : blk;
+    const float* xb = x + (item / nblk) * C * HW + p0;
+    float* yb = y + (item / nblk) * C * HW + p0;
+    double acc[blk];
+    for (long q = 0; q < len; ++q) acc[q] = 0.0;
+    for (long c = 0; c < pre && c < C; ++c) {
+      const float* xc = xb + c * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) acc[q] += (double)(xc[q] * xc[q]);
+    }
+    for (long c = 0; c < C; ++c) {
+      if (c + pre < C) {
+        const float* xc = xb + (c + pre) * HW;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < len; ++q) acc[q] += (double)(xc[q] * xc[q]);
+      }
+      const float* xc = xb + c * HW;
+      float* yc = yb + c * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) {
+        const float s = (float)acc[q] * coeff + kk;
+        yc[q] = xc[q] * (SN_LRN_POW);
+      }
+      if (c >= pre) {
+        const float* xo = xb + (c - pre) * HW;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < len; ++q) acc[q] -= (double)(xo[q] * xo[q]);
+      }
+    }
+  }
+"""
+
+# The CPU's: per plane, a running sum over the window's rows (in double, as above) in a
+# row padded with pre zeros each side, then per pixel the sum of 2 pre + 1 neighbours of
+# that row, vectorised over the row with no bounds checks.
+_LRN_WITHIN_CPU = r"""
+  SN_FOR_OUTER(plane, n / (H * W)) {
+    const float* xp = x + plane * H * W;
+    float* yp = y + plane * H * W;
+    double col[W + 2 * pre];
+    double* cc = col + pre;
+    for (long q = 0; q < W + 2 * pre; ++q) col[q] = 0.0;
+    for (long h = 0; h < pre && h < H; ++h) {
+      const float* xr = xp + h * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) cc[q] += (double)(xr[q] * xr[q]);
+    }
+    for (long h = 0; h < H; ++h) {
+      if (h + pre < H) {
+        const float* xr = xp + (h + pre) * W;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) cc[q] += (double)(xr[q] * xr[q]);
+      }
+      const float* xr = xp + h * W;
+      float* yr = yp + h * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) {
+        double t = 0.0;
+        for (long j = 0; j <= 2 * pre; ++j) t += col[q + j];
+        const float s = (float)t * coeff + kk;
+        yr[q] = xr[q] * (SN_LRN_POW);
+      }
+      if (h >= pre) {
+        const float* xo = xp + (h - pre) * W;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) cc[q] -= (double)(xo[q] * xo[q]);
+      }
+    }
+  }
+"""
+
+
+def _float_literal(v):
+    import numpy as np
+    return f"{float(np.float32(v)):.9e}f"
+
+
+def lrn_power(beta):
+    """C text of s^-beta for a float s: square roots and a division for the common
+    exponents (0.75 is 1 / (sqrt(s) * sqrt(sqrt(s))), within 2 ulp of powf; for s = -0
+    and s = -inf, reached only with k <= 0 and a negative alpha, these give -inf and NaN
+    where powf gives +inf and 0), powf otherwise (vectorised by libmvec on the CPU)."""
+    beta = float(beta)
+    special = {0.0: "1.0f", 0.5: "1.0f / sqrtf(s)", 1.0: "1.0f / s",
+               0.75: "1.0f / (sqrtf(s) * sqrtf(sqrtf(s)))", 0.25: "1.0f / sqrtf(sqrtf(s))"}
+    if beta in special:
+        return special[beta]
+    return f"powf(s, {_float_literal(-beta)})"
+
+
+def lrn_template(region, cpu, size, coeff, k, beta):
+    """The LRN kernel for one region ("across" or "within"), backend (cpu or not),
+    window size (along an axis) and constants coeff, k, beta."""
+    direct = size <= LRN_DIRECT_MAX
+    if region == "across":
+        name, params = "sn_lrn_across", _LRN_ACROSS_PARAMS
+        body = (_LRN_ACROSS_CPU_DIRECT if direct else _LRN_ACROSS_CPU) if cpu else _LRN_ACROSS
+    else:
+        name, params = "sn_lrn_within", _LRN_WITHIN_PARAMS
+        body = (_LRN_WITHIN_CPU_DIRECT if direct else _LRN_WITHIN_CPU) if cpu else _LRN_WITHIN
+    head = f"  const float coeff = {_float_literal(coeff)}, kk = {_float_literal(k)};\n"
+    return Template(name, params, head + body.replace("SN_LRN_POW", lrn_power(beta)))
+
+
 # out (outer, K, inner) = x (outer, L, inner) at idx; an index outside [0, L) gives 0.
 GATHER = Template("sn_gather", (("l", "n"), ("c", "x"), ("c", "idx"), ("p", "y"), ("l", "L"),
                                 ("l", "K"), ("l", "inner")), r"""

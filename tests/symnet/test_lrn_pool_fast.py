@@ -131,3 +131,113 @@ def test_pool_many_planes(backend):
         f = _compile(lambda a: sn.pool2d(a, k, s, 0, method), [x.shape], backend)
         np.testing.assert_allclose(f(x), _caffe_pool(x, k, s, 0, method, True), rtol=1e-6,
                                    atol=1e-6)
+
+
+# ------------------------------------------------------------------------------- LRN
+
+def _box(t, region, pre):
+    """float64 sum over the window (channels, or a square of the plane), zeros outside."""
+    out = np.zeros_like(t)
+    n, c, h, w = t.shape
+    if region == "ACROSS_CHANNELS":
+        for ch in range(c):
+            out[:, ch] = t[:, max(ch - pre, 0):ch + pre + 1].sum(axis=1)
+        return out
+    for i in range(h):
+        for j in range(w):
+            out[:, :, i, j] = t[:, :, max(i - pre, 0):i + pre + 1,
+                                max(j - pre, 0):j + pre + 1].sum(axis=(2, 3))
+    return out
+
+
+def _lrn_closed_form(x, g, region, local_size, alpha, beta, k):
+    """Caffe's LRN in float64: top and the bottom's gradient for top gradient g.
+    ACROSS: scale = k + alpha/n * sum of squares over n channels; WITHIN: scale = 1 +
+    alpha * (average of squares over an n x n square, divided by n^2 with the zeros
+    outside the image counted). dx = g scale^-beta + 2 c x S(g x (-beta) scale^(-beta-1))
+    with S the (symmetric) window sum and c the coefficient of the sum in scale."""
+    x, g = x.astype(np.float64), g.astype(np.float64)
+    pre = (local_size - 1) // 2
+    if region == "ACROSS_CHANNELS":
+        coeff, shift = alpha / local_size, k
+    else:
+        coeff, shift = alpha / local_size ** 2, 1.0
+    scale = shift + coeff * _box(x * x, region, pre)
+    y = x * scale ** -beta
+    dx = g * scale ** -beta + 2 * coeff * x * _box(g * x * -beta * scale ** (-beta - 1),
+                                                    region, pre)
+    return y, dx
+
+
+# (shape, local_size, alpha, beta, k)
+LRN_CASES = [
+    ((2, 7, 5, 9), 5, 1.0, 0.75, 1.0),
+    ((2, 7, 5, 9), 3, 2.0, 0.5, 1.5),
+    ((1, 5, 3, 7), 1, 0.7, 0.75, 2.0),
+    ((2, 6, 4, 3), 5, 0.3, 0.6, 2.0),           # powf
+    ((1, 3, 5, 5), 9, 1.5, 0.75, 1.0),          # the window reaches past every edge
+    ((1, 1, 3, 5), 5, 1.0, 1.0, 0.5),           # one channel
+    ((1, 9, 23, 29), 5, 1e-4, 0.75, 1.0),       # CaffeNet's constants; blocks of a plane
+    ((2, 12, 3, 4), 7, 3.0, 0.25, 1.0),
+    ((1, 4, 6, 37), 3, 5e-5, 0.75, 1.0),        # cifar10_full's constants (within)
+    ((1, 3, 2, 2), 3, 1.0, 0.0, 1.0),           # beta 0: the identity
+    ((1, 24, 3, 5), 21, 1.0, 0.75, 1.0),        # wide windows: running sums (across)
+    ((1, 2, 12, 20), 17, 0.5, 0.75, 1.0),       # (within)
+]
+LRN_IDS = [f"{'x'.join(map(str, s))}n{n}a{a}b{b}k{k}" for s, n, a, b, k in LRN_CASES]
+REGIONS = ["ACROSS_CHANNELS", "WITHIN_CHANNEL"]
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + BACKENDS)
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("shape, local_size, alpha, beta, k", LRN_CASES, ids=LRN_IDS)
+def test_lrn_forward_backward(backend, region, shape, local_size, alpha, beta, k):
+    x = (R.standard_normal(shape) * 1.5).astype(np.float32)
+    g = R.standard_normal(shape).astype(np.float32)
+    with sn.graph_scope():
+        xi, gi = sn.input("x", shape), sn.input("g", shape)
+        (y,), _ = apply("LRN", xi, local_size=local_size, alpha=alpha, beta=beta, k=k,
+                        norm_region=region)
+        (dx,) = sn.vjp([y], [gi], [xi])
+        got_y, got_dx = sn.function([xi, gi], [y, dx], backend=backend)(x, g)
+    want_y, want_dx = _lrn_closed_form(x, g, region, local_size, alpha, beta, k)
+    np.testing.assert_allclose(got_y, want_y, rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(got_dx, want_dx, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("region", REGIONS)
+@pytest.mark.parametrize("shape, local_size, alpha, beta, k", LRN_CASES[:6],
+                         ids=LRN_IDS[:6])
+def test_lrn_gradient_finite_differences(region, shape, local_size, alpha, beta, k):
+    x = R.standard_normal(shape)
+    check_grad(lambda t: apply("LRN", t, local_size=local_size, alpha=alpha, beta=beta,
+                               k=k, norm_region=region)[0][0], x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lrn_large_values(backend):
+    """Squares spanning many orders of magnitude in one channel column and plane:
+    windows next to a huge value are not disturbed by it."""
+    x = np.full((1, 12, 2, 3), 1e-3, np.float32)
+    x[0, 2] = 3e4
+    x[0, 9] = 7.0
+    for region in REGIONS:
+        with sn.graph_scope():
+            xi = sn.input("x", x.shape)
+            (y,), _ = apply("LRN", xi, local_size=3, alpha=1.0, beta=0.75, k=1e-6,
+                            norm_region=region)
+            got = sn.function([xi], y, backend=backend)(x)
+        want, _ = _lrn_closed_form(x, x, region, 3, 1.0, 0.75, 1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lrn_is_one_kernel(backend):
+    """A forward LRN is a single step: the window sum and the power in one pass."""
+    with sn.graph_scope():
+        xi = sn.input("x", (2, 8, 6, 6))
+        for region in REGIONS:
+            (y,), _ = apply("LRN", xi, norm_region=region)
+            f = sn.function([xi], y, backend=backend)
+            assert [s.name for s in f._impl.plan.steps] == \
+                ["sn_lrn_" + ("across" if region == "ACROSS_CHANNELS" else "within")]
