@@ -287,18 +287,22 @@ _LRN_ACROSS_CPU_DIRECT = r"""
     const long p0 = (item % nblk) * blk, len = HW - p0 < blk ? HW - p0 : blk;
     const float* xb = x + (item / nblk) * C * HW + p0;
     float* yb = y + (item / nblk) * C * HW + p0;
+    float acc[blk];
     for (long c = 0; c < C; ++c) {
       const long lo = c - pre > 0 ? c - pre : 0, hi = c + pre < C - 1 ? c + pre : C - 1;
+      const float* x0 = xb + lo * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) acc[q] = x0[q] * x0[q];
+      for (long j = lo + 1; j <= hi; ++j) {
+        const float* xj = xb + j * HW;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < len; ++q) acc[q] += xj[q] * xj[q];
+      }
       const float* xc = xb + c * HW;
       float* yc = yb + c * HW;
       SN_PRAGMA(omp simd)
       for (long q = 0; q < len; ++q) {
-        float acc = 0.0f;
-        for (long j = lo; j <= hi; ++j) {
-          const float v = xb[j * HW + q];
-          acc += v * v;
-        }
-        const float s = acc * coeff + kk;
+        const float s = acc[q] * coeff + kk;
         yc[q] = xc[q] * (SN_LRN_POW);
       }
     }
@@ -315,24 +319,28 @@ _LRN_WITHIN_CPU_DIRECT = r"""
     float col[W + 2 * pre];
     float* cc = col + pre;
     for (long q = 0; q < W + 2 * pre; ++q) col[q] = 0.0f;
+    float t[W];
     for (long h = 0; h < H; ++h) {
       const long r0 = h - pre > 0 ? h - pre : 0, r1 = h + pre < H - 1 ? h + pre : H - 1;
+      const float* x0 = xp + r0 * W;
       SN_PRAGMA(omp simd)
-      for (long q = 0; q < W; ++q) {
-        float acc = 0.0f;
-        for (long r = r0; r <= r1; ++r) {
-          const float v = xp[r * W + q];
-          acc += v * v;
-        }
-        cc[q] = acc;
+      for (long q = 0; q < W; ++q) cc[q] = x0[q] * x0[q];
+      for (long r = r0 + 1; r <= r1; ++r) {
+        const float* xr = xp + r * W;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) cc[q] += xr[q] * xr[q];
+      }
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) t[q] = col[q];
+      for (long j = 1; j <= 2 * pre; ++j) {
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) t[q] += col[q + j];
       }
       const float* xr = xp + h * W;
       float* yr = yp + h * W;
       SN_PRAGMA(omp simd)
       for (long q = 0; q < W; ++q) {
-        float t = 0.0f;
-        for (long j = 0; j <= 2 * pre; ++j) t += col[q + j];
-        const float s = t * coeff + kk;
+        const float s = t[q] * coeff + kk;
         yr[q] = xr[q] * (SN_LRN_POW);
       }
     }
@@ -387,7 +395,7 @@ _LRN_WITHIN_CPU = r"""
   SN_FOR_OUTER(plane, n / (H * W)) {
     const float* xp = x + plane * H * W;
     float* yp = y + plane * H * W;
-    double col[W + 2 * pre];
+    double col[W + 2 * pre], t[W];
     double* cc = col + pre;
     for (long q = 0; q < W + 2 * pre; ++q) col[q] = 0.0;
     for (long h = 0; h < pre && h < H; ++h) {
@@ -404,10 +412,14 @@ _LRN_WITHIN_CPU = r"""
       const float* xr = xp + h * W;
       float* yr = yp + h * W;
       SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) t[q] = col[q];
+      for (long j = 1; j <= 2 * pre; ++j) {
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) t[q] += col[q + j];
+      }
+      SN_PRAGMA(omp simd)
       for (long q = 0; q < W; ++q) {
-        double t = 0.0;
-        for (long j = 0; j <= 2 * pre; ++j) t += col[q + j];
-        const float s = (float)t * coeff + kk;
+        const float s = (float)t[q] * coeff + kk;
         yr[q] = xr[q] * (SN_LRN_POW);
       }
       if (h >= pre) {
