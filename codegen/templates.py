@@ -703,17 +703,14 @@ _POOL_COLUMNS = r"""
 """
 
 
-def _pool_rows_cpu(row_interior, row_border, combine, finish):
-    """A CPU pooling kernel over planes, separable: each input row's windows along the
-    width reduced once into a ring of kh rows of ow values (interior columns by a
-    vectorised loop with no bounds checks, the clipped border columns apart), then each
-    output row combines the ring's rows of its window (clipped to the image), vectorised
-    over the output columns. Rows are combined in window order, each after the row
-    before, so the result is the window's reduction in row-major order."""
-    return _POOL_COLUMNS + r"""
-  SN_FOR_OUTER(plane, n / (oh * ow)) {
-    const float* src = x + plane * H * W;
-    float* yp = y + plane * oh * ow;
+def _pool_plane_cpu(row_interior, row_border, combine, finish):
+    """One plane of a CPU pooling kernel (src, yp), separable: each input row's windows
+    along the width reduced once into a ring of kh rows of ow values (interior columns
+    by a vectorised loop with no bounds checks, the clipped border columns apart), then
+    each output row combines the ring's rows of its window (clipped to the image),
+    vectorised over the output columns. Rows are combined in window order, each after
+    the row before, so the result is the window's reduction in row-major order."""
+    return r"""
     float ring[kh * ow];
     long next = 0;     /* the first input row not reduced into the ring */
     for (long yy = 0; yy < oh; ++yy) {
@@ -754,29 +751,47 @@ def _pool_rows_cpu(row_interior, row_border, combine, finish):
       }
 """ + finish + r"""
     }
-  }
 """
 
 
-_MAX_TAKE = "(v > m || (v != v && m == m)) ? v : m"
+_PLANES = _POOL_COLUMNS + r"""
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const float* src = x + plane * H * W;
+    float* yp = y + plane * oh * ow;
+"""
 
-# Max pooling's values alone (no argmax: nothing reads it), for the CPU.
-MAXPOOL_VALUE_CPU = Template("sn_maxpool_value", (("l", "n"), ("c", "x"), ("p", "y")) + _POOL,
-                             _pool_rows_cpu(r"""
+
+def _max_plane(take):
+    return _pool_plane_cpu(r"""
           float m = q[0];
           for (long j = 1; j < kw; ++j) {
             const float v = q[j];
-            m = """ + _MAX_TAKE + r""";
+            m = """ + take + r""";
           }""", r"""
           float m = r[ws];
           for (long w = ws + 1; w < we; ++w) {
             const float v = r[w];
-            m = """ + _MAX_TAKE + r""";
-          }""", _MAX_TAKE, ""))
+            m = """ + take + r""";
+          }""", take, "")
+
+
+# Max pooling's values alone (no argmax: nothing reads it), for the CPU. A plane
+# without NaN takes the plain maximum (one vector max per value); one with NaN, the
+# first maximum with NaN winning (MAXPOOL's rule).
+MAXPOOL_VALUE_CPU = Template("sn_maxpool_value", (("l", "n"), ("c", "x"), ("p", "y")) + _POOL,
+                             _PLANES + r"""
+    int nan = 0;
+    SN_PRAGMA(omp simd reduction(|:nan))
+    for (long i = 0; i < H * W; ++i) nan |= src[i] != src[i];
+    if (!nan) {""" + _max_plane("v > m ? v : m") + r"""
+    } else {""" + _max_plane("(v > m || (v != v && m == m)) ? v : m") + r"""
+    }
+  }
+""")
 
 # Average pooling on the CPU: window sums as above, then the division by the window's
 # size clipped to the padded image (AVEPOOL's divisor).
-AVEPOOL_CPU = Template("sn_avepool", AVEPOOL.params, _pool_rows_cpu(r"""
+AVEPOOL_CPU = Template("sn_avepool", AVEPOOL.params, _PLANES + _pool_plane_cpu(r"""
           float m = q[0];
           for (long j = 1; j < kw; ++j) m += q[j];""", r"""
           float m = r[ws];
@@ -787,7 +802,7 @@ AVEPOOL_CPU = Template("sn_avepool", AVEPOOL.params, _pool_rows_cpu(r"""
         const long ws0 = xx * sw - pw;
         const long we0 = ws0 + kw < W + pw ? ws0 + kw : W + pw;
         out[xx] = out[xx] / (float)(span * (we0 - ws0));
-      }"""))
+      }""") + "  }\n")
 
 
 COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
