@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Template:
@@ -433,7 +435,6 @@ _LRN_WITHIN_CPU = r"""
 
 
 def _float_literal(v):
-    import numpy as np
     return f"{float(np.float32(v)):.9e}f"
 
 

@@ -306,8 +306,9 @@ class LRN(Op):
         total = sq
         for axis in axes:
             total = WindowSum(axis, pre, pre).reference([total], shape)
-        scale = total * np.float32(self.coeff) + np.float32(self.k)
-        return (x * np.power(scale, np.float32(-self.beta))).astype(x.dtype)
+        f = x.dtype.type
+        scale = total * f(self.coeff) + f(self.k)
+        return (x * np.power(scale, f(-self.beta))).astype(x.dtype)
 
 
 def pool_out_len(n, kernel, stride, pad, ceil_mode=True):

@@ -241,3 +241,19 @@ def test_lrn_is_one_kernel(backend):
             f = sn.function([xi], y, backend=backend)
             assert [s.name for s in f._impl.plan.steps] == \
                 ["sn_lrn_" + ("across" if region == "ACROSS_CHANNELS" else "within")]
+
+
+def test_max_pool_argmax_only_when_read():
+    """A forward-only plan on the cpu computes max pooling's values alone (no argmax
+    buffer); with the gradient in the plan, the argmax is written and read by it."""
+    with sn.graph_scope():
+        a = sn.input("a", (1, 2, 7, 7))
+        y = sn.max_pool2d(a, 3, 2)
+        fwd = sn.function([a], y, backend="cpu")
+        both = sn.function([a], [y, sn.grad((y * y).sum(), a)], backend="cpu")
+    assert [s.name for s in fwd._impl.plan.steps] == ["sn_maxpool_value"]
+    assert len(fwd._impl.plan.buffers) == 2
+    names = [s.name for s in both._impl.plan.steps]
+    assert "sn_maxpool" in names and "sn_maxpool_value" not in names
+    x = R.standard_normal((1, 2, 7, 7)).astype(np.float32)
+    np.testing.assert_array_equal(fwd(x), both(x)[0])
