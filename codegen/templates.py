@@ -241,6 +241,51 @@ WINDOW_SUM = Template("sn_window_sum", (("l", "n"), ("c", "x"), ("p", "y"), ("l"
   }
 """)
 
+# The CPU's window sum: per outer index, each output row of the axis the sum of its
+# window's input rows, vectorised over the contiguous inner run; when the axis is the
+# innermost (inner 1), vectorised along the axis instead, its interior windows (wholly
+# inside) summed with no bounds checks and the clipped ones at the ends apart. Window
+# values are added in axis order (as WINDOW_SUM).
+WINDOW_SUM_CPU = Template("sn_window_sum", WINDOW_SUM.params, r"""
+  SN_FOR_OUTER(o, n / (L * inner)) {
+    const float* xo = x + o * L * inner;
+    float* yo = y + o * L * inner;
+    if (inner == 1) {
+      const long ilo = before < L ? before : L;
+      const long ihi = L - after > ilo ? L - after : ilo;
+      SN_PRAGMA(omp simd)
+      for (long c = ilo; c < ihi; ++c) {
+        float acc = xo[c - before];
+        for (long j = 1; j <= before + after; ++j) acc += xo[c - before + j];
+        yo[c] = acc;
+      }
+      for (long c = 0; c < L; ++c) {
+        if (c == ilo) c = ihi;
+        if (c >= L) break;
+        const long lo = c - before > 0 ? c - before : 0;
+        const long hi = c + after < L - 1 ? c + after : L - 1;
+        float acc = xo[lo];
+        for (long j = lo + 1; j <= hi; ++j) acc += xo[j];
+        yo[c] = acc;
+      }
+    } else {
+      for (long c = 0; c < L; ++c) {
+        const long lo = c - before > 0 ? c - before : 0;
+        const long hi = c + after < L - 1 ? c + after : L - 1;
+        const float* x0 = xo + lo * inner;
+        float* yc = yo + c * inner;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < inner; ++q) yc[q] = x0[q];
+        for (long j = lo + 1; j <= hi; ++j) {
+          const float* xj = xo + j * inner;
+          SN_PRAGMA(omp simd)
+          for (long q = 0; q < inner; ++q) yc[q] += xj[q];
+        }
+      }
+    }
+  }
+""")
+
 # Local response normalization (ops.LRN): y = x * (k + coeff * S)^-beta, S the sum of
 # squares over a window of 2 pre + 1 channels ("across", x viewed (N, C, HW)) or of
 # (2 pre + 1)^2 pixels of the plane ("within", x viewed (N*C, H, W)), zeros outside.
@@ -1175,9 +1220,10 @@ CONV_WGRAD_DIRECT_CPU = Template("sn_conv_weight_grad_direct", CONV_WGRAD_DIRECT
   }
 """)
 
-CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, AVEPOOL_CPU, MAXPOOL_GRAD_CPU,
-                                    MAXPOOL_GRAD_DISJOINT_CPU, COL2IM_CPU, CONV_DIRECT_CPU,
-                                    CONV_T_DIRECT_CPU, CONV_WGRAD_DIRECT_CPU)}
+CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, AVEPOOL_CPU, WINDOW_SUM_CPU,
+                                    MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU, COL2IM_CPU,
+                                    CONV_DIRECT_CPU, CONV_T_DIRECT_CPU,
+                                    CONV_WGRAD_DIRECT_CPU)}
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            MAXPOOL_GRAD_DISJOINT,

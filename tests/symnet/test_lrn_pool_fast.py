@@ -257,3 +257,31 @@ def test_max_pool_argmax_only_when_read():
     assert "sn_maxpool" in names and "sn_maxpool_value" not in names
     x = R.standard_normal((1, 2, 7, 7)).astype(np.float32)
     np.testing.assert_array_equal(fwd(x), both(x)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape, axis, before, after", [
+    ((2, 7, 3, 5), 1, 2, 2), ((2, 7, 3, 5), 3, 1, 1), ((2, 7, 3, 19), 3, 2, 3),
+    ((3, 4, 21), 2, 0, 4), ((3, 4, 21), 2, 5, 0), ((2, 3, 4), 2, 6, 6),
+    ((2, 5, 6, 3), 2, 7, 1), ((40,), 0, 3, 2)])
+def test_window_sum(backend, shape, axis, before, after):
+    """window_sum (LRN's gradient uses it) against a float64 loop, and its gradient."""
+    x = R.standard_normal(shape).astype(np.float32)
+    g = R.standard_normal(shape).astype(np.float32)
+
+    def loop(t):
+        t = np.moveaxis(t.astype(np.float64), axis, 0)
+        out = np.zeros_like(t)
+        for c in range(t.shape[0]):
+            out[c] = t[max(c - before, 0):c + after + 1].sum(axis=0)
+        return np.moveaxis(out, 0, axis)
+
+    with sn.graph_scope():
+        xi, gi = sn.input("x", shape), sn.input("g", shape)
+        y = sn.window_sum(xi, axis, before, after)
+        (dx,) = sn.vjp([y], [gi], [xi])
+        got_y, got_dx = sn.function([xi, gi], [y, dx], backend=backend)(x, g)
+    np.testing.assert_allclose(got_y, loop(x), rtol=1e-5, atol=1e-5)
+    # the adjoint: the window mirrored
+    before, after = after, before
+    np.testing.assert_allclose(got_dx, loop(g), rtol=1e-5, atol=1e-5)
