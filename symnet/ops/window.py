@@ -1,4 +1,4 @@
-"""Pooling (Caffe's rules) and the windowed sum along one axis.
+"""Pooling (Caffe's rules), the windowed sum along one axis, and Caffe's LRN as one op.
 
 Caffe's pooling output size rounds up: ``ceil((H + 2p - k) / s) + 1``; when padding
 is set and the last window would start beyond the image (inside the bottom/right
