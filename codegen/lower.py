@@ -783,6 +783,11 @@ class Lowering:
             mv = self.new_value(size, "temp", "argmax")
             self.masks[(x, tuple(sorted(key.items())))] = mv
             mask = ["val", mv, 0, "w"]
+        elif self.backend == "cpu":
+            # nothing in this plan reads the argmax: values alone
+            self.launch(self._template(T.MAXPOOL_VALUE_CPU), [["long", size], self.r(x),
+                        self.w(n)] + dims, size, [n])
+            return
         self.launch(self._template(T.MAXPOOL), [["long", size], self.r(x), self.w(n), mask] + dims,
                     size, [n])
 
@@ -836,6 +841,18 @@ class Lowering:
         self.launch(self._template(T.WINDOW_SUM), [["long", size], self.r(x), self.w(n),
                     ["long", L], ["long", inner], ["long", op.before], ["long", op.after]],
                     size, [n])
+
+    def _lower_LRN(self, n, op):
+        (x,) = self.graph.args(n)
+        N, C, H, W = self.graph.shape(x)
+        size = N * C * H * W
+        pre = (op.size - 1) // 2
+        dims = [["long", C], ["long", H * W]] if op.region == "across" else \
+            [["long", H], ["long", W]]
+        t = T.lrn_template(op.region, self.backend == "cpu", op.size, op.coeff, op.k,
+                           op.beta)
+        self.launch(self._template(t), [["long", size], self.r(x), self.w(n)] + dims +
+                    [["long", pre]], size, [n])
 
     def _lower_Gather(self, n, op):
         x, idx = self.graph.args(n)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Template:
@@ -238,6 +240,275 @@ WINDOW_SUM = Template("sn_window_sum", (("l", "n"), ("c", "x"), ("p", "y"), ("l"
     y[i] = acc;
   }
 """)
+
+# The CPU's window sum: per outer index, each output row of the axis the sum of its
+# window's input rows, vectorised over the contiguous inner run; when the axis is the
+# innermost (inner 1), vectorised along the axis instead, its interior windows (wholly
+# inside) summed with no bounds checks and the clipped ones at the ends apart. Window
+# values are added in axis order (as WINDOW_SUM).
+WINDOW_SUM_CPU = Template("sn_window_sum", WINDOW_SUM.params, r"""
+  SN_FOR_OUTER(o, n / (L * inner)) {
+    const float* xo = x + o * L * inner;
+    float* yo = y + o * L * inner;
+    if (inner == 1) {
+      const long ilo = before < L ? before : L;
+      const long ihi = L - after > ilo ? L - after : ilo;
+      SN_PRAGMA(omp simd)
+      for (long c = ilo; c < ihi; ++c) {
+        float acc = xo[c - before];
+        for (long j = 1; j <= before + after; ++j) acc += xo[c - before + j];
+        yo[c] = acc;
+      }
+      for (long c = 0; c < L; ++c) {
+        if (c == ilo) c = ihi;
+        if (c >= L) break;
+        const long lo = c - before > 0 ? c - before : 0;
+        const long hi = c + after < L - 1 ? c + after : L - 1;
+        float acc = xo[lo];
+        for (long j = lo + 1; j <= hi; ++j) acc += xo[j];
+        yo[c] = acc;
+      }
+    } else {
+      for (long c = 0; c < L; ++c) {
+        const long lo = c - before > 0 ? c - before : 0;
+        const long hi = c + after < L - 1 ? c + after : L - 1;
+        const float* x0 = xo + lo * inner;
+        float* yc = yo + c * inner;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < inner; ++q) yc[q] = x0[q];
+        for (long j = lo + 1; j <= hi; ++j) {
+          const float* xj = xo + j * inner;
+          SN_PRAGMA(omp simd)
+          for (long q = 0; q < inner; ++q) yc[q] += xj[q];
+        }
+      }
+    }
+  }
+""")
+
+# Local response normalization (ops.LRN): y = x * (k + coeff * S)^-beta, S the sum of
+# squares over a window of 2 pre + 1 channels ("across", x viewed (N, C, HW)) or of
+# (2 pre + 1)^2 pixels of the plane ("within", x viewed (N*C, H, W)), zeros outside.
+# coeff, k and the power are baked into the text by lrn_template.
+LRN_DIRECT_MAX = 15
+_LRN_ACROSS_PARAMS = (("l", "n"), ("c", "x"), ("p", "y"), ("l", "C"), ("l", "HW"), ("l", "pre"))
+_LRN_WITHIN_PARAMS = (("l", "n"), ("c", "x"), ("p", "y"), ("l", "H"), ("l", "W"), ("l", "pre"))
+
+_LRN_ACROSS = r"""
+  SN_FOR(i, n) {
+    const long p = i % HW, c = (i / HW) % C, base = i - c * HW;
+    const long lo = c - pre > 0 ? c - pre : 0, hi = c + pre < C - 1 ? c + pre : C - 1;
+    float acc = 0.0f;
+    for (long j = lo; j <= hi; ++j) {
+      const float v = x[base + j * HW];
+      acc += v * v;
+    }
+    const float s = acc * coeff + kk;
+    y[i] = x[i] * (SN_LRN_POW);
+  }
+"""
+
+_LRN_WITHIN = r"""
+  SN_FOR(i, n) {
+    const long w = i % W, h = (i / W) % H, base = i - (h * W + w);
+    const long h0 = h - pre > 0 ? h - pre : 0, h1 = h + pre < H - 1 ? h + pre : H - 1;
+    const long w0 = w - pre > 0 ? w - pre : 0, w1 = w + pre < W - 1 ? w + pre : W - 1;
+    float acc = 0.0f;
+    for (long r = h0; r <= h1; ++r)
+      for (long q = w0; q <= w1; ++q) {
+        const float v = x[base + r * W + q];
+        acc += v * v;
+      }
+    const float s = acc * coeff + kk;
+    y[i] = x[i] * (SN_LRN_POW);
+  }
+"""
+
+# The CPU's for windows of up to LRN_DIRECT_MAX values along an axis: per image and block
+# of at most 512 positions of the plane, each channel's window summed directly from the
+# block's rows (in cache: each value is read from memory once), vectorised over the
+# block, then the power.
+_LRN_ACROSS_CPU_DIRECT = r"""
+  const long nblk = (HW + 511) / 512, blk = (HW + nblk - 1) / nblk;
+  SN_FOR_OUTER(item, (n / (C * HW)) * nblk) {
+    const long p0 = (item % nblk) * blk, len = HW - p0 < blk ? HW - p0 : blk;
+    const float* xb = x + (item / nblk) * C * HW + p0;
+    float* yb = y + (item / nblk) * C * HW + p0;
+    float acc[blk];
+    for (long c = 0; c < C; ++c) {
+      const long lo = c - pre > 0 ? c - pre : 0, hi = c + pre < C - 1 ? c + pre : C - 1;
+      const float* x0 = xb + lo * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) acc[q] = x0[q] * x0[q];
+      for (long j = lo + 1; j <= hi; ++j) {
+        const float* xj = xb + j * HW;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < len; ++q) acc[q] += xj[q] * xj[q];
+      }
+      const float* xc = xb + c * HW;
+      float* yc = yb + c * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) {
+        const float s = acc[q] * coeff + kk;
+        yc[q] = xc[q] * (SN_LRN_POW);
+      }
+    }
+  }
+"""
+
+# The same per plane for the within-channel window: each row's sums over the window's
+# rows, into a row padded with pre zeros each side, then the sums of 2 pre + 1
+# neighbours along that row, vectorised with no bounds checks.
+_LRN_WITHIN_CPU_DIRECT = r"""
+  SN_FOR_OUTER(plane, n / (H * W)) {
+    const float* xp = x + plane * H * W;
+    float* yp = y + plane * H * W;
+    float col[W + 2 * pre];
+    float* cc = col + pre;
+    for (long q = 0; q < W + 2 * pre; ++q) col[q] = 0.0f;
+    float t[W];
+    for (long h = 0; h < H; ++h) {
+      const long r0 = h - pre > 0 ? h - pre : 0, r1 = h + pre < H - 1 ? h + pre : H - 1;
+      const float* x0 = xp + r0 * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) cc[q] = x0[q] * x0[q];
+      for (long r = r0 + 1; r <= r1; ++r) {
+        const float* xr = xp + r * W;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) cc[q] += xr[q] * xr[q];
+      }
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) t[q] = col[q];
+      for (long j = 1; j <= 2 * pre; ++j) {
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) t[q] += col[q + j];
+      }
+      const float* xr = xp + h * W;
+      float* yr = yp + h * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) {
+        const float s = t[q] * coeff + kk;
+        yr[q] = xr[q] * (SN_LRN_POW);
+      }
+    }
+  }
+"""
+
+# For wider windows, the CPU's: per image and block of at most 512 positions of the
+# plane, a running sum over the channel window (the entering channel's squares added,
+# the leaving one's subtracted) in double, so each value is read from memory once, the
+# cost per value does not grow with the window, and the sums are exact while the
+# squares in a column span less than 2^29 (beyond, the error is below 2^-53 of the
+# largest square that passed).
+_LRN_ACROSS_CPU = r"""
+  const long nblk = (HW + 511) / 512, blk = (HW + nblk - 1) / nblk;
+  SN_FOR_OUTER(item, (n / (C * HW)) * nblk) {
+    const long p0 = (item % nblk) * blk, len = HW - p0 < blk ? HW - p0 : blk;
+    const float* xb = x + (item / nblk) * C * HW + p0;
+    float* yb = y + (item / nblk) * C * HW + p0;
+    double acc[blk];
+    for (long q = 0; q < len; ++q) acc[q] = 0.0;
+    for (long c = 0; c < pre && c < C; ++c) {
+      const float* xc = xb + c * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) acc[q] += (double)(xc[q] * xc[q]);
+    }
+    for (long c = 0; c < C; ++c) {
+      if (c + pre < C) {
+        const float* xc = xb + (c + pre) * HW;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < len; ++q) acc[q] += (double)(xc[q] * xc[q]);
+      }
+      const float* xc = xb + c * HW;
+      float* yc = yb + c * HW;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < len; ++q) {
+        const float s = (float)acc[q] * coeff + kk;
+        yc[q] = xc[q] * (SN_LRN_POW);
+      }
+      if (c >= pre) {
+        const float* xo = xb + (c - pre) * HW;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < len; ++q) acc[q] -= (double)(xo[q] * xo[q]);
+      }
+    }
+  }
+"""
+
+# The CPU's: per plane, a running sum over the window's rows (in double, as above) in a
+# row padded with pre zeros each side, then per pixel the sum of 2 pre + 1 neighbours of
+# that row, vectorised over the row with no bounds checks.
+_LRN_WITHIN_CPU = r"""
+  SN_FOR_OUTER(plane, n / (H * W)) {
+    const float* xp = x + plane * H * W;
+    float* yp = y + plane * H * W;
+    double col[W + 2 * pre], t[W];
+    double* cc = col + pre;
+    for (long q = 0; q < W + 2 * pre; ++q) col[q] = 0.0;
+    for (long h = 0; h < pre && h < H; ++h) {
+      const float* xr = xp + h * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) cc[q] += (double)(xr[q] * xr[q]);
+    }
+    for (long h = 0; h < H; ++h) {
+      if (h + pre < H) {
+        const float* xr = xp + (h + pre) * W;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) cc[q] += (double)(xr[q] * xr[q]);
+      }
+      const float* xr = xp + h * W;
+      float* yr = yp + h * W;
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) t[q] = col[q];
+      for (long j = 1; j <= 2 * pre; ++j) {
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) t[q] += col[q + j];
+      }
+      SN_PRAGMA(omp simd)
+      for (long q = 0; q < W; ++q) {
+        const float s = (float)t[q] * coeff + kk;
+        yr[q] = xr[q] * (SN_LRN_POW);
+      }
+      if (h >= pre) {
+        const float* xo = xp + (h - pre) * W;
+        SN_PRAGMA(omp simd)
+        for (long q = 0; q < W; ++q) cc[q] -= (double)(xo[q] * xo[q]);
+      }
+    }
+  }
+"""
+
+
+def _float_literal(v):
+    return f"{float(np.float32(v)):.9e}f"
+
+
+def lrn_power(beta):
+    """C text of s^-beta for a float s: square roots and a division for the common
+    exponents (0.75 is 1 / (sqrt(s) * sqrt(sqrt(s))), within 2 ulp of powf; for s = -0
+    and s = -inf, reached only with k <= 0 and a negative alpha, these give -inf and NaN
+    where powf gives +inf and 0), powf otherwise (vectorised by libmvec on the CPU)."""
+    beta = float(beta)
+    special = {0.0: "1.0f", 0.5: "1.0f / sqrtf(s)", 1.0: "1.0f / s",
+               0.75: "1.0f / (sqrtf(s) * sqrtf(sqrtf(s)))", 0.25: "1.0f / sqrtf(sqrtf(s))"}
+    if beta in special:
+        return special[beta]
+    return f"powf(s, {_float_literal(-beta)})"
+
+
+def lrn_template(region, cpu, size, coeff, k, beta):
+    """The LRN kernel for one region ("across" or "within"), backend (cpu or not),
+    window size (along an axis) and constants coeff, k, beta."""
+    direct = size <= LRN_DIRECT_MAX
+    if region == "across":
+        name, params = "sn_lrn_across", _LRN_ACROSS_PARAMS
+        body = (_LRN_ACROSS_CPU_DIRECT if direct else _LRN_ACROSS_CPU) if cpu else _LRN_ACROSS
+    else:
+        name, params = "sn_lrn_within", _LRN_WITHIN_PARAMS
+        body = (_LRN_WITHIN_CPU_DIRECT if direct else _LRN_WITHIN_CPU) if cpu else _LRN_WITHIN
+    head = f"  const float coeff = {_float_literal(coeff)}, kk = {_float_literal(k)};\n"
+    return Template(name, params, head + body.replace("SN_LRN_POW", lrn_power(beta)))
+
 
 # out (outer, K, inner) = x (outer, L, inner) at idx; an index outside [0, L) gives 0.
 GATHER = Template("sn_gather", (("l", "n"), ("c", "x"), ("c", "idx"), ("p", "y"), ("l", "L"),
@@ -472,6 +743,117 @@ MAXPOOL_GRAD_CPU = Template("sn_maxpool_grad", MAXPOOL_GRAD.params, r"""
 """)
 MAXPOOL_GRAD_DISJOINT_CPU = Template("sn_maxpool_grad_disjoint", MAXPOOL_GRAD_DISJOINT.params,
                                      MAXPOOL_GRAD_CPU.body)
+
+# Columns xx whose windows lie wholly inside the image's width: [xlo, xhi), with
+# xlo <= xhi (a CPU pooling kernel's interior, walked without bounds checks).
+_POOL_COLUMNS = r"""
+  const long xlo = (pw + sw - 1) / sw < ow ? (pw + sw - 1) / sw : ow;
+  const long xend = W + pw < kw ? 0 : (W + pw - kw) / sw + 1;
+  const long xhi = xend < xlo ? xlo : (xend < ow ? xend : ow);
+"""
+
+
+def _pool_plane_cpu(row_interior, row_border, combine, finish):
+    """One plane of a CPU pooling kernel (src, yp), separable: each input row's windows
+    along the width reduced once into a ring of kh rows of ow values (interior columns
+    by a vectorised loop with no bounds checks, the clipped border columns apart), then
+    each output row combines the ring's rows of its window (clipped to the image),
+    vectorised over the output columns. Rows are combined in window order, each after
+    the row before, so the result is the window's reduction in row-major order."""
+    return r"""
+    float ring[kh * ow];
+    long next = 0;     /* the first input row not reduced into the ring */
+    for (long yy = 0; yy < oh; ++yy) {
+      long hs = yy * sh - ph;
+      const long hs0 = hs, he = hs + kh < H ? hs + kh : H;
+      hs = hs > 0 ? hs : 0;
+      if (next < hs) next = hs;
+      for (; next < he; ++next) {
+        const float* r = src + next * W;
+        float* o = ring + (next % kh) * ow;
+        SN_PRAGMA(omp simd)
+        for (long xx = xlo; xx < xhi; ++xx) {
+          const float* q = r + xx * sw - pw;
+""" + row_interior + r"""
+          o[xx] = m;
+        }
+        for (long xx = 0; xx < ow; ++xx) {
+          if (xx == xlo) xx = xhi;
+          if (xx >= ow) break;
+          long ws = xx * sw - pw;
+          const long we = ws + kw < W ? ws + kw : W;
+          ws = ws > 0 ? ws : 0;
+""" + row_border + r"""
+          o[xx] = m;
+        }
+      }
+      float* out = yp + yy * ow;
+      const float* r0 = ring + (hs % kh) * ow;
+      SN_PRAGMA(omp simd)
+      for (long xx = 0; xx < ow; ++xx) out[xx] = r0[xx];
+      for (long h = hs + 1; h < he; ++h) {
+        const float* rr = ring + (h % kh) * ow;
+        SN_PRAGMA(omp simd)
+        for (long xx = 0; xx < ow; ++xx) {
+          const float v = rr[xx], m = out[xx];
+          out[xx] = """ + combine + r""";
+        }
+      }
+""" + finish + r"""
+    }
+"""
+
+
+_PLANES = _POOL_COLUMNS + r"""
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const float* src = x + plane * H * W;
+    float* yp = y + plane * oh * ow;
+"""
+
+
+def _max_plane(take):
+    return _pool_plane_cpu(r"""
+          float m = q[0];
+          for (long j = 1; j < kw; ++j) {
+            const float v = q[j];
+            m = """ + take + r""";
+          }""", r"""
+          float m = r[ws];
+          for (long w = ws + 1; w < we; ++w) {
+            const float v = r[w];
+            m = """ + take + r""";
+          }""", take, "")
+
+
+# Max pooling's values alone (no argmax: nothing reads it), for the CPU. A plane
+# without NaN takes the plain maximum (one vector max per value); one with NaN, the
+# first maximum with NaN winning (MAXPOOL's rule).
+MAXPOOL_VALUE_CPU = Template("sn_maxpool_value", (("l", "n"), ("c", "x"), ("p", "y")) + _POOL,
+                             _PLANES + r"""
+    int nan = 0;
+    SN_PRAGMA(omp simd reduction(|:nan))
+    for (long i = 0; i < H * W; ++i) nan |= src[i] != src[i];
+    if (!nan) {""" + _max_plane("v > m ? v : m") + r"""
+    } else {""" + _max_plane("(v > m || (v != v && m == m)) ? v : m") + r"""
+    }
+  }
+""")
+
+# Average pooling on the CPU: window sums as above, then the division by the window's
+# size clipped to the padded image (AVEPOOL's divisor).
+AVEPOOL_CPU = Template("sn_avepool", AVEPOOL.params, _PLANES + _pool_plane_cpu(r"""
+          float m = q[0];
+          for (long j = 1; j < kw; ++j) m += q[j];""", r"""
+          float m = r[ws];
+          for (long w = ws + 1; w < we; ++w) m += r[w];""", "m + v", r"""
+      const long span = (hs0 + kh < H + ph ? hs0 + kh : H + ph) - hs0;
+      SN_PRAGMA(omp simd)
+      for (long xx = 0; xx < ow; ++xx) {
+        const long ws0 = xx * sw - pw;
+        const long we0 = ws0 + kw < W + pw ? ws0 + kw : W + pw;
+        out[xx] = out[xx] / (float)(span * (we0 - ws0));
+      }""") + "  }\n")
+
 
 COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
   SN_FOR_OUTER(bc, n / (H * W)) {
@@ -850,8 +1232,9 @@ CONV_WGRAD_DIRECT_CPU = Template("sn_conv_weight_grad_direct", CONV_WGRAD_DIRECT
   }
 """)
 
-CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU,
-                                    COL2IM_CPU, CONV_DIRECT_CPU, CONV_T_DIRECT_CPU,
+CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, AVEPOOL_CPU, WINDOW_SUM_CPU,
+                                    MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU, COL2IM_CPU,
+                                    CONV_DIRECT_CPU, CONV_T_DIRECT_CPU,
                                     CONV_WGRAD_DIRECT_CPU)}
 
 ALL = {t.name: t for t in (IM2COL, COL2IM, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,

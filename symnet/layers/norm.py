@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import functions as F
 from ..errors import ShapeError
+from ..ops.window import LRN as LRNOp
 from ._util import canonical_axis, is_int, require
 from .registry import context, layer, layer_param, state_update
 
@@ -212,27 +213,23 @@ def lrn(x, local_size=5, alpha=1.0, beta=0.75, norm_region="ACROSS_CHANNELS", k=
         raise ShapeError(f"LRN: bottom {x.label()} has {x.ndim} axes {x.shape}, expected 4 "
                          "(N, C, H, W)")
     pre = (local_size - 1) // 2
-    sq = x * x
     c, h, w = x.shape[1:]
     # A window reaching past every edge sums the same values as one reaching just to
-    # the far edge: it is cut there (exactly), so a huge local_size allocates no huge
-    # padding and loops over no huge window; the divisor stays local_size.
+    # the far edge: it is cut there (exactly), so a huge local_size loops over no huge
+    # window; the divisor stays local_size.
     if norm_region == "ACROSS_CHANNELS":
-        pre_c = min(pre, c - 1)
-        scale = F.window_sum(sq, 1, pre_c, pre_c) * (alpha / local_size) + float(k)
+        size = 2 * min(pre, c - 1) + 1
+        op = LRNOp("across", size, alpha / local_size, beta, k)
     elif norm_region == "WITHIN_CHANNEL":
-        pre_s = min(pre, max(h, w) - 1)
-        size = 2 * pre_s + 1
-        # stride 1 and pad (size - 1) / 2: every window lies in the padded image, so
-        # AVE pooling divides by size^2; rescaled to Caffe's local_size^2
-        avg = F.avg_pool2d(sq, size, 1, pre_s)
-        if size != local_size:
-            avg = avg * (float(size) * size / (float(local_size) * local_size))
-        scale = avg * float(alpha) + 1.0
+        # Caffe: AVE pooling of x^2 (pad (local_size-1)/2, stride 1: every window lies
+        # in the padded image, so the divisor is local_size^2), then a Power layer with
+        # shift 1
+        size = 2 * min(pre, max(h, w) - 1) + 1
+        op = LRNOp("within", size, alpha / (float(local_size) * local_size), beta, 1.0)
     else:
         require(False, "lrn_param.norm_region", norm_region,
                 "ACROSS_CHANNELS or WITHIN_CHANNEL")
-    return x * F.pow(scale, -float(beta))
+    return F.graph_of(x).add(op, [x])
 
 
 # ------------------------------------------------------------------------ Embed

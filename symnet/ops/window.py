@@ -1,4 +1,4 @@
-"""Pooling (Caffe's rules) and the windowed sum along one axis.
+"""Pooling (Caffe's rules), the windowed sum along one axis, and Caffe's LRN as one op.
 
 Caffe's pooling output size rounds up: ``ceil((H + 2p - k) / s) + 1``; when padding
 is set and the last window would start beyond the image (inside the bottom/right
@@ -246,10 +246,75 @@ class WindowSum(Op):
         return total
 
 
+class LRN(Op):
+    """Caffe's local response normalization of an (N, C, H, W) blob in one op:
+    y = x * scale ^ -beta with scale = k + coeff * S, S the sum of x^2 over a window of
+    ``size`` (odd) centred on each value, zeros outside the blob:
+
+    - region "across": channels c - (size-1)/2 .. c + (size-1)/2 (Caffe's
+      ACROSS_CHANNELS, coeff = alpha / local_size);
+    - region "within": a size x size square of the channel's plane (Caffe's
+      WITHIN_CHANNEL, coeff = alpha / local_size^2, k = 1).
+
+    Its gradient is built from window_sum and elementwise ops (the window is symmetric,
+    so the sum is its own adjoint)."""
+    kind = "lrn"
+    nargs = 1
+
+    def __init__(self, region, size, coeff, beta, k):
+        if region not in ("across", "within"):
+            raise ValueError(f"lrn: unknown region '{region}', expected 'across' or 'within'")
+        size = int(size)
+        if size < 1 or size % 2 != 1:
+            raise ValueError(f"lrn: window size {size} must be odd and positive")
+        self.region, self.size = region, size
+        self.coeff, self.beta, self.k = float(coeff), float(beta), float(k)
+        self.label = f"lrn_{region}"
+
+    def attrs(self):
+        return {"region": self.region, "size": self.size, "coeff": self.coeff,
+                "beta": self.beta, "k": self.k}
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        if len(shapes[0]) != 4:
+            raise self.shape_error(shapes, "a 4-d tensor (N, C, H, W)")
+        return tuple(shapes[0])
+
+    def window_sum(self, t):
+        """The graph of S for a tensor t: the windowed sum this op applies to x^2."""
+        from .. import functions as F
+        pre = (self.size - 1) // 2
+        if self.region == "across":
+            return F.window_sum(t, 1, pre, pre)
+        return F.window_sum(F.window_sum(t, 2, pre, pre), 3, pre, pre)
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        (x,) = args
+        scale = self.window_sum(x * x) * self.coeff + self.k
+        # dy/dx = scale^-beta + x * d(scale^-beta)/dscale * dscale/dx; dscale/dx is
+        # 2 coeff x through the (symmetric) window
+        inner = g * x * F.pow(scale, -self.beta - 1.0) * (-self.beta)
+        return [g * F.pow(scale, -self.beta) + self.window_sum(inner) * x * (2.0 * self.coeff)]
+
+    def reference(self, arrays, shape):
+        (x,) = arrays
+        pre = (self.size - 1) // 2
+        sq = x * x
+        axes = (1,) if self.region == "across" else (2, 3)
+        total = sq
+        for axis in axes:
+            total = WindowSum(axis, pre, pre).reference([total], shape)
+        f = x.dtype.type
+        scale = total * f(self.coeff) + f(self.k)
+        return (x * np.power(scale, f(-self.beta))).astype(x.dtype)
+
+
 def pool_out_len(n, kernel, stride, pad, ceil_mode=True):
     """Caffe's pooled size of one axis (exposed for layers and tests)."""
     return PoolParams(kernel, stride, pad, ceil_mode).out_len(n, 0)
 
 
 __all__ = ["PoolParams", "Pool2d", "MaxPoolGrad", "MaxPoolSelect", "AvePoolGrad",
-           "WindowSum", "pool_out_len"]
+           "WindowSum", "LRN", "pool_out_len"]
