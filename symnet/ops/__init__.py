@@ -4,7 +4,8 @@ from .elementwise import Elementwise
 from .reduce import Reduce
 from .layout import Reshape, Transpose, Slice, SliceGrad, Concat, Pad, StopGradient
 from .contraction import MatMul, ConvParams, Conv2d, ConvTranspose2d, ConvWeightGrad
-from .window import PoolParams, Pool2d, MaxPoolGrad, MaxPoolSelect, AvePoolGrad, WindowSum
+from .window import (PoolParams, Pool2d, MaxPoolGrad, MaxPoolSelect, AvePoolGrad, WindowSum,
+                     LRN)
 from .index import Gather, GatherGrad, ArgTopK, RandomUniform
 from .python import PythonTop, PythonGrad
 
