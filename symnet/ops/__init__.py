@@ -13,6 +13,6 @@ __all__ = [
     "Op", "Input", "Param", "Constant", "Leaf", "Elementwise", "Reduce", "Reshape",
     "Transpose", "Slice", "SliceGrad", "Concat", "Pad", "StopGradient", "MatMul", "ConvParams", "Conv2d",
     "ConvTranspose2d", "ConvWeightGrad", "PoolParams", "Pool2d", "MaxPoolGrad",
-    "MaxPoolSelect", "AvePoolGrad", "WindowSum", "Gather", "GatherGrad", "ArgTopK",
+    "MaxPoolSelect", "AvePoolGrad", "WindowSum", "LRN", "Gather", "GatherGrad", "ArgTopK",
     "RandomUniform", "PythonTop", "PythonGrad",
 ]
