@@ -157,6 +157,34 @@ def conv_template(m) -> Template:
                      for i in range(m) for j in range(m)]
     rok = [f"const int rok{a} = (unsigned long)(h0 + {a}) < (unsigned long)H;"
            for a in range(n)]
+    # the input transform of a chunk's tiles (both threading modes run it)
+    input_loop = f"""        for (long c = 0; c < C; ++c)
+          for (long r = r0; r < r1; ++r) {{
+            const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
+            const float* xp = x + (b * C + c) * H * W;
+            float* vrow = Vc + c * TB + (r - r0) * ntx;
+            /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
+            const int rows_in = h0 >= 0 && h0 + {n} <= H;
+            if (rows_in && xlo < xhi) {{
+              SN_PRAGMA(omp simd)
+              for (long tx = xlo; tx < xhi; ++tx) {{
+                const float* xr = xp + h0 * W + tx * {m} - pw;
+                float* vp = vrow + tx;
+  {_indent(load_fast, 14)}
+  {_indent(it_in, 14)}
+              }}
+            }}
+            for (long tx = 0; tx < ntx; ++tx) {{
+              if (rows_in && tx >= xlo && tx < xhi) continue;
+              const long c0 = tx * {m} - pw;
+              const float* xr = xp + h0 * W + c0;
+              float* vp = vrow + tx;
+  {_indent(rok, 12)}
+  {_indent(load_checked, 12)}
+  {_indent(it_in, 12)}
+            }}
+          }}
+"""
     body = f"""
   /* F({m}x{m}, 3x3): {NP} transform positions. The batch's tile rows are taken RB at a
      time (a chunk of TB tiles); the team transforms a chunk's input tiles (split over
@@ -201,33 +229,7 @@ def conv_template(m) -> Template:
         float* const Mc = Vt + {NP} * C * TBM;
         const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
         const long CTB = C * TB, KTB = K * TB;
-        for (long c = 0; c < C; ++c)
-          for (long r = r0; r < r1; ++r) {{
-            const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
-            const float* xp = x + (b * C + c) * H * W;
-            float* vrow = Vc + c * TB + (r - r0) * ntx;
-            /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
-            const int rows_in = h0 >= 0 && h0 + {n} <= H;
-            if (rows_in && xlo < xhi) {{
-              SN_PRAGMA(omp simd)
-              for (long tx = xlo; tx < xhi; ++tx) {{
-                const float* xr = xp + h0 * W + tx * {m} - pw;
-                float* vp = vrow + tx;
-  {_indent(load_fast, 14)}
-  {_indent(it_in, 14)}
-              }}
-            }}
-            for (long tx = 0; tx < ntx; ++tx) {{
-              if (rows_in && tx >= xlo && tx < xhi) continue;
-              const long c0 = tx * {m} - pw;
-              const float* xr = xp + h0 * W + c0;
-              float* vp = vrow + tx;
-  {_indent(rok, 12)}
-  {_indent(load_checked, 12)}
-  {_indent(it_in, 12)}
-            }}
-          }}
-        /* the input loop's barrier has seen U and V complete; each block of KB output
+{input_loop}        /* the input loop's barrier has seen U and V complete; each block of KB output
            channels runs its rows of the {NP} GEMMs and transforms them into y */
         for (long k0 = 0; k0 < K; k0 += KB) {{
           const long kn = K - k0 < KB ? K - k0 : KB;
@@ -264,33 +266,7 @@ def conv_template(m) -> Template:
         const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
         const long CTB = C * TB, KTB = K * TB;
         SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
-        for (long c = 0; c < C; ++c)
-          for (long r = r0; r < r1; ++r) {{
-            const long b = r / nty, ty = r % nty, h0 = ty * {m} - ph;
-            const float* xp = x + (b * C + c) * H * W;
-            float* vrow = Vc + c * TB + (r - r0) * ntx;
-            /* tiles whose columns lie inside the image: tx in [xlo, xhi) */
-            const int rows_in = h0 >= 0 && h0 + {n} <= H;
-            if (rows_in && xlo < xhi) {{
-              SN_PRAGMA(omp simd)
-              for (long tx = xlo; tx < xhi; ++tx) {{
-                const float* xr = xp + h0 * W + tx * {m} - pw;
-                float* vp = vrow + tx;
-  {_indent(load_fast, 14)}
-  {_indent(it_in, 14)}
-              }}
-            }}
-            for (long tx = 0; tx < ntx; ++tx) {{
-              if (rows_in && tx >= xlo && tx < xhi) continue;
-              const long c0 = tx * {m} - pw;
-              const float* xr = xp + h0 * W + c0;
-              float* vp = vrow + tx;
-  {_indent(rok, 12)}
-  {_indent(load_checked, 12)}
-  {_indent(it_in, 12)}
-            }}
-          }}
-        /* the input loop's barrier has seen U and V complete; each block of KB output
+{input_loop}        /* the input loop's barrier has seen U and V complete; each block of KB output
            channels runs its rows of the {NP} GEMMs and transforms them into y */
         SN_PRAGMA(omp for schedule(dynamic, 1))
         for (long k0 = 0; k0 < K; k0 += KB) {{
