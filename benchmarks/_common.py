@@ -68,6 +68,29 @@ def torch_available():
         return False
 
 
+def torch_sgd_step(model, x_shape, lr, weight_decay, momentum):
+    """A PyTorch training step of ``model`` on fixed random inputs of ``x_shape`` and
+    labels: SGD with momentum and weight decay, biases at twice the rate (Caffe's
+    lr_mult 2 in the corpus solvers), cross-entropy loss."""
+    import torch
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    opt = torch.optim.SGD([{"params": weights, "weight_decay": weight_decay},
+                           {"params": biases, "lr": 2 * lr, "weight_decay": weight_decay}],
+                          lr=lr, momentum=momentum)
+    x = torch.rand(*x_shape)
+    y = torch.randint(0, 10, (x_shape[0],))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+    return step
+
+
 def serve(step, warmup=3):
     """The worker side: warm ``step`` up, then answer timing requests on stdin (a line
     with a count runs that many calls and answers with their seconds as JSON)."""

@@ -25,7 +25,8 @@ import os
 import numpy as np
 
 from _common import (MODELS, TorchProcess, load_text, per_iter, print_solver_result,
-                     serve, set_symnet_threads, time_solver_parts, torch_available)
+                     serve, set_symnet_threads, time_solver_parts, torch_available,
+                     torch_sgd_step)
 
 FOLDER = os.path.join(MODELS, "bvlc_cifar10")
 NET = os.path.join(FOLDER, "cifar10_quick_train_test.prototxt")
@@ -68,23 +69,8 @@ def torch_step(batch, threads, param):
         nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(3, 2, ceil_mode=True),
         nn.Flatten(), nn.Linear(64 * 4 * 4, 64), nn.Linear(64, 10))
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    lr, wd = param["base_lr"], param["weight_decay"]
-    opt = torch.optim.SGD([{"params": weights, "weight_decay": wd},
-                           {"params": biases, "lr": 2 * lr, "weight_decay": wd}],
-                          lr=lr, momentum=param["momentum"])
-    x = torch.rand(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
+    return torch_sgd_step(model, (batch, 3, 32, 32), lr=param["base_lr"],
+                          weight_decay=param["weight_decay"], momentum=param["momentum"])
 
 
 def main():

@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from _common import (MODELS, TorchProcess, per_iter, print_solver_result, serve,
-                     set_symnet_threads, time_solver_parts, torch_available)
+                     set_symnet_threads, time_solver_parts, torch_available, torch_sgd_step)
 
 NET = os.path.join(MODELS, "bvlc_mnist", "lenet_train_test.prototxt")
 
@@ -53,22 +53,7 @@ def torch_step(batch, threads):
     model = nn.Sequential(nn.Conv2d(1, 20, 5), nn.MaxPool2d(2, 2), nn.Conv2d(20, 50, 5),
                           nn.MaxPool2d(2, 2), nn.Flatten(), nn.Linear(800, 500), nn.ReLU(),
                           nn.Linear(500, 10))
-    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
-    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
-    opt = torch.optim.SGD([{"params": weights, "weight_decay": 5e-4},
-                           {"params": biases, "lr": 0.02, "weight_decay": 5e-4}],
-                          lr=0.01, momentum=0.9)
-    x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
-    loss_fn = nn.CrossEntropyLoss()
-
-    def step():
-        opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        return loss
-    return step
+    return torch_sgd_step(model, (batch, 1, 28, 28), lr=0.01, weight_decay=5e-4, momentum=0.9)
 
 
 def main():
