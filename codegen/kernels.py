@@ -235,8 +235,9 @@ def _describe(graph, nodes, pos):
     return ", ".join(f"{short(graph.op(n))} #{pos[n]}" for n in nodes)
 
 
-def elementwise_kernel(graph, k, pos, consts) -> KernelText:
-    space = graph.shape(k.stored[0])
+def _elementwise_lines(graph, k, consts, indent):
+    """Elementwise kernel ``k`` composed and put through cse: (loads, the lines computing
+    its values, the expressions of its stored outputs)."""
     loads = k.loads
     index = {a: j for j, a in enumerate(loads)}
     lifted = []
@@ -244,7 +245,13 @@ def elementwise_kernel(graph, k, pos, consts) -> KernelText:
     out_exprs = [exprs[s] for s in k.stored]
     if lifted:
         lifted, out_exprs = _share_lifted(lifted, out_exprs)
-    lines, reduced = _cse_lines(out_exprs, "    ", lifted)
+    lines, reduced = _cse_lines(out_exprs, indent, lifted)
+    return loads, lines, reduced
+
+
+def elementwise_kernel(graph, k, pos, consts) -> KernelText:
+    space = graph.shape(k.stored[0])
+    loads, lines, reduced = _elementwise_lines(graph, k, consts, "    ")
     shapes = [graph.shape(a) for a in loads]
     roles, inner = split_inner(space, ["o"] * len(space), shapes, "o", "j")
     # every operand is broadcast into the space: when the space has fewer than 2**30
@@ -287,14 +294,7 @@ def epilogue_function(graph, k, consts, row_len, name) -> str | None:
         d -= 1
     if math.prod(space[d:]) != row_len:
         return None
-    loads = k.loads
-    index = {a: j for j, a in enumerate(loads)}
-    lifted = []
-    exprs = _compose(graph, k.needed, lambda a: _load_symbol(index[a]), consts, lifted)
-    out_exprs = [exprs[s] for s in k.stored]
-    if lifted:
-        lifted, out_exprs = _share_lifted(lifted, out_exprs)
-    lines, reduced = _cse_lines(out_exprs, "      ", lifted)
+    loads, lines, reduced = _elementwise_lines(graph, k, consts, "      ")
     shapes = [graph.shape(a) for a in loads]
     sp_ = Space(space, ["o"] * d + ["j"] * (len(space) - d), shapes)
     params = ["long r0", "long r1", "long j0", "long j1"] + \
