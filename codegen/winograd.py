@@ -185,6 +185,35 @@ def conv_template(m) -> Template:
             }}
           }}
 """
+    # each block of output channels: its rows of the GEMMs, then the output transform
+    output_loop = f"""        for (long k0 = 0; k0 < K; k0 += KB) {{
+          const long kn = K - k0 < KB ? K - k0 : KB;
+          for (long p = 0; p < {NP}; ++p)
+            SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
+                     U + p * KC + k0 * C, C, Vc + p * CTB, TB, 0.0f, Mc + p * KTB + k0 * TB, TB);
+          for (long k = k0; k < k0 + kn; ++k)
+          for (long r = r0; r < r1; ++r) {{
+            const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
+            float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
+            const float* mrow = Mc + k * TB + (r - r0) * ntx;
+            const long full = nyv >= {m} ? ow / {m} : 0;
+            SN_PRAGMA(omp simd)
+            for (long tx = 0; tx < full; ++tx) {{
+              const float* mp = mrow + tx;
+              float* yr = yrow + tx * {m};
+  {_indent(ot, 12)}
+  {_indent(store_fast, 12)}
+            }}
+            for (long tx = full; tx < ntx; ++tx) {{
+              const float* mp = mrow + tx;
+              float* yr = yrow + tx * {m};
+              const long nxv = ow - tx * {m};
+  {_indent(ot, 12)}
+  {_indent(store_checked, 12)}
+            }}
+          }}
+        }}
+"""
     body = f"""
   /* F({m}x{m}, 3x3): {NP} transform positions. The batch's tile rows are taken RB at a
      time (a chunk of TB tiles); the team transforms a chunk's input tiles (split over
@@ -231,34 +260,7 @@ def conv_template(m) -> Template:
         const long CTB = C * TB, KTB = K * TB;
 {input_loop}        /* the input loop's barrier has seen U and V complete; each block of KB output
            channels runs its rows of the {NP} GEMMs and transforms them into y */
-        for (long k0 = 0; k0 < K; k0 += KB) {{
-          const long kn = K - k0 < KB ? K - k0 : KB;
-          for (long p = 0; p < {NP}; ++p)
-            SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
-                     U + p * KC + k0 * C, C, Vc + p * CTB, TB, 0.0f, Mc + p * KTB + k0 * TB, TB);
-          for (long k = k0; k < k0 + kn; ++k)
-          for (long r = r0; r < r1; ++r) {{
-            const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
-            float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
-            const float* mrow = Mc + k * TB + (r - r0) * ntx;
-            const long full = nyv >= {m} ? ow / {m} : 0;
-            SN_PRAGMA(omp simd)
-            for (long tx = 0; tx < full; ++tx) {{
-              const float* mp = mrow + tx;
-              float* yr = yrow + tx * {m};
-  {_indent(ot, 12)}
-  {_indent(store_fast, 12)}
-            }}
-            for (long tx = full; tx < ntx; ++tx) {{
-              const float* mp = mrow + tx;
-              float* yr = yrow + tx * {m};
-              const long nxv = ow - tx * {m};
-  {_indent(ot, 12)}
-  {_indent(store_checked, 12)}
-            }}
-          }}
-        }}
-      }}
+{output_loop}      }}
     }} else {{
       for (long r0 = 0; r0 < rows; r0 += RB) {{
         float* const Vc = V;
@@ -269,34 +271,7 @@ def conv_template(m) -> Template:
 {input_loop}        /* the input loop's barrier has seen U and V complete; each block of KB output
            channels runs its rows of the {NP} GEMMs and transforms them into y */
         SN_PRAGMA(omp for schedule(dynamic, 1))
-        for (long k0 = 0; k0 < K; k0 += KB) {{
-          const long kn = K - k0 < KB ? K - k0 : KB;
-          for (long p = 0; p < {NP}; ++p)
-            SN_SGEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, kn, TB, C, 1.0f,
-                     U + p * KC + k0 * C, C, Vc + p * CTB, TB, 0.0f, Mc + p * KTB + k0 * TB, TB);
-          for (long k = k0; k < k0 + kn; ++k)
-          for (long r = r0; r < r1; ++r) {{
-            const long b = r / nty, ty = r % nty, nyv = oh - ty * {m};
-            float* yrow = y + ((b * K + k) * oh + ty * {m}) * ow;
-            const float* mrow = Mc + k * TB + (r - r0) * ntx;
-            const long full = nyv >= {m} ? ow / {m} : 0;
-            SN_PRAGMA(omp simd)
-            for (long tx = 0; tx < full; ++tx) {{
-              const float* mp = mrow + tx;
-              float* yr = yrow + tx * {m};
-  {_indent(ot, 12)}
-  {_indent(store_fast, 12)}
-            }}
-            for (long tx = full; tx < ntx; ++tx) {{
-              const float* mp = mrow + tx;
-              float* yr = yrow + tx * {m};
-              const long nxv = ow - tx * {m};
-  {_indent(ot, 12)}
-  {_indent(store_checked, 12)}
-            }}
-          }}
-        }}
-      }}
+{output_loop}      }}
     }}
   }}
 """
