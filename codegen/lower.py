@@ -884,6 +884,46 @@ class Lowering:
         self.launch(self._template(T.RANDOM_UNIFORM), [["long", size], self.w(n), counter,
                     ["long", op.seed & 0xFFFFFFFF], ["long", op.seed >> 32]], size, [n])
 
+    def _lower_MaxPoolArgmax(self, n, op):
+        """MAX pooling's mask as a value of its own (a Pooling layer's second top); the
+        pooled values go to a scratch buffer. A gradient of the same pooling in this
+        plan reads this mask instead of computing its own."""
+        (x,) = self.graph.args(n)
+        xs, out = self.graph.shape(x), self.graph.shape(n)
+        size = math.prod(out)
+        y = self.new_value(size, "temp", "pool")
+        self.launch(self._template(T.MAXPOOL), [["long", size], self.r(x), ["val", y, 0, "w"],
+                    self.w(n)] + self._pool_dims(op.p, xs, out), size, [n])
+        self.masks.setdefault((x, tuple(sorted(op.p.as_dict().items()))), self.value(n))
+
+    def _lower_StochasticPoolSample(self, n, op):
+        x, u = self.graph.args(n)
+        xs, out = self.graph.shape(x), self.graph.shape(n)
+        size = math.prod(out)
+        p = op.p
+        self.launch(self._template(T.STOCHASTIC_POOL_SAMPLE),
+                    [["long", size], self.r(x), self.r(u), self.w(n)] +
+                    [["long", v] for v in (xs[2], xs[3], out[2], out[3], p.kernel[0],
+                                           p.kernel[1], p.stride[0], p.stride[1])],
+                    size, [n])
+
+    def _lower_PoolIndexSelect(self, n, op):
+        idx, x = self.graph.args(n)
+        xs, os_ = self.graph.shape(x), self.graph.shape(n)
+        size = math.prod(os_)
+        self.launch(self._template(T.MAXPOOL_SELECT),
+                    [["long", size], self.r(idx), self.r(x), self.w(n)] +
+                    [["long", v] for v in (xs[2], xs[3], os_[2], os_[3])], size, [n])
+
+    def _lower_PoolIndexGrad(self, n, op):
+        idx, gy = self.graph.args(n)
+        size = math.prod(op.in_shape)
+        p = op.p
+        disjoint = p.stride[0] >= p.kernel[0] and p.stride[1] >= p.kernel[1]
+        dims = self._pool_dims(p, op.in_shape, self.graph.shape(gy))
+        self.launch(self._template(T.MAXPOOL_GRAD_DISJOINT if disjoint else T.MAXPOOL_GRAD),
+                    [["long", size], self.r(idx), self.r(gy), self.w(n)] + dims, size, [n])
+
     # Caffe Python layers: host steps calling the layer once for all its tops
     def host(self, name, args, nodes, callback):
         self.callbacks[name] = callback

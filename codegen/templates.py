@@ -1243,3 +1243,35 @@ ALL = {t.name: t for t in (IM2COL, COL2IM, MAXPOOL, AVEPOOL, MAXPOOL_GRAD,
                            ARGTOPK, RANDOM_UNIFORM, GEMM_BLAS, GEMM_BLAS_SUM,
                            IM2COL_COLS, COL2IM_COLS, BATCH_TO_COLS, CONV_DIRECT,
                            CONV_T_DIRECT, CONV_WGRAD_DIRECT)}
+
+# STOCHASTIC pooling's draw (Caffe's GPU kernel StoPoolForwardTrain) over unpadded
+# windows inside the plane: t = (1 - u) * sum(window) (1 - u in (0, 1], as Caffe's
+# uniforms), then the first element in row-major window order at which the running sum
+# reaches t; idx gets its flat h * W + w (the window's first element when none does,
+# which needs a window summing below 0). Both sums run in window order, as Caffe's.
+STOCHASTIC_POOL_SAMPLE = Template("sn_stochastic_pool_sample", (
+    ("l", "n"), ("c", "x"), ("c", "u"), ("p", "idx"), ("l", "H"), ("l", "W"), ("l", "oh"),
+    ("l", "ow"), ("l", "kh"), ("l", "kw"), ("l", "sh"), ("l", "sw")), r"""
+  SN_FOR(i, n) {
+    const long xx = i % ow, yy = (i / ow) % oh, plane = i / (ow * oh);
+    const long hs = yy * sh, ws = xx * sw;
+    const float* src = x + plane * H * W + hs * W + ws;
+    float total = 0.0f;
+    for (long a = 0; a < kh; ++a)
+      for (long b = 0; b < kw; ++b) total += src[a * W + b];
+    const float thres = (1.0f - u[i]) * total;
+    float run = 0.0f;
+    long arg = hs * W + ws;
+    int found = 0;
+    for (long a = 0; a < kh; ++a)
+      for (long b = 0; b < kw; ++b) {
+        run += src[a * W + b];
+        const int take = !found && run >= thres;
+        arg = take ? (hs + a) * W + ws + b : arg;
+        found = found || take;
+      }
+    idx[i] = (float)arg;
+  }
+""")
+
+ALL[STOCHASTIC_POOL_SAMPLE.name] = STOCHASTIC_POOL_SAMPLE

@@ -311,10 +311,143 @@ class LRN(Op):
         return (x * np.power(scale, f(-self.beta))).astype(x.dtype)
 
 
+class MaxPoolArgmax(_PoolBase):
+    """Caffe's mask top of MAX pooling: per window, the flat position h * W + w (inside
+    the input plane, as a float) of the first maximum in row-major window order (Caffe
+    takes a value only when it is greater than the best so far). Integer-valued: no
+    gradient flows through it."""
+    kind = "maxpool_argmax"
+    nargs = 1
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        if len(shapes[0]) != 4:
+            raise self.shape_error(shapes, "a 4-d tensor (N, C, H, W)")
+        return self.out_shape(shapes[0])
+
+    def vjp(self, args, out, g):
+        return [None]
+
+    def reference(self, arrays, shape):
+        (x,) = arrays
+        y = np.empty(shape, dtype=np.float32)
+        for i, j, hh, ww in self.argmax_positions(x):
+            y[:, :, i, j] = hh * x.shape[3] + ww
+        return y
+
+
+class StochasticPoolSample(_PoolBase):
+    """Caffe's STOCHASTIC pooling draw (its GPU kernel StoPoolForwardTrain) on windows
+    that lie inside x (no padding, no clipping): with t = v * sum(window), the flat
+    position h * W + w of the first element, in row-major window order, at which the
+    running sum reaches t (``>=``); v in (0, 1] is ``1 - u`` for the uniform u in
+    [0, 1) given per window. Sums are float32, in window order. Where no element reaches
+    t (only when the window sums below 0, where Caffe leaves its top unwritten), the
+    window's first element. Integer-valued: no gradient."""
+    kind = "stochastic_pool_sample"
+    nargs = 2
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        x, u = shapes
+        if len(x) != 4 or tuple(u) != self.out_shape(x):
+            raise self.shape_error(shapes, "x (N, C, H, W) and uniforms of the pooled shape")
+        for axis in range(2):
+            k, s, n = self.p.kernel[axis], self.p.stride[axis], x[2 + axis]
+            if self.p.pad[axis] or (n - k) % s or n < k:
+                raise self.shape_error(shapes, "unpadded windows that tile x exactly "
+                                       "((size - kernel) divisible by the stride)")
+        return self.out_shape(x)
+
+    def vjp(self, args, out, g):
+        return [None, None]
+
+    def reference(self, arrays, shape):
+        x, u = arrays
+        kh, kw = self.p.kernel
+        sh, sw = self.p.stride
+        N, C, oh, ow = shape
+        W = x.shape[3]
+        y = np.empty(shape, dtype=np.float32)
+        for i in range(oh):
+            for j in range(ow):
+                win = x[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw].reshape(N, C, -1)
+                run = np.cumsum(win.astype(np.float32), axis=2, dtype=np.float32)
+                thres = (np.float32(1.0) - u[:, :, i, j].astype(np.float32)) * run[:, :, -1]
+                hit = run >= thres[:, :, None]
+                k = np.where(hit.any(axis=2), np.argmax(hit, axis=2), 0)
+                y[:, :, i, j] = (i * sh + k // kw) * W + j * sw + k % kw
+        return y
+
+
+class PoolIndexSelect(_PoolBase):
+    """y[n, c, i, j] = x[n, c] at the flat plane position idx[n, c, i, j] (a pooling
+    window's chosen element); the gradient in x goes to that element."""
+    kind = "pool_index_select"
+    nargs = 2
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        idx, x = shapes
+        if len(x) != 4 or tuple(idx) != self.out_shape(x):
+            raise self.shape_error(shapes, "indices of the pooled shape and x (N, C, H, W)")
+        return tuple(idx)
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        idx, x = args
+        return [None, F.graph_of(g).add(PoolIndexGrad(self.p, x.shape), [idx, g])]
+
+    def reference(self, arrays, shape):
+        idx, x = arrays
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        i = idx.astype(np.int64).reshape(shape[0], shape[1], -1)
+        return np.take_along_axis(flat, i, axis=2).reshape(shape).astype(x.dtype)
+
+
+class PoolIndexGrad(_PoolBase):
+    """The adjoint of PoolIndexSelect in x: g routed to each window's chosen element
+    (summed where windows overlap)."""
+    kind = "pool_index_grad"
+    nargs = 2
+
+    def __init__(self, params, in_shape):
+        super().__init__(params)
+        self.in_shape = tuple(int(d) for d in in_shape)
+
+    def attrs(self):
+        return dict(self.p.as_dict(), in_shape=self.in_shape)
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        idx, g = shapes
+        if tuple(idx) != tuple(g) or tuple(g) != self.out_shape(self.in_shape):
+            raise self.shape_error(shapes, f"indices and g of shape "
+                                   f"{self.out_shape(self.in_shape)}")
+        return self.in_shape
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        idx, _ = args
+        return [None, F.graph_of(g).add(PoolIndexSelect(self.p), [idx, g])]
+
+    def reference(self, arrays, shape):
+        idx, g = arrays
+        N, C = shape[:2]
+        dx = np.zeros((N, C, shape[2] * shape[3]), dtype=g.dtype)
+        i = idx.astype(np.int64).reshape(N, C, -1)
+        n_idx, c_idx = np.meshgrid(np.arange(N), np.arange(C), indexing="ij")
+        gf = g.reshape(N, C, -1)
+        for k in range(i.shape[2]):
+            np.add.at(dx, (n_idx, c_idx, i[:, :, k]), gf[:, :, k])
+        return dx.reshape(shape)
+
+
 def pool_out_len(n, kernel, stride, pad, ceil_mode=True):
     """Caffe's pooled size of one axis (exposed for layers and tests)."""
     return PoolParams(kernel, stride, pad, ceil_mode).out_len(n, 0)
 
 
 __all__ = ["PoolParams", "Pool2d", "MaxPoolGrad", "MaxPoolSelect", "AvePoolGrad",
+           "MaxPoolArgmax", "StochasticPoolSample", "PoolIndexSelect", "PoolIndexGrad",
            "WindowSum", "LRN", "pool_out_len"]

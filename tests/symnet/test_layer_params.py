@@ -79,9 +79,25 @@ REFUSED = [
     # refused a kernel larger than the padded bottom
     ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 dilation: 3 }}", 1, 1,
      f"{CONV}.kernel_size", "[3, 3]"),
-    # Caffe takes another channel axis (N-d convolution); symnet's are 2-D on NCHW
-    ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 axis: 0 }}", 1, 1,
-     f"{CONV}.axis", "0"),
+    # channel axis 3 of a 4-d bottom leaves no spatial axis (Caffe would run a 0-d
+    # convolution); symnet takes 1, 2 or 3 spatial axes
+    ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 axis: 3 }}", 1, 1,
+     f"{CONV}.axis", "3"),
+    # CHECK(num_kernel_dims == 1 || num_kernel_dims == num_spatial_axes_): axis 0 makes
+    # a 3-d convolution of one item (channels 2, spatial 4x6x6)
+    ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 kernel_size: 3 axis: 0 }}",
+     1, 1, f"{CONV}.kernel_size", "[3, 3]"),
+    # CHECK_EQ(num_spatial_axes_, 2) "kernel_h & kernel_w can only be used for 2D
+    # convolution."
+    ("Convolution", f"{CONV} {{ num_output: 4 kernel_h: 3 kernel_w: 3 axis: 0 }}", 1, 1,
+     f"{CONV}.kernel_h", "3"),
+    ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 stride_h: 2 stride_w: 2 "
+     "axis: 0 }", 1, 1, f"{CONV}.stride_h", "2"),
+    ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 3 pad: 1 pad: 1 axis: 0 }}",
+     1, 1, f"{CONV}.pad", "[1, 1]"),
+    # 3-d: the depth kernel 7 is beyond the padded depth 4 + 2
+    ("Convolution", f"{CONV} {{ num_output: 4 kernel_size: 7 kernel_size: 3 "
+     "kernel_size: 3 pad: 1 axis: 0 }", 1, 1, f"{CONV}.kernel_size", "[7, 3, 3]"),
     # ---------------------------------------------------------- Deconvolution
     ("Deconvolution", f"{CONV} {{ num_output: 0 kernel_size: 3 }}", 1, 1,
      f"{CONV}.num_output", "0"),
@@ -116,9 +132,15 @@ REFUSED = [
     ("Pooling", f"{POOL} {{ global_pooling: true stride: 2 }}", 1, 1, f"{POOL}.stride",
      "[2, 2]"),
     ("Pooling", f"{POOL} {{ global_pooling: true pad: 1 }}", 1, 1, f"{POOL}.pad", "[1, 1]"),
-    # Caffe has STOCHASTIC pooling, from its own random generator: not reproducible
-    ("Pooling", f"{POOL} {{ kernel_size: 2 pool: STOCHASTIC }}", 1, 1, f"{POOL}.pool",
+    # CHECK(pool == AVE || pool == MAX) "Padding implemented only for average and max
+    # pooling."
+    ("Pooling", f"{POOL} {{ kernel_size: 2 pad: 1 pool: STOCHASTIC }}", 1, 1, f"{POOL}.pad",
+     "[1, 1]"),
+    # MaxTopBlobs(): 2 for MAX (the mask), 1 otherwise
+    ("Pooling", f"{POOL} {{ kernel_size: 2 pool: AVE }}", 1, 2, f"{POOL}.pool", "'AVE'"),
+    ("Pooling", f"{POOL} {{ kernel_size: 2 pool: STOCHASTIC }}", 1, 2, f"{POOL}.pool",
      "'STOCHASTIC'"),
+    ("Pooling", f"{POOL} {{ kernel_size: 2 }}", 1, 3, f"{POOL}.pool", "'MAX'"),
     # a window larger than the padded bottom: a top size <= 0 in Caffe
     ("Pooling", f"{POOL} {{ kernel_size: 8 }}", 1, 1, f"{POOL}.kernel_size", "[8, 8]"),
     # ----------------------------------------------------------- InnerProduct
