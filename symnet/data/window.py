@@ -371,8 +371,10 @@ def _window_data(lp, phase, base_dir, seed=None):
     _check(0 <= p.fg_fraction <= 1, f"{WDP}.fg_fraction", p.fg_fraction, "in [0, 1]")
     _check(crop - 2 * int(p.context_pad) > 0, f"{WDP}.context_pad", p.context_pad,
            f"< crop_size / 2 ({crop} / 2)")
-    _check(p.crop_mode in ("warp", "square"), f"{WDP}.crop_mode", p.crop_mode,
-           "'warp' or 'square'")
+    if p.crop_mode not in ("warp", "square"):
+        warnings.warn(f"WindowData '{lp.name}': {WDP}.crop_mode {p.crop_mode!r} is taken "
+                      "as 'warp' (as Caffe does with any mode other than 'square')",
+                      stacklevel=2)
     if t is not None and t.mean_file and len(t.mean_value):
         raise DataError("transform_param: give mean_file or mean_value, not both "
                         "(Caffe: cannot specify mean_file and mean_value at the same time)")

@@ -272,6 +272,14 @@ def test_warp_geometry_with_context_padding(tmp_path, pad, mode, box):
         assert not x[1][:, :, pw + ow:].any() and not x[1][:, ph + oh:, :].any()
 
 
+def test_an_unknown_crop_mode_warps_as_in_caffe(tmp_path):
+    imgs = _one_each(tmp_path)
+    with pytest.warns(UserWarning, match="crop_mode 'sqaure' is taken as 'warp'"):
+        src = make_source(tmp_path, layer_text(2, 'fg_fraction: 0.5 crop_mode: "sqaure"'))
+    np.testing.assert_array_equal(src.next_batch()[0][1],
+                                  ref_window(imgs[1], (8, 6, 13, 11), 0, False))
+
+
 def test_a_tall_window_in_square_mode(tmp_path):
     imgs = _one_each(tmp_path, fg_box=(5, 1, 7, 10))
     src = make_source(tmp_path, layer_text(2, 'fg_fraction: 0.5 crop_mode: "square"'))
