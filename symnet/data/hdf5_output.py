@@ -107,14 +107,16 @@ class HDF5Writer:
     that :class:`symnet.ops.PythonTop` and the lowering call)."""
 
     def __init__(self, name, file_name, bottom_shapes):
-        self.name, self.file_name = name, file_name
+        # the file Caffe opens at setup: later forwards write it even if the working
+        # directory changes meanwhile
+        self.name, self.file_name = name, os.path.abspath(file_name)
         self.bottom_shapes = [tuple(s) for s in bottom_shapes]
         self.save_shapes = [legacy_shape(s) for s in self.bottom_shapes]
         self.top_shapes = [(1,)]
         self.top_tensors = []
         self.params = []
         self.written = 0
-        write_atomic(file_name, {})            # Caffe's H5Fcreate(H5F_ACC_TRUNC)
+        write_atomic(self.file_name, {})       # Caffe's H5Fcreate(H5F_ACC_TRUNC)
 
     @property
     def n_args(self):

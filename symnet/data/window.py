@@ -10,7 +10,9 @@ The window file (``window_data_param.source``) repeats, one entry per image::
     num_windows
     class_index overlap x1 y1 x2 y2      (num_windows lines)
 
-Tokens may be separated by any white space, as Caffe reads them with ``>>``. Image
+Tokens may be separated by any white space, as Caffe reads them with ``>>``. The
+height and width given are not used (Caffe takes the decoded image's size), and the
+data top has the channels of the last image entry, which must be 3. Image
 indices count from 0 in file order (Caffe looks windows' images up by that index);
 ``root_folder`` is prepended to each path as a string, as Caffe does (so it usually ends
 with ``/``). A window with ``overlap >= fg_threshold`` is foreground (its class must be

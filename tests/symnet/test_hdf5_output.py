@@ -138,11 +138,12 @@ def test_pycaffe_net(tmp_path):
     os.chdir(tmp_path)                         # Caffe: file_name relative to the cwd
     try:
         net = caffe.Net("net.prototxt", caffe.TEST)
-        net.blobs["x"].data[...] = 2.5
-        net.blobs["y"].data[...] = [1, 0]
-        net.forward()
     finally:
         os.chdir(cwd)
+    assert datasets(path) == {}
+    net.blobs["x"].data[...] = 2.5
+    net.blobs["y"].data[...] = [1, 0]
+    net.forward()                              # writes the file opened at setup
     got = datasets(path)
     assert (got["data"][1] == 2.5).all() and got["data"][1].shape == (2, 3, 4, 1)
     np.testing.assert_array_equal(got["label"][1].ravel(), [1, 0])
