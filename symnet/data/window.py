@@ -15,9 +15,10 @@ height and width given are not used (Caffe takes the decoded image's size), and 
 data top has the channels of the last image entry, which must be 3. Image
 indices count from 0 in file order (Caffe looks windows' images up by that index);
 ``root_folder`` is prepended to each path as a string, as Caffe does (so it usually ends
-with ``/``). A window with ``overlap >= fg_threshold`` is foreground (its class must be
-> 0); one with ``overlap < bg_threshold`` is background (its class becomes 0); the
-others are not used.
+with ``/``); a relative path is looked up from the prototxt's folder, the working
+directory (where Caffe looks) and the window file's folder. A window with ``overlap >=
+fg_threshold`` is foreground (its class must be > 0); one with ``overlap <
+bg_threshold`` is background (its class becomes 0); the others are not used.
 
 Every batch holds ``num_fg = int(float(batch_size) * fg_fraction)`` (float32 product,
 truncated) foreground windows after ``batch_size - num_fg`` background ones. For each
