@@ -71,7 +71,8 @@ def set_seed(seed: int):
 
 from .base import DataError, Source, layer_seed, set_base_seed  # noqa: E402
 from ..runtime.prefetch import DataSourceError, Prefetcher  # noqa: E402
-from . import builtin, external  # noqa: E402,F401  (register the layer types)
+from . import builtin, external, window  # noqa: E402,F401  (register the layer types)
+from . import hdf5_output  # noqa: E402,F401  (the HDF5Output layer)
 
 __all__ = ["register", "is_data_layer", "create", "prefetch_depth", "set_seed", "layer_seed",
            "DataError", "Source", "DataSourceError", "Prefetcher"]

@@ -31,6 +31,8 @@ def build(type_, params, bottoms=("data",), ntop=1, phase=sn.TEST):
 
 CONV = "convolution_param"
 POOL = "pooling_param"
+WDP = "window_data_param"
+TP4 = "transform_param { crop_size: 4 }"
 
 # (type, parameter text, bottoms, number of tops, field, value as printed)
 REFUSED = [
@@ -302,6 +304,25 @@ REFUSED = [
     # ------------------------------------------------------------------- Clip
     # min and max are required fields of ClipParameter
     ("Clip", "clip_param { min: 0 }", 1, 1, "clip_param.max", "(not set)"),
+    # ------------------------------------------------------------- HDF5Output
+    # H5Fcreate(file_name) with no name fails: CHECK_GE(file_id_, 0)
+    ("HDF5Output", "", ("data", "lab"), 0, "hdf5_output_param.file_name", "(not set)"),
+    # ------------------------------------------------------------- WindowData
+    # (checked before the window file is read; the source here does not exist)
+    # the batch is batch_size windows: 0 gives an empty batch Caffe cannot sample
+    ("WindowData", f"{WDP} {{ source: 'w.txt' batch_size: 0 }} {TP4}", (), 2,
+     f"{WDP}.batch_size", "0"),
+    # CHECK_GT(crop_size, 0), crop_size read from transform_param
+    ("WindowData", f"{WDP} {{ source: 'w.txt' batch_size: 2 }}", (), 2,
+     "transform_param.crop_size", "(not set)"),
+    ("WindowData", f"{WDP} {{ source: 'w.txt' batch_size: 2 crop_size: 4 }}", (), 2,
+     "transform_param.crop_size", "(not set)"),
+    # num_fg = batch_size * fg_fraction must be a count within the batch
+    ("WindowData", f"{WDP} {{ source: 'w.txt' batch_size: 2 fg_fraction: 1.5 }} {TP4}", (),
+     2, f"{WDP}.fg_fraction", "1.5"),
+    # context_scale = crop / (crop - 2 * context_pad): divides by zero at crop / 2
+    ("WindowData", f"{WDP} {{ source: 'w.txt' batch_size: 2 context_pad: 2 }} {TP4}", (), 2,
+     f"{WDP}.context_pad", "2"),
 ]
 
 
