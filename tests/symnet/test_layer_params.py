@@ -481,7 +481,6 @@ ACCEPTED = [
     ("SPP", "spp_param { pyramid_height: 3 pool: AVE }", 1, 1, (2, 4 * 21)),
     ("SPP", "spp_param { pyramid_height: 1 }", 1, 1, (2, 4, 1, 1)),
     ("Parameter", "parameter_param { shape { dim: 3 dim: 1 dim: 2 } }", (), 1, (3, 1, 2)),
-    ("BatchReindex", "", ("data", "lab"), 1, (2, 4, 6, 6)),
 ]
 
 
