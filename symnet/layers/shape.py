@@ -432,6 +432,17 @@ def batch_reindex(x, index):
 
 # ------------------------------------------------------------------ Filter
 
+class SelectedCountError(LayerError):
+    """A Filter's selector has another count of nonzero entries than the layer was
+    built for. ``layer`` names the layer, ``count`` is the count found and ``built``
+    the one the graph has: a Net that re-sizes on it rebuilds the layer with
+    ``count`` and runs the forward again."""
+
+    def __init__(self, message, layer=None, count=None, built=None):
+        super().__init__(message)
+        self.layer, self.count, self.built = layer, count, built
+
+
 @layer("Filter", params=())
 def filter_(*bottoms, count=None):
     """Tops = the rows of bottoms[:-1] whose selector (the last bottom) is nonzero, in
@@ -479,12 +490,12 @@ def filter_(*bottoms, count=None):
     def select(values):
         picked = np.flatnonzero(values != 0)
         if picked.size != k:
-            raise LayerError(
+            raise SelectedCountError(
                 f"{where}: the selector has {picked.size} nonzero entries, the layer was "
                 f"built for {k}: the tops' first axis follows the selector's values, which "
                 "symnet fixes when the net is built (Caffe re-sizes at every forward); "
                 f"build it with count {picked.size or 'of at least 1'} (param_str "
-                "'count: K' of a symbolic Filter layer)")
+                "'count: K' of a symbolic Filter layer)", ctx.name, int(picked.size), k)
         return picked
 
     idx = _host_indices(f"{ctx.name}_selected", F.reshape(sel, (n,)), (k,), select)

@@ -36,6 +36,7 @@ import symnet as sn
 import symnet.caffe
 from snhelp import check_cases
 from symnet.layers import LayerError, apply
+from symnet.layers.shape import SelectedCountError
 
 R = np.random.default_rng(16)
 
@@ -434,8 +435,11 @@ def test_filter_count_change_in_a_net_names_the_layer():
     x = f32(3, 2)
     np.testing.assert_array_equal(net.forward(x=x, s=np.array([1, -2, 3], np.float32))["f"], x)
     with pytest.raises(LayerError, match=r"layer 'f' \(Filter\) in <string>: the selector has "
-                                         r"1 nonzero entries, the layer was built for 3"):
+                                         r"1 nonzero entries, the layer was built for 3") as info:
         net.forward(x=x, s=np.array([0, 0, 5], np.float32))
+    # what a net re-sizing on it needs: the layer, the count found, the count built
+    assert isinstance(info.value, SelectedCountError)
+    assert (info.value.layer, info.value.count, info.value.built) == ("f", 1, 3)
     net = sn.Net(NET, sn.TEST, backend="numpy")
     with pytest.raises(LayerError, match=r"layer 'f' \(Python\) in <string>: the selector has "
                                          r"3 nonzero entries, the layer was built for 2"):
