@@ -476,3 +476,15 @@ def test_layer_type_list_covers_caffes_registry():
     for typ in ("Parameter", "SPP", "Filter", "BatchReindex", "Im2col"):
         assert typ in listed
         assert sn.layers.get(typ).doc, typ
+
+
+def test_im2col_copies_exactly(backend):
+    """Caffe's im2col copies values (no arithmetic): an inf or NaN in the bottom shows
+    up only in the columns it is copied to, and every entry is bit-equal."""
+    x = f32(1, 2, 5, 5)
+    x[0, 0, 2, 2], x[0, 1, 0, 4] = np.inf, np.nan
+    with sn.graph_scope():
+        xi = sn.input("x", x.shape)
+        (y,), _ = apply("Im2col", xi, name="c", kernel_size=[3], pad=[1], stride=[2])
+        got = sn.function([xi], [y], backend=backend)(x)[0]
+    np.testing.assert_array_equal(got, im2col_ref(x, (3, 3), (2, 2), (1, 1), (1, 1)))
