@@ -1,5 +1,6 @@
 """Caffe's layers that move, cut, copy or reduce blobs: Concat, Slice, Split, Flatten,
-Reshape, Crop, Tile, Reduction, ArgMax and Silence.
+Reshape, Crop, Tile, Reduction, ArgMax, Silence, BatchReindex and Filter; and
+Parameter (a learnable blob as a top).
 
 All of them are index arithmetic on symnet tensors (reshape, slice, concat,
 broadcast, reduce, top-k); their backward is derived, and equals Caffe's
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from .. import functions as F
 from ..errors import ShapeError
 from ._util import canonical_axis, is_int, require, show
-from .registry import context, layer
+from .registry import LayerError, context, layer, layer_param
 
 
 def _legacy_axis(x, axis, legacy, legacy_name, param):
@@ -301,3 +304,199 @@ def argmax(x, out_max_val=False, top_k=1, axis=None):
         idx = F.concat([idx, F.reshape(vals, (num, 1, top_k))], 1)
     ndim = max(x.ndim, 3)
     return F.reshape(idx, idx.shape + (1,) * (ndim - 3))
+
+
+# ---------------------------------------------------------------- Parameter
+
+@layer("Parameter")
+def parameter(*bottoms, shape=None):
+    """One learnable blob of ``parameter_param.shape``; the top is that blob (Caffe
+    shares the top's data and diff with it, so the top's diff accumulates into the
+    blob's diff). Caffe gives the blob no filler: a new blob holds zeros."""
+    # Caffe: ExactNumBottomBlobs() == 0, ExactNumTopBlobs() == 1
+    if bottoms:
+        raise ValueError(f"Parameter takes no bottom, got {len(bottoms)}")
+    require(context().ntop == 1, "top", context().ntop, "exactly 1 top for Parameter")
+    dims = shape.get("dim", []) if isinstance(shape, dict) else list(shape or ())
+    # BlobShape dims are int64; Blob::Reshape refuses a negative one
+    require(all(is_int(d) and d >= 0 for d in dims), "parameter_param.shape.dim", dims,
+            "integers >= 0")
+    return layer_param(tuple(int(d) for d in dims), {"type": "constant", "value": 0.0})
+
+
+# ------------------------------------------------------ host index steps
+
+class _HostIndices:
+    """A host step that turns a selector or index blob into gather indices, checking
+    its values as Caffe's Forward/Reshape does (run as a ``PythonTop`` op: a fusion
+    boundary and one host call per forward). It has no gradient: Caffe does not
+    back-propagate to these bottoms."""
+
+    def __init__(self, name, in_shape, out_shape, compute):
+        self.name = name
+        self.bottom_shapes = [tuple(in_shape)]
+        self.top_shapes = [tuple(out_shape)]
+        self.params = []
+        self.top_tensors = []
+        self._compute = compute
+
+    @property
+    def n_args(self):
+        return 1
+
+    def check_arg_shapes(self, shapes):
+        if [tuple(s) for s in shapes] != self.bottom_shapes:
+            raise ShapeError(f"{self.name}: built for a bottom of shape "
+                             f"{self.bottom_shapes[0]}, got {tuple(shapes[0])}")
+
+    def differentiable(self, i):
+        return False
+
+    def forward_into(self, bottom_arrays, top_arrays):
+        top_arrays[0][...] = self._compute(np.asarray(bottom_arrays[0]).reshape(-1))
+
+    def forward_arrays(self, arrays):
+        out = np.zeros(self.top_shapes[0], dtype=np.asarray(arrays[0]).dtype)
+        self.forward_into(arrays, [out])
+        return [out]
+
+
+def _host_indices(name, x, out_shape, compute):
+    from ..ops.python import PythonTop
+    runner = _HostIndices(name, x.shape, out_shape, compute)
+    t = F.graph_of(x).add(PythonTop(runner, 0), [x])
+    runner.top_tensors = [t]
+    return t
+
+
+def _rows(x, idx):
+    """x[idx] along axis 0 (idx: (k,) float indices); the gradient scatter-adds."""
+    rest = x.shape[1:]
+    x2 = F.reshape(x, (x.shape[0], math.prod(rest)))
+    i2 = F.broadcast_to(F.reshape(idx, (idx.shape[0], 1)), (idx.shape[0], x2.shape[1]))
+    return F.reshape(F.gather(x2, i2, 0), (idx.shape[0],) + rest)
+
+
+def _needs_gradient(t):
+    """Whether t depends on a learnable blob other than through a stop_gradient."""
+    g = F.graph_of(t).nx
+    seen, todo = set(), [t.id]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        kind = g.nodes[n]["op"].kind
+        if kind == "param":
+            return True
+        if kind != "stop_gradient":
+            todo.extend(g.predecessors(n))
+    return False
+
+
+# ------------------------------------------------------------ BatchReindex
+
+@layer("BatchReindex", params=())
+def batch_reindex(x, index):
+    """y[i] = x[int(index[i])]: rows of x picked (and repeated) by a 1-d blob of
+    indices (floats, truncated toward zero as Caffe's static_cast<int>); every index
+    must lie in [0, N) (checked at each forward, as Caffe). The gradient scatter-adds
+    the top's diff into x's rows; the index blob gets none (Caffe: "Cannot backprop
+    to index")."""
+    # Caffe: CHECK_EQ(1, bottom[1]->num_axes())
+    if index.ndim != 1:
+        raise ShapeError(f"BatchReindex: bottom 1 (the indices) has {index.ndim} axes "
+                         f"{index.shape}; it must have 1")
+    if x.ndim < 1:
+        raise ShapeError("BatchReindex: bottom 0 must have at least one axis")
+    n = x.shape[0]
+    where = context().where or f"layer '{context().name}' (BatchReindex)"
+
+    def check(values):
+        # Caffe: CHECK_GE(ridx, 0) "Index specified for reindex layer was negative."
+        # CHECK_LT(ridx, initial_num) "... was greater than batch size."
+        bad = np.flatnonzero(~((values >= 0) & (values < n)))
+        if bad.size:
+            i = int(bad[0])
+            raise LayerError(f"{where}: bottom 1 index[{i}] = {values[i]:g}: must be in "
+                             f"[0, {n}) (the batch size of bottom 0)")
+        return np.trunc(values)
+
+    if _needs_gradient(index) and context().phase == "TRAIN":
+        raise ValueError("bottom 1 (the indices) depends on learnable blobs: BatchReindex "
+                         "cannot back-propagate to the indices (Caffe: 'Cannot backprop to "
+                         "index'); set propagate_down: false for it")
+    idx = _host_indices(f"{context().name}_indices", index, index.shape, check)
+    return _rows(x, idx)
+
+
+# ------------------------------------------------------------------ Filter
+
+class SelectedCountError(LayerError):
+    """A Filter's selector has another count of nonzero entries than the layer was
+    built for. ``layer`` names the layer, ``count`` is the count found and ``built``
+    the one the graph has: a Net that re-sizes on it rebuilds the layer with
+    ``count`` and runs the forward again."""
+
+    def __init__(self, message, layer=None, count=None, built=None):
+        super().__init__(message)
+        self.layer, self.count, self.built = layer, count, built
+
+
+@layer("Filter", params=())
+def filter_(*bottoms, count=None):
+    """Tops = the rows of bottoms[:-1] whose selector (the last bottom) is nonzero, in
+    order. The selector has shape (N, 1, ...) (every axis after the first of size 1);
+    every other bottom has N rows; one top per filtered bottom. The gradient copies
+    each top row's diff back to its row and zeroes the rest; the selector gets none
+    (Caffe: "Layer cannot backpropagate to filter index inputs").
+
+    The tops' first axis is the number of nonzero selector entries, a value known only
+    when the net runs. Caffe re-sizes the tops at every forward; symnet's graph has
+    static shapes, so the count is fixed when the layer is built: ``count`` (a
+    symbolic-layer option, e.g. ``param_str: "count: 3"``), or the selector's N as
+    Caffe's first Reshape. Each forward checks the selector's count on the host and
+    raises a LayerError naming the count found when it differs."""
+    ctx = context()
+    # Caffe: CHECK_EQ(top.size(), bottom.size() - 1)
+    if len(bottoms) < 2:
+        raise ValueError(f"Filter takes the bottoms to filter and a selector bottom (last), "
+                         f"got {len(bottoms)} bottom(s)")
+    *xs, sel = bottoms
+    require(ctx.ntop == len(xs), "top", ctx.ntop,
+            f"{len(xs)}, one per filtered bottom (bottoms minus the selector)")
+    if sel.ndim < 1:
+        raise ShapeError("Filter: the selector (last bottom) must have at least one axis")
+    # Caffe: CHECK_EQ(selector->shape(i), 1) for i >= 1
+    if any(d != 1 for d in sel.shape[1:]):
+        raise ShapeError(f"Filter: the selector (last bottom) has shape {sel.shape}; its "
+                         "dimensions must be singletons (1), except the first")
+    n = sel.shape[0]
+    for i, x in enumerate(xs):
+        # Caffe: CHECK_EQ(selector->shape(0), bottom[i]->shape(0))
+        if x.ndim < 1 or x.shape[0] != n:
+            raise ShapeError(f"Filter: bottom {i} has shape {x.shape}; each bottom should "
+                             f"have the same 0th dimension as the selector ({n})")
+    k = n if count is None else count
+    require(is_int(k) and 0 < int(k) <= n, "count", k,
+            f"an integer in [1, {n}] (the selector's rows)")
+    k = int(k)
+    if _needs_gradient(sel) and ctx.phase == "TRAIN":
+        raise ValueError("the selector (last bottom) depends on learnable blobs: Filter "
+                         "cannot back-propagate to filter index inputs (as Caffe); set "
+                         "propagate_down: false for it")
+    where = ctx.where or f"layer '{ctx.name}' (Filter)"
+
+    def select(values):
+        picked = np.flatnonzero(values != 0)
+        if picked.size != k:
+            raise SelectedCountError(
+                f"{where}: the selector has {picked.size} nonzero entries, the layer was "
+                f"built for {k}: the tops' first axis follows the selector's values, which "
+                "symnet fixes when the net is built (Caffe re-sizes at every forward); "
+                f"build it with count {picked.size or 'of at least 1'} (param_str "
+                "'count: K' of a symbolic Filter layer)", ctx.name, int(picked.size), k)
+        return picked
+
+    idx = _host_indices(f"{ctx.name}_selected", F.reshape(sel, (n,)), (k,), select)
+    return [_rows(x, idx) for x in xs]

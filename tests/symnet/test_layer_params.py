@@ -323,6 +323,41 @@ REFUSED = [
     # context_scale = crop / (crop - 2 * context_pad): divides by zero at crop / 2
     ("WindowData", f"{WDP} {{ source: 'w.txt' batch_size: 2 context_pad: 2 }} {TP4}", (), 2,
      f"{WDP}.context_pad", "2"),
+    # -------------------------------------------------------------------- SPP
+    # pyramid_height: Caffe's Concat gets no bottom with 0 levels
+    ("SPP", "spp_param { pyramid_height: 0 }", 1, 1, "spp_param.pyramid_height", "0"),
+    # level 3 of a 6x6 bottom: kernel 1, pad 1; PoolingLayer: CHECK_LT(pad_h_, kernel_h_)
+    ("SPP", "spp_param { pyramid_height: 4 }", 1, 1, "spp_param.pyramid_height", "4"),
+    ("SPP", "spp_param { pyramid_height: 2 pool: STOCHASTIC }", 1, 1, "spp_param.pool",
+     "'STOCHASTIC'"),
+    # ----------------------------------------------------------------- Im2col
+    # CHECK_GT(kernel_shape_data[i], 0) "Filter dimensions must be nonzero."
+    ("Im2col", f"{CONV} {{ kernel_size: 0 }}", 1, 1, f"{CONV}.kernel_size", "0"),
+    ("Im2col", f"{CONV} {{ }}", 1, 1, f"{CONV}.kernel_size", "[]"),
+    # CHECK(num_kernel_dims == 1 || num_kernel_dims == num_spatial_axes_)
+    ("Im2col", f"{CONV} {{ kernel_size: 3 kernel_size: 3 kernel_size: 3 }}", 1, 1,
+     f"{CONV}.kernel_size", "[3, 3, 3]"),
+    # CHECK_EQ(0, conv_param.kernel_size_size()) "Either kernel_size or kernel_h/w"
+    ("Im2col", f"{CONV} {{ kernel_size: 3 kernel_h: 3 kernel_w: 3 }}", 1, 1,
+     f"{CONV}.kernel_size", "[3]"),
+    # CHECK_GT(stride_data[i], 0) "Stride dimensions must be nonzero."
+    ("Im2col", f"{CONV} {{ kernel_size: 3 stride: 0 }}", 1, 1, f"{CONV}.stride", "0"),
+    # stride_h alone: Caffe reads stride_w() = 0 and fails the check above
+    ("Im2col", f"{CONV} {{ kernel_size: 3 stride_h: 2 }}", 1, 1, f"{CONV}.stride_w", "0"),
+    # kernel_h & kernel_w can only be used for 2D convolution (axis 2: one spatial axis)
+    ("Im2col", f"{CONV} {{ kernel_h: 3 kernel_w: 3 axis: 2 }}", 1, 1, f"{CONV}.kernel_h",
+     "3"),
+    # CHECK_GE(num_spatial_axes_, 1)
+    ("Im2col", f"{CONV} {{ kernel_size: 1 axis: -1 }}", 1, 1, f"{CONV}.axis", "-1"),
+    # a top of negative size: Blob::Reshape refuses it
+    ("Im2col", f"{CONV} {{ kernel_size: 9 }}", 1, 1, f"{CONV}.kernel_size", "[9, 9]"),
+    # -------------------------------------------------------------- Parameter
+    # BlobShape dims are int64; Blob::Reshape: CHECK_GE(shape[i], 0)
+    ("Parameter", "parameter_param { shape { dim: 2 dim: -1 } }", (), 1,
+     "parameter_param.shape.dim", "[2, -1]"),
+    # ------------------------------------------------------------------ Filter
+    # CHECK_EQ(top.size(), bottom.size() - 1)
+    ("Filter", "", ("data", "lab"), 2, "top", "2"),
 ]
 
 
@@ -396,6 +431,10 @@ REFUSED_FROM_PYTHON = [
     ("SigmoidCrossEntropyLoss", [SHAPE, SHAPE], dict(normalization="ALL"),
      "loss_param.normalization", "'ALL'"),
     ("HingeLoss", [SHAPE, (2,)], dict(norm="L3"), "hinge_loss_param.norm", "'L3'"),
+    ("Filter", [(4, 3), (4, 1)], dict(count=5), "count", "5"),
+    ("Filter", [(4, 3), (4, 1)], dict(count=0), "count", "0"),
+    ("Filter", [(4, 3), (4, 1)], dict(count=1.5), "count", "1.5"),
+    ("Parameter", [], dict(shape={"dim": [2.5]}), "parameter_param.shape.dim", "[2.5]"),
 ]
 
 
@@ -476,6 +515,15 @@ ACCEPTED = [
     ("Clip", "clip_param { min: 2 max: 1 }", 1, 1, (2, 4, 6, 6)),
     ("Power", "power_param { power: -1 scale: 2 shift: -3 }", 1, 1, (2, 4, 6, 6)),
     ("Reduction", "reduction_param { axis: -1 coeff: 0 }", 1, 1, (2, 4, 6)),
+    # Im2col: C's division truncates toward zero, so (6 - 7) / 2 + 1 = 1: one window
+    # reaching past the bottom (im2col reads 0 there)
+    ("Im2col", f"{CONV} {{ kernel_size: 7 stride: 2 }}", 1, 1, (2, 4 * 49, 1, 1)),
+    ("Im2col", f"{CONV} {{ kernel_h: 2 kernel_w: 3 stride_h: 2 stride_w: 1 pad_w: 1 "
+     f"dilation: 2 }}", 1, 1, (2, 24, 2, 4)),
+    # SPP: levels of 1, 4 and 16 bins flattened and joined; one level is not flattened
+    ("SPP", "spp_param { pyramid_height: 3 pool: AVE }", 1, 1, (2, 4 * 21)),
+    ("SPP", "spp_param { pyramid_height: 1 }", 1, 1, (2, 4, 1, 1)),
+    ("Parameter", "parameter_param { shape { dim: 3 dim: 1 dim: 2 } }", (), 1, (3, 1, 2)),
 ]
 
 
