@@ -512,3 +512,32 @@ def test_external_c_library_without_set_world(tmp_path):
                                              "shared library does not export "
                                              "symnet_data_set_world"):
         make(lib_layer(lib, 2), tmp_path, (1, 2))
+
+
+# ----------------------------------------------------------------------------- through a Net
+
+def test_a_net_built_under_set_world_reads_its_shard(tmp_path):
+    """Net builds its data layers with ``data.create`` without ``world=``: the
+    process's world (what a solver under MPI sets) shards them; TEST nets read all."""
+    import symnet as sn
+    write_hdf5(tmp_path, [4, 3])
+    (tmp_path / "net.prototxt").write_text(hdf5_layer(2, False).replace(
+        'name: "h"', 'name: "h" include { phase: TRAIN }') + hdf5_layer(2, False).replace(
+        'name: "h"', 'name: "t" include { phase: TEST }') + """
+        layer { name: "s" type: "Scale" bottom: "data" top: "s"
+                param { lr_mult: 0 } scale_param { filler { value: 1 } } }""")
+    previous = data.set_world(1, 2)
+    try:
+        train = sn.Net(str(tmp_path / "net.prototxt"), phase=sn.TRAIN)
+        test = sn.Net(str(tmp_path / "net.prototxt"), phase=sn.TEST)
+    finally:
+        data.set_world(*previous)
+    labels = []
+    for _ in range(3):
+        train.forward()
+        labels.append(train.blobs["label"].data.copy())
+    np.testing.assert_array_equal(labels, [[1, 3], [5, 0], [2, 4]])
+    test.forward()
+    np.testing.assert_array_equal(test.blobs["label"].data, [0, 1])
+    train.close()
+    test.close()
