@@ -8,6 +8,9 @@
  * param_str: "batch=4 channels=3 fail_at=-1" (fail_at >= 0: next() fails at that sample,
  * to show how errors travel).
  *
+ * Data-parallel (symnet_data_set_world): rank r of N produces the samples n = r, r+N,
+ * r+2N, ...; its noise generator is seeded by the seed and the rank.
+ *
  *   cc -shared -fPIC -O2 -I"$(symnet include-dir)" counter_source.c -o libcounter.so
  *
  *   layer { name: "data" type: "ExternalData" top: "data" top: "label" top: "noise"
@@ -20,7 +23,7 @@
 #include "symnet_data.h"
 
 typedef struct {
-    long long batch, channels, fail_at;
+    long long batch, channels, fail_at, step;
     unsigned long long counter, rng;
     char error[256];
 } counter_source;
@@ -49,6 +52,7 @@ SYMNET_DATA_EXPORT void *symnet_data_create(const char *param_str, const char *p
     s->batch = 4;
     s->channels = 3;
     s->fail_at = -1;
+    s->step = 1;
     s->rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
     while (sscanf(p, " %63[^= ]=%lld%n", key, &value, &used) == 2) {
         if (strcmp(key, "batch") == 0) s->batch = value;
@@ -93,7 +97,7 @@ SYMNET_DATA_EXPORT int symnet_data_top_shape(void *source, int top, int64_t *dim
 SYMNET_DATA_EXPORT int symnet_data_next(void *source, float *const *tops) {
     counter_source *s = source;
     long long item = s->channels * 4;
-    for (long long i = 0; i < s->batch; ++i, ++s->counter) {
+    for (long long i = 0; i < s->batch; ++i, s->counter += (unsigned long long)s->step) {
         if (s->fail_at >= 0 && (long long)s->counter == s->fail_at) {
             snprintf(s->error, sizeof s->error,
                      "counter source: sample %llu failed as asked (fail_at)", s->counter);
@@ -105,6 +109,19 @@ SYMNET_DATA_EXPORT int symnet_data_next(void *source, float *const *tops) {
         tops[2][i] = (float)((next_random(&s->rng) >> 40) / 16777216.0);
     }
     s->error[0] = 0;
+    return 0;
+}
+
+SYMNET_DATA_EXPORT int symnet_data_set_world(void *source, int rank, int size) {
+    counter_source *s = source;
+    if (size < 1 || rank < 0 || rank >= size) {
+        snprintf(s->error, sizeof s->error, "counter source: rank %d of %d", rank, size);
+        return -1;
+    }
+    s->counter = (unsigned long long)rank;
+    s->step = size;
+    s->rng ^= (unsigned long long)rank * 0xD1B54A32D192ED03ULL;   /* rank 0: unchanged */
+    if (!s->rng) s->rng = 0x9E3779B97F4A7C15ULL;
     return 0;
 }
 

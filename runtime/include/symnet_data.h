@@ -26,6 +26,17 @@
  * needs no locking of its own. The Python interpreter lock is released during every
  * call, so next() overlaps with the net's computation.
  *
+ * Data-parallel training: when N processes train one model, symnet tells the source of
+ * each its rank r (0 .. N-1) and N with symnet_data_set_world(), right after create().
+ * The source then produces the records r, r+N, r+2N, ... of the stream it would produce
+ * alone, so that at every iteration the N processes at batch B together read the N*B
+ * records one process at batch N*B reads. Shuffles must be drawn from `seed` alone (the
+ * same on every rank), other random numbers (augmentation) from the seed and the rank.
+ * A library without symnet_data_set_world() (ABI version 1) works in one process only:
+ * with N > 1 symnet refuses to load it. In the TEST phase (run by rank 0 alone) and in
+ * one process it is told rank 0 of 1. symnet records r and N next to the state bytes of
+ * get_state() and refuses to restore them on another rank or with another N.
+ *
  * Errors: a function that fails returns NULL / a negative value and keeps a message
  * (UTF-8, NUL-terminated) that symnet_data_error() returns; symnet raises it in the main
  * thread with the layer's name. A message from create() goes into the caller's buffer.
@@ -40,8 +51,13 @@
 extern "C" {
 #endif
 
-/* The version of this ABI; a library may export symnet_data_abi_version() returning it. */
-#define SYMNET_DATA_ABI_VERSION 1
+/*
+ * The version of this ABI; a library may export symnet_data_abi_version() returning it.
+ *   1: the functions below without symnet_data_set_world;
+ *   2: adds symnet_data_set_world (optional; needed for data-parallel training).
+ * symnet reads libraries of versions 1 and 2.
+ */
+#define SYMNET_DATA_ABI_VERSION 2
 
 /* The most axes a top may have (Caffe's limit). */
 #define SYMNET_DATA_MAX_AXES 32
@@ -106,6 +122,15 @@ SYMNET_DATA_EXPORT int64_t symnet_data_get_state(void *source, char *buffer, siz
 
 /* Go back to a position returned by get_state. Returns 0, or -1 on error. */
 SYMNET_DATA_EXPORT int symnet_data_set_state(void *source, const char *buffer, size_t size);
+
+/*
+ * (ABI version 2) This source is rank `rank` of `size` processes (0 <= rank < size):
+ * from now on produce the records rank, rank + size, rank + 2 size, ... of the stream
+ * (see "Data-parallel training" above). Called once, right after create() and before
+ * any other function, also with rank 0 of size 1. Returns 0, or -1 on error (e.g. a
+ * source that cannot share out its records).
+ */
+SYMNET_DATA_EXPORT int symnet_data_set_world(void *source, int rank, int size);
 
 #ifdef __cplusplus
 }

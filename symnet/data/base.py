@@ -19,14 +19,22 @@ given to :func:`symnet.data.set_seed` (0 unless set; the solver sets it from
 Position
 --------
 ``state()`` returns a JSON-serialisable dict (type, seed, stream generator state, epoch,
-cursor and what the source needs to find its place); ``set_state(dict)`` puts the source
-back there, so the batch read next is the batch that would have been read.
+cursor and what the source needs to find its place; ``shard`` for a sharded source);
+``set_state(dict)`` puts the source back there, so the batch read next is the batch that
+would have been read; it refuses a position of another shard.
+
+Shards
+------
+``Source(..., world=World(rank, size))`` reads the records rank, rank + size, ... of its
+stream (see :mod:`symnet.data`); subclasses step through their stream ``world.size``
+records at a time and start at record ``world.rank``.
 """
 from __future__ import annotations
 
 import copy
 import os
 import zlib
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,6 +46,58 @@ _PHASE_INDEX = {"TRAIN": 0, "TEST": 1}
 
 class DataError(SymnetError, ValueError):
     """A data source's parameters or files are wrong (the message says what and where)."""
+
+
+class World(NamedTuple):
+    """Rank ``rank`` of ``size`` processes training one model data-parallel: a source
+    of this rank reads the records rank, rank + size, rank + 2 size, ... of its stream
+    (see :mod:`symnet.data`). ``World(0, 1)`` reads every record."""
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def of(cls, world) -> "World":
+        """``world`` (a World, a ``(rank, size)`` pair or None for one process),
+        checked: ``0 <= rank < size``."""
+        if world is None:
+            return cls(0, 1)
+        try:
+            rank, size = world
+            if isinstance(rank, bool) or isinstance(size, bool):
+                raise TypeError
+            rank, size = int(rank), int(size)
+        except (TypeError, ValueError):
+            raise DataError(f"a data world is (rank, size), two integers; got "
+                            f"{world!r}") from None
+        if size < 1 or not 0 <= rank < size:
+            raise DataError(f"a data world needs size >= 1 and 0 <= rank < size; got rank "
+                            f"{rank}, size {size}")
+        return cls(rank, size)
+
+    def describe(self) -> str:
+        return f"rank {self.rank} of {self.size}"
+
+
+def shard_of(state) -> World:
+    """The shard a saved position was read with (one process when it has none)."""
+    shard = state.get("shard") if isinstance(state, dict) else None
+    if shard is None:
+        return World(0, 1)
+    if not isinstance(shard, dict):
+        raise DataError(f"the saved position's shard is {shard!r}; expected "
+                        "{'rank': r, 'size': n}")
+    return World.of((shard.get("rank"), shard.get("size")))
+
+
+def check_shard(state, world, who):
+    """Refuse a position saved for another rank or another number of ranks."""
+    saved = shard_of(state)
+    if saved != world:
+        def name(w):
+            return "one process" if w.size == 1 else w.describe()
+        raise DataError(f"{who}: the saved position was read as {name(saved)}, this source "
+                        f"reads as {name(world)}; an exact resume needs the same number "
+                        "of processes (and each rank its own position)")
 
 
 def set_base_seed(seed: int):
@@ -90,15 +150,17 @@ class Source:
 
     type_name = "Source"
 
-    def __init__(self, name="data", phase="TRAIN", seed=None):
+    def __init__(self, name="data", phase="TRAIN", seed=None, world=None):
         self.name, self.phase = str(name), str(phase)
+        self.world = World.of(world)
         self._set_seed(seed)
 
     # ---------------------------------------------------------------- seeding
     def _set_seed(self, seed):
         self.seed = layer_seed(self.name, self.phase) if seed is None else int(seed)
+        key = (0,) if self.world.size == 1 else (0, self.world.rank, self.world.size)
         self.rng = np.random.Generator(np.random.PCG64(
-            np.random.SeedSequence(self.seed, spawn_key=(0,))))
+            np.random.SeedSequence(self.seed, spawn_key=key)))
 
     def epoch_rng(self, *keys) -> np.random.Generator:
         """The generator for permutations of epoch ``keys[0]`` (and more keys)."""
@@ -131,6 +193,8 @@ class Source:
     def state(self) -> dict:
         st = {"type": self.type_name, "seed": self.seed,
               "rng": copy.deepcopy(self.rng.bit_generator.state)}
+        if self.world.size > 1:
+            st["shard"] = {"rank": self.world.rank, "size": self.world.size}
         st.update(self._position())
         return st
 
@@ -139,6 +203,7 @@ class Source:
             got = state.get("type") if isinstance(state, dict) else type(state).__name__
             raise DataError(f"{self.type_name} source '{self.name}': cannot restore a "
                             f"position saved by a {got!r} source")
+        check_shard(state, self.world, f"{self.type_name} source '{self.name}'")
         before = self.state()
         try:
             self._apply_state(state)

@@ -35,13 +35,18 @@ class DummyDataSource(Source):
     """Tops filled by Caffe fillers, as Caffe's DummyDataLayer: a top whose filler is
     ``constant`` (the default) is filled once, when the net is built, and never again
     (:meth:`constant_tops`), so values written into it from Python stay; the others
-    are filled anew every batch (from the source's stream generator)."""
+    are filled anew every batch (from the source's stream generator).
+
+    Sharded (``world`` of N > 1 ranks): nothing is read, so nothing is shared out; the
+    random tops of each rank come from its own stream generator (different values on
+    each rank), the constant tops are alike on every rank."""
 
     type_name = "DummyData"
 
-    def __init__(self, shapes, filler_specs, name="data", phase="TRAIN", seed=None):
+    def __init__(self, shapes, filler_specs, name="data", phase="TRAIN", seed=None,
+                 world=None):
         from .. import fillers
-        super().__init__(name, phase, seed)
+        super().__init__(name, phase, seed, world)
         self.shapes = [tuple(int(d) for d in s) for s in shapes]
         self.fillers = []
         for spec in filler_specs:
@@ -66,7 +71,7 @@ class DummyDataSource(Source):
 
 
 @register("DummyData")
-def _dummy_data(lp, phase, base_dir, seed=None):
+def _dummy_data(lp, phase, base_dir, seed=None, world=None):
     p = lp.dummy_data_param
     n = len(lp.top)
     legacy = any(len(getattr(p, f)) for f in ("num", "channels", "height", "width"))
@@ -93,7 +98,7 @@ def _dummy_data(lp, phase, base_dir, seed=None):
         raise DataError(f"dummy_data_param: {len(specs)} data_filler(s) for {n} tops; give "
                         "none (constant 0), one, or one per top")
     specs = [None] * n if not specs else specs * n if len(specs) == 1 else specs
-    return DummyDataSource(shapes, specs, lp.name, phase, seed)
+    return DummyDataSource(shapes, specs, lp.name, phase, seed, world)
 
 
 # ----------------------------------------------------------------------------- MemoryData
@@ -101,13 +106,18 @@ def _dummy_data(lp, phase, base_dir, seed=None):
 class MemoryDataSource(Source):
     """Batches cut in order from arrays given with ``set_arrays(data, labels)`` (pycaffe's
     ``net.set_input_arrays``), wrapping around; tops data (N, C, H, W) and label (N,).
-    As Caffe's MemoryDataLayer::Reset, the arrays are not transformed."""
+    As Caffe's MemoryDataLayer::Reset, the arrays are not transformed.
+
+    Sharded (rank r of N): every rank is given the same arrays and reads the items r,
+    r+N, r+2N, ... of their endless repetition, so the N ranks together read the batch
+    of N*batch items one process would. The position is the next item this rank reads
+    (``cursor``) and how often it wrapped around (``epoch``)."""
 
     type_name = "MemoryData"
 
     def __init__(self, batch_size, channels, height, width, n_tops=2, name="data",
-                 phase="TRAIN", seed=None):
-        super().__init__(name, phase, seed)
+                 phase="TRAIN", seed=None, world=None):
+        super().__init__(name, phase, seed, world)
         self.batch_size = batch_size
         self.item_shape = (int(channels), int(height), int(width))
         if min(self.item_shape) <= 0:
@@ -118,7 +128,9 @@ class MemoryDataSource(Source):
         self._rewind()
 
     def _rewind(self):
-        self.epoch, self.cursor = 0, 0
+        self.epoch, self.cursor = 0, self.world.rank
+        if self.data is not None:
+            self.epoch, self.cursor = divmod(self.world.rank, self.data.shape[0])
 
     def top_shapes(self):
         shapes = [(self.batch_size,) + self.item_shape, (self.batch_size,)]
@@ -146,32 +158,36 @@ class MemoryDataSource(Source):
         if self.data is None:
             raise DataError(f"MemoryData '{self.name}' has no arrays: call "
                             "net.set_input_arrays(data, labels) before forward")
-        b, s = self.batch_size, self.cursor
-        out = [self.data[s:s + b].copy(), self.labels[s:s + b].copy()][:len(self.top_shapes())]
-        self.cursor = s + b
-        if self.cursor >= self.data.shape[0]:
-            self.cursor, self.epoch = 0, self.epoch + 1
-        return out
+        b, s, n, step = self.batch_size, self.cursor, self.data.shape[0], self.world.size
+        if step == 1:
+            out = [self.data[s:s + b].copy(), self.labels[s:s + b].copy()]
+        else:
+            rows = (s + step * np.arange(b)) % n
+            out = [self.data[rows], self.labels[rows]]
+        wraps, self.cursor = divmod(s + step * b, n)
+        self.epoch += wraps
+        return out[:len(self.top_shapes())]
 
     def _position(self):
         return {"epoch": self.epoch, "cursor": self.cursor}
 
     def _set_position(self, state):
         cursor = int(state["cursor"])
-        if self.data is not None and cursor >= self.data.shape[0]:
+        if cursor < 0 or self.data is not None and cursor >= self.data.shape[0]:
             raise DataError(f"MemoryData '{self.name}': saved cursor {cursor} is beyond the "
                             f"{self.data.shape[0]} items set")
         self.epoch, self.cursor = int(state["epoch"]), cursor
 
 
 @register("MemoryData")
-def _memory_data(lp, phase, base_dir, seed=None):
+def _memory_data(lp, phase, base_dir, seed=None, world=None):
     p = lp.memory_data_param
     if lp.HasField("transform_param") and has_any_field(lp.transform_param):
         warnings.warn(f"MemoryData '{lp.name}': transform_param is not applied to arrays "
                       "given with set_input_arrays (as in Caffe)", stacklevel=2)
     return MemoryDataSource(_batch_size(p.batch_size, "memory_data_param.batch_size"),
-                            p.channels, p.height, p.width, len(lp.top), lp.name, phase, seed)
+                            p.channels, p.height, p.width, len(lp.top), lp.name, phase, seed,
+                            world)
 
 
 # ----------------------------------------------------------------------------- HDF5Data
@@ -204,13 +220,20 @@ def read_list(path, what):
 class HDF5DataSource(Source):
     """Rows of the datasets named like the tops, from a list of .h5 files (one file in
     memory at a time, as Caffe). With ``shuffle`` the file order and the rows of each
-    file are permuted anew every epoch."""
+    file are permuted anew every epoch.
+
+    The record stream is, epoch after epoch, the rows of the files in file order (each
+    file's rows in their order), both orders permuted with ``shuffle`` from the seed
+    alone: the same on every rank. Sharded (rank r of N), the source reads the rows at
+    places r, r+N, r+2N, ... of that stream, crossing files and epochs as one process
+    would (Caffe's HDF5DataLayer::Skip); a file that holds none of the rank's rows is
+    still read, to learn its number of rows."""
 
     type_name = "HDF5Data"
 
     def __init__(self, files, tops, batch_size, shuffle=False, name="data", phase="TRAIN",
-                 seed=None):
-        super().__init__(name, phase, seed)
+                 seed=None, world=None):
+        super().__init__(name, phase, seed, world)
         if not files:
             raise DataError("hdf5_data_param.source lists no files")
         if not tops:
@@ -268,7 +291,7 @@ class HDF5DataSource(Source):
         return self.epoch_rng(epoch).permutation(n) if self.shuffle and n > 1 else np.arange(n)
 
     def _current(self):
-        key = (self.epoch, self.slot)
+        key = (self.seed, self.epoch, self.slot)
         if self._loaded is None or self._loaded[0] != key:
             index = int(self._file_order(self.epoch)[self.slot])
             if self._loaded is not None and self._loaded[1] == index:
@@ -283,23 +306,33 @@ class HDF5DataSource(Source):
 
     def next_batch(self):
         out = [np.empty(s, dtype=np.float32) for s in self.top_shapes()]
-        i = 0
+        step, i = self.world.size, 0
         while i < self.batch_size:
             arrays, order = self._current()
-            k = min(self.batch_size - i, len(order) - self.row)
-            rows = order[self.row:self.row + k]
+            k = min(self.batch_size - i, -(-(len(order) - self.row) // step))
+            rows = order[self.row:self.row + (k - 1) * step + 1:step]
             for o, a in zip(out, arrays):
                 o[i:i + k] = a[rows]
             i += k
-            self.row += k
-            if self.row == len(order):
-                self.row, self.slot = 0, self.slot + 1
-                if self.slot == len(self.files):
-                    self.slot, self.epoch = 0, self.epoch + 1
+            self.row += k * step
+            self._settle()
         return out
 
+    def _settle(self):
+        """Carry a row beyond the current file into the files (and epochs) after it.
+        A row that lands on the start of a file does not read that file yet."""
+        while self.row > 0:
+            rows = len(self._current()[1])
+            if self.row < rows:
+                return
+            self.row -= rows
+            self.slot += 1
+            if self.slot == len(self.files):
+                self.slot, self.epoch = 0, self.epoch + 1
+
     def _rewind(self):
-        self.epoch, self.slot, self.row = 0, 0, 0
+        self.epoch, self.slot, self.row = 0, 0, self.world.rank
+        self._settle()
 
     def _position(self):
         return {"epoch": self.epoch, "file": self.slot, "row": self.row}
@@ -317,7 +350,7 @@ class HDF5DataSource(Source):
 
 
 @register("HDF5Data")
-def _hdf5_data(lp, phase, base_dir, seed=None):
+def _hdf5_data(lp, phase, base_dir, seed=None, world=None):
     p = lp.hdf5_data_param
     if lp.HasField("transform_param") and has_any_field(lp.transform_param):
         raise DataError("HDF5Data does not transform data (as in Caffe): remove "
@@ -330,7 +363,7 @@ def _hdf5_data(lp, phase, base_dir, seed=None):
              for n, entry in read_list(list_path, "the HDF5 list file")]
     return HDF5DataSource(files, list(lp.top),
                           _batch_size(p.batch_size, "hdf5_data_param.batch_size"),
-                          p.shuffle, lp.name, phase, seed)
+                          p.shuffle, lp.name, phase, seed, world)
 
 
 # ----------------------------------------------------------------------------- Data (LMDB)
@@ -338,13 +371,20 @@ def _hdf5_data(lp, phase, base_dir, seed=None):
 class LMDBDataSource(Source):
     """Caffe's Data layer on an LMDB of Datum messages, read in key order and wrapping
     around; raw (``data`` bytes or ``float_data``) or encoded images. Tops: data (N, C,
-    H, W) transformed by transform_param, and label (N,) when there is a second top."""
+    H, W) transformed by transform_param, and label (N,) when there is a second top.
+
+    The record stream is the records in key order, wrapping around, from the start
+    ``rand_skip`` draws (from the seed: alike on every rank). Sharded (rank r of N), the
+    source reads the records at places r, r+N, r+2N, ... of it (Caffe's
+    DataLayer::Skip): it steps over the N-1 records between two of its own without
+    decoding them. ``epoch`` counts wraps, ``index`` is the place in key order of the
+    record read next, ``key`` its key."""
 
     type_name = "Data"
 
     def __init__(self, path, batch_size, transformer=None, n_tops=2, rand_skip=0,
-                 name="data", phase="TRAIN", seed=None):
-        super().__init__(name, phase, seed)
+                 name="data", phase="TRAIN", seed=None, world=None):
+        super().__init__(name, phase, seed, world)
         self.path, self.batch_size, self.n_tops = path, batch_size, n_tops
         self.transformer = transformer or Transformer(None, phase)
         self.rand_skip = int(rand_skip)
@@ -373,13 +413,26 @@ class LMDBDataSource(Source):
     def _rewind(self):
         skip = int(self.start_rng().integers(self.rand_skip)) % self.count \
             if self.rand_skip else 0
+        self.epoch, self.index, self._at_end = 0, 0, False
         with self.env.begin() as txn:
             cur = txn.cursor()
             cur.first()
-            for _ in range(skip):
-                cur.next()
-            self._key = bytes(cur.key())
-        self.epoch, self.index, self._seek = 0, skip, True
+            for _ in range(skip + self.world.rank):
+                self._step(cur)
+            self._key = None if self._at_end else bytes(cur.key())
+        self._seek = True
+
+    def _wrap(self, cur):
+        """At the end of the records: back to the first, in the next epoch."""
+        if self._at_end:
+            cur.first()
+            self.epoch, self.index, self._at_end = self.epoch + 1, 0, False
+
+    def _step(self, cur):
+        """Step over one record (to the next in the stream)."""
+        self._wrap(cur)
+        self.index += 1
+        self._at_end = not cur.next()
 
     def _ensure_cursor(self):
         if self._cursor is None:
@@ -399,9 +452,7 @@ class LMDBDataSource(Source):
         images = np.empty((self.batch_size,) + tuple(self.image_shape), dtype=np.float32)
         labels = np.empty(self.batch_size, dtype=np.float32)
         for i in range(self.batch_size):
-            if self._at_end:
-                cur.first()
-                self.epoch, self.index, self._at_end = self.epoch + 1, 0, False
+            self._wrap(cur)
             image, label, what = self._decode(cur.key(), cur.value())
             if image.shape != self.image_shape:
                 raise DataError(f"{what} holds an image of shape {list(image.shape)}, the "
@@ -411,6 +462,8 @@ class LMDBDataSource(Source):
             images[i], labels[i] = image, label
             self.index += 1
             self._at_end = not cur.next()
+            for _ in range(self.world.size - 1):         # the other ranks' records
+                self._step(cur)
         self._key = None if self._at_end else bytes(cur.key())
         data = self.transformer(images, self.rng)
         return [data, labels][:len(self.top_shapes())]
@@ -434,7 +487,7 @@ class LMDBDataSource(Source):
 
 
 @register("Data")
-def _data(lp, phase, base_dir, seed=None):
+def _data(lp, phase, base_dir, seed=None, world=None):
     from ..formats.proto import caffe_pb2
     p = lp.data_param
     if p.HasField("backend") and p.backend == caffe_pb2.DataParameter.LEVELDB:
@@ -447,7 +500,7 @@ def _data(lp, phase, base_dir, seed=None):
                         "it to LMDB and set backend: LMDB")
     return LMDBDataSource(path, _batch_size(p.batch_size, "data_param.batch_size"),
                           _transformer(lp, phase, base_dir), len(lp.top), p.rand_skip,
-                          lp.name, phase, seed)
+                          lp.name, phase, seed, world)
 
 
 # ----------------------------------------------------------------------------- ImageData
@@ -472,14 +525,20 @@ def read_image_list(path):
 class ImageDataSource(Source):
     """Caffe's ImageData: images named in a list file (``path label`` lines), loaded with
     Pillow (BGR, or gray unless ``is_color``), resized to new_height x new_width when
-    given, transformed; with ``shuffle`` the order is permuted anew every epoch."""
+    given, transformed; with ``shuffle`` the order is permuted anew every epoch.
+
+    The record stream is the list, epoch after epoch, each epoch in its order (permuted
+    with ``shuffle``, from the seed alone: alike on every rank), from the start
+    ``rand_skip`` draws. Sharded (rank r of N), the source reads the images at places
+    r, r+N, r+2N, ... of it; ``epoch`` and ``cursor`` are the place of the image read
+    next."""
 
     type_name = "ImageData"
 
     def __init__(self, entries, batch_size, root="", is_color=True, new_height=0,
                  new_width=0, transformer=None, n_tops=2, shuffle=False, rand_skip=0,
-                 name="data", phase="TRAIN", seed=None):
-        super().__init__(name, phase, seed)
+                 name="data", phase="TRAIN", seed=None, world=None):
+        super().__init__(name, phase, seed, world)
         if bool(new_height) != bool(new_width):
             raise DataError("image_data_param: set new_height and new_width together")
         self.entries, self.root = list(entries), root
@@ -510,7 +569,8 @@ class ImageDataSource(Source):
     def _rewind(self):
         skip = int(self.start_rng().integers(self.rand_skip)) % len(self.entries) \
             if self.rand_skip else 0
-        self.epoch, self.cursor, self._perm = 0, skip, None
+        self.epoch, self.cursor = divmod(skip + self.world.rank, len(self.entries))
+        self._perm = None
 
     def next_batch(self):
         images = np.empty((self.batch_size,) + tuple(self.image_shape), dtype=np.uint8)
@@ -526,9 +586,8 @@ class ImageDataSource(Source):
                                 f"{list(self.image_shape)}; set new_height and new_width "
                                 "to resize them to one size")
             images[i], labels[i] = image, self.entries[index][1]
-            self.cursor += 1
-            if self.cursor == len(self.entries):
-                self.epoch, self.cursor = self.epoch + 1, 0
+            wraps, self.cursor = divmod(self.cursor + self.world.size, len(self.entries))
+            self.epoch += wraps
         data = self.transformer(images, self.rng)
         return [data, labels][:len(self.top_shapes())]
 
@@ -543,7 +602,7 @@ class ImageDataSource(Source):
 
 
 @register("ImageData")
-def _image_data(lp, phase, base_dir, seed=None):
+def _image_data(lp, phase, base_dir, seed=None, world=None):
     p = lp.image_data_param
     list_path = resolve_path(p.source, search_bases(base_dir), "image_data_param.source",
                              directory=False)
@@ -564,4 +623,4 @@ def _image_data(lp, phase, base_dir, seed=None):
     return ImageDataSource(entries, _batch_size(p.batch_size, "image_data_param.batch_size"),
                            root, p.is_color, p.new_height, p.new_width,
                            _transformer(lp, phase, base_dir), len(lp.top), p.shuffle,
-                           p.rand_skip, lp.name, phase, seed)
+                           p.rand_skip, lp.name, phase, seed, world)

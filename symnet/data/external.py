@@ -12,8 +12,8 @@ Python::
 module path ending in ``.py`` -- is loaded from the prototxt's folder), ``layer`` is the
 class. It is instantiated with the keyword arguments its ``__init__`` accepts among
 ``param_str``, ``phase`` ("TRAIN"/"TEST"), ``seed`` (int: seed every random generator
-from it), ``base_dir`` (the prototxt's folder) and ``name`` (the layer's name); the
-instance implements
+from it), ``base_dir`` (the prototxt's folder), ``name`` (the layer's name), ``rank``
+and ``world_size`` (see "Data-parallel training" below); the instance implements
 
 * ``top_shapes() -> list of shape tuples`` (one per top, fixed),
 * ``next_batch() -> list of arrays`` (one per top, of those shapes; fresh arrays:
@@ -26,6 +26,19 @@ Shared library: ``module: "lib:<path to .so/.dylib/.dll>"``, ``param_str`` is pa
 to its create function, and ``layer`` (optional) is the prefix of its exported symbols
 (default ``symnet_data``). The C ABI is declared and documented in ``symnet_data.h``,
 in :func:`include_dir`.
+
+Data-parallel training: a source is told its rank r and the number of processes N
+(the world of :mod:`symnet.data`; rank 0 of 1 in a single process and in the TEST
+phase) and should then produce the records r, r+N, r+2N, ... of what it would produce
+alone, drawing its shuffles from ``seed`` alone (alike on every rank) and its other
+random numbers from the seed and the rank. A Python source gets them as the keyword
+arguments ``rank`` and ``world_size`` (a class that accepts neither, nor ``**kwargs``,
+works in one process only: with N > 1 symnet refuses it). A shared library gets them
+from ``symnet_data_set_world(source, rank, size)``, called once right after create
+(ABI version 2; a library without it works in one process only). The position of a
+sharded source, saved with ``state()``, holds the shard (``"shard": {"rank", "size"}``,
+around the source's own state), and restoring it on another rank or with another N is
+refused.
 
 A crash in a shared library: Python cannot recover from a fault in native code (a
 SIGSEGV, SIGBUS, SIGFPE, SIGILL or an abort), so a library that crashes ends the whole
@@ -57,10 +70,11 @@ import types
 import numpy as np
 
 from . import register
-from .base import DataError, layer_seed, resolve_path, search_bases
+from .base import DataError, World, check_shard, layer_seed, resolve_path, search_bases
 
 LIB_PREFIX = "lib:"
-ABI_VERSION = 1
+ABI_VERSION = 2
+ABI_VERSIONS = (1, 2)        # 1: without symnet_data_set_world
 MAX_AXES = 32
 _LIB_SUFFIXES = (".so", ".dylib", ".dll")
 
@@ -80,8 +94,9 @@ def header_path() -> str:
 class PythonSource:
     """Wraps a user's source object: checks what it returns and passes the rest on."""
 
-    def __init__(self, impl, what):
+    def __init__(self, impl, what, world=None):
         self.impl, self.what = impl, what
+        self.world = World.of(world)
         for method in ("top_shapes", "next_batch"):
             if not callable(getattr(impl, method, None)):
                 raise DataError(f"{what} has no method {method}(); a source implements "
@@ -94,6 +109,22 @@ class PythonSource:
         if not shapes:
             raise DataError(f"{what}.top_shapes() gave no tops")
         self._shapes = shapes
+        if self.world.size > 1 and callable(getattr(impl, "state", None)):
+            self.state = self._shard_state                   # instance attributes: they
+            if callable(getattr(impl, "set_state", None)):   # come before __getattr__
+                self.set_state = self._set_shard_state
+
+    def _shard_state(self):
+        inner = self.impl.state()
+        if inner is None:
+            return None
+        return {"type": "ExternalData", "shard": dict(self.world._asdict()), "state": inner}
+
+    def _set_shard_state(self, state):
+        check_shard(state, self.world, self.what)
+        if not isinstance(state, dict) or "state" not in state:
+            raise DataError(f"{self.what}: not the position of a sharded source")
+        self.impl.set_state(state["state"])
 
     def top_shapes(self):
         return list(self._shapes)
@@ -150,23 +181,30 @@ def _module_from_file(path):
 
 
 def python_source(module, cls_name, param_str="", phase="TRAIN", seed=None, base_dir=".",
-                  name="data"):
+                  name="data", world=None):
     mod = _load_module(module, base_dir)
     cls = getattr(mod, cls_name, None)
     if cls is None:
         raise DataError(f"python_param.layer: module '{module}' has no class '{cls_name}'")
+    world = World.of(world)
     offered = {"param_str": param_str, "phase": phase, "seed": seed, "base_dir": base_dir,
-               "name": name}
+               "name": name, "rank": world.rank, "world_size": world.size}
     try:
         params = inspect.signature(cls).parameters
     except (TypeError, ValueError):
         params = {}
+    what = f"ExternalData source {module}.{cls_name}"
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kwargs = offered
     else:
         kwargs = {k: v for k, v in offered.items() if k in params}
+        if world.size > 1 and not {"rank", "world_size"} <= set(kwargs):
+            raise DataError(f"{what} cannot be sharded across {world.size} processes: its "
+                            "__init__ takes no 'rank' and 'world_size' arguments (a source "
+                            "for data-parallel training reads the records rank, rank + "
+                            "world_size, ... of its stream)")
     impl = cls(**kwargs)
-    return PythonSource(impl, f"ExternalData source {module}.{cls_name}")
+    return PythonSource(impl, what, world)
 
 
 # ----------------------------------------------------------------------------- C library
@@ -208,9 +246,10 @@ class SharedLibrarySource:
     type_name = "ExternalData"
 
     def __init__(self, path, param_str="", phase="TRAIN", seed=0, prefix="symnet_data",
-                 name="data"):
+                 name="data", world=None):
         self.path, self.prefix, self._handle = path, prefix or "symnet_data", None
         self.name = str(name)
+        self.world = World.of(world)
         self.label = f"<ExternalData layer '{self.name}': library {path}>"
         _enable_faulthandler()
         try:
@@ -231,6 +270,7 @@ class SharedLibrarySource:
             "abi_version": (ctypes.c_int, []),
             "get_state": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
             "set_state": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
+            "set_world": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]),
         }
         self.fn, missing = {}, []
         for table, needed in ((required, True), (optional, False)):
@@ -246,10 +286,15 @@ class SharedLibrarySource:
         if missing:
             raise DataError(f"{self._who()}: the shared library does not export "
                             f"{', '.join(missing)} (see {header_path()})")
-        if "abi_version" in self.fn and self.fn["abi_version"]() != ABI_VERSION:
+        if "abi_version" in self.fn and self.fn["abi_version"]() not in ABI_VERSIONS:
             raise DataError(f"{self._who()}: the shared library was built for "
                             f"symnet_data ABI version {self.fn['abi_version']()}; this "
-                            f"symnet has version {ABI_VERSION}")
+                            f"symnet reads versions "
+                            f"{', '.join(map(str, ABI_VERSIONS))}")
+        if self.world.size > 1 and "set_world" not in self.fn:
+            raise DataError(f"{self._who()}: cannot be sharded across {self.world.size} "
+                            f"processes: the shared library does not export "
+                            f"{self.prefix}_set_world (ABI version 2, see {header_path()})")
         err = ctypes.create_string_buffer(2048)
         handle = self.fn["create"](str(param_str).encode("utf-8"), str(phase).encode(),
                                    ctypes.c_uint64(int(seed) & 0xFFFFFFFFFFFFFFFF), err,
@@ -258,6 +303,9 @@ class SharedLibrarySource:
             msg = err.value.decode("utf-8", "replace") or "no message"
             raise DataError(f"{self._who()}: {self.prefix}_create failed: {msg}")
         self._handle = handle
+        if "set_world" in self.fn and \
+                self.fn["set_world"](handle, self.world.rank, self.world.size) != 0:
+            self._fail("set_world", f"failed for rank {self.world.rank} of {self.world.size}")
         n = self.fn["num_tops"](handle)
         if n < 1:
             self._fail("num_tops", f"gave {n} tops")
@@ -313,8 +361,11 @@ class SharedLibrarySource:
         if f(self._handle, buf, int(n) + 1) != n:
             raise DataError(f"{self._who()}: {self.prefix}_get_state gave two different "
                             "lengths")
-        return {"type": self.type_name, "library": os.path.basename(self.path),
-                "state": buf.raw[:n].hex()}
+        st = {"type": self.type_name, "library": os.path.basename(self.path),
+              "state": buf.raw[:n].hex()}
+        if self.world.size > 1:
+            st["shard"] = dict(self.world._asdict())
+        return st
 
     def set_state(self, state):
         f = self.fn.get("set_state")
@@ -323,6 +374,7 @@ class SharedLibrarySource:
                             f"{self.prefix}_set_state; its position cannot be restored")
         if not isinstance(state, dict) or state.get("type") != self.type_name:
             raise DataError("not the position of an ExternalData shared-library source")
+        check_shard(state, self.world, self._who())
         raw = bytes.fromhex(state["state"])
         if f(self._handle, raw, len(raw)) != 0:
             raise DataError(f"{self._who()}: {self.prefix}_set_state failed: "
@@ -341,14 +393,15 @@ class SharedLibrarySource:
 
 
 def library_source(path, param_str="", phase="TRAIN", seed=0, prefix="", base_dir=".",
-                   name="data"):
+                   name="data", world=None):
     path = resolve_path(path, search_bases(base_dir), "python_param.module (lib:)",
                         directory=False)
-    return SharedLibrarySource(path, param_str, phase, seed, prefix or "symnet_data", name)
+    return SharedLibrarySource(path, param_str, phase, seed, prefix or "symnet_data", name,
+                               world)
 
 
 @register("ExternalData")
-def _external_data(lp, phase, base_dir, seed=None):
+def _external_data(lp, phase, base_dir, seed=None, world=None):
     p = lp.python_param
     seed = layer_seed(lp.name, phase) if seed is None else int(seed)
     if not p.module:
@@ -357,11 +410,12 @@ def _external_data(lp, phase, base_dir, seed=None):
                         '"lib:path/to/libsource.so" for a shared library')
     if p.module.startswith(LIB_PREFIX):
         return library_source(p.module[len(LIB_PREFIX):], p.param_str, phase, seed, p.layer,
-                              base_dir, lp.name)
+                              base_dir, lp.name, world)
     if p.module.lower().endswith(_LIB_SUFFIXES):
         raise DataError(f"python_param.module '{p.module}' looks like a shared library; "
                         f"write module: \"lib:{p.module}\"")
     if not p.layer:
         raise DataError("ExternalData: python_param.layer must name the source class in "
                         f"module '{p.module}'")
-    return python_source(p.module, p.layer, p.param_str, phase, seed, base_dir, lp.name)
+    return python_source(p.module, p.layer, p.param_str, phase, seed, base_dir, lp.name,
+                         world)

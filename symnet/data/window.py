@@ -248,15 +248,19 @@ def resize_linear(img, out_h, out_w) -> np.ndarray:
 # ----------------------------------------------------------------------------- source
 
 class WindowDataSource(Source):
-    """Caffe's WindowData: tops data (batch, 3, crop, crop) and label (batch,)."""
+    """Caffe's WindowData: tops data (batch, 3, crop, crop) and label (batch,).
+
+    Windows are drawn at random, not read in an order, so a sharded source (rank r of
+    N) shares nothing out: it draws from the rank's own stream generator, so the ranks
+    draw different windows (as Caffe's WindowDataLayer, which has no Skip)."""
 
     type_name = "WindowData"
 
     def __init__(self, window_file, images, fg, bg, batch_size, crop_size, *,
                  fg_fraction=0.25, context_pad=0, crop_mode="warp", mirror=False, scale=1.0,
                  mean=None, mean_values=None, cache_images=False, root_folder="",
-                 bases=(), name="data", phase="TRAIN", seed=None):
-        super().__init__(name, phase, seed)
+                 bases=(), name="data", phase="TRAIN", seed=None, world=None):
+        super().__init__(name, phase, seed, world)
         self.window_file, self.images, self.fg, self.bg = window_file, images, fg, bg
         self.batch_size, self.crop = int(batch_size), int(crop_size)
         self.num_fg = int(np.float32(self.batch_size) * np.float32(fg_fraction))
@@ -355,7 +359,7 @@ def _check(ok, field, value, expected):
 
 
 @register("WindowData")
-def _window_data(lp, phase, base_dir, seed=None):
+def _window_data(lp, phase, base_dir, seed=None, world=None):
     p = lp.window_data_param
     t = lp.transform_param if lp.HasField("transform_param") else None
     if len(lp.top) != 2:
@@ -403,4 +407,5 @@ def _window_data(lp, phase, base_dir, seed=None):
                             crop_mode=p.crop_mode, mirror=t is not None and t.mirror,
                             scale=p.scale, mean=mean, mean_values=mean_values,
                             cache_images=p.cache_images, root_folder=p.root_folder,
-                            bases=image_bases, name=lp.name, phase=phase, seed=seed)
+                            bases=image_bases, name=lp.name, phase=phase, seed=seed,
+                            world=world)
