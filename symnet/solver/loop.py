@@ -5,8 +5,10 @@ import os
 import time
 
 from .. import fillers
+from ..parallel import ParallelError
 from .common import SolverAction, SolverError, _snapshot_prefix, log, read_solver_param
 from .nets import NetsMixin, _loss_note, net_loss, output_scores
+from .parallel import make_sync
 from .restore import RestoreMixin
 from .snapshot import SnapshotMixin
 from .update import UpdateMixin
@@ -21,7 +23,11 @@ class Solver(NetsMixin, UpdateMixin, SnapshotMixin, RestoreMixin):
     ``feed(solver, net, sub_iteration) -> {blob: array}`` giving input blobs before each
     training forward pass, e.g. for nets with Input layers), ``test_feed`` (the same
     for test nets: ``test_feed(solver, test_net, test_iteration)``), ``weights`` (a
-    .caffemodel, or comma-separated paths, copied into the train and test nets)."""
+    .caffemodel, or comma-separated paths, copied into the train and test nets).
+
+    Under ``mpiexec`` / ``srun`` (several MPI ranks, see :mod:`symnet.parallel`) the
+    solver trains data-parallel (:mod:`.parallel`): only rank 0 builds test nets,
+    tests, logs and writes snapshots; ``solver.world`` says which rank this is."""
 
     type = "SGD"
     n_histories = 1
@@ -52,12 +58,34 @@ class Solver(NetsMixin, UpdateMixin, SnapshotMixin, RestoreMixin):
         self._callbacks = []
         self._layout = None
         self._update_fn = None
-        self.net = self._init_train_net()
-        self.test_nets = self._init_test_nets()
-        self.mean_scores = [[] for _ in self.test_nets]
-        for w in ([weights] if weights else []) + list(p.weights):
-            self.copy_weights(w)
-        self._build_layout()            # which also shares the weights with the test nets
+        self._sync = make_sync(self)    # None in one process
+        try:
+            self.net = self._init_train_net()
+            # as Caffe's Solver::Init, only the root solver has test nets
+            self.test_nets = self._init_test_nets() if self.is_root else []
+            self.mean_scores = [[] for _ in self.test_nets]
+            for w in ([weights] if weights else []) + list(p.weights):
+                self.copy_weights(w)
+            self._build_layout()        # which also shares the weights with the test nets
+        except Exception as e:
+            if self._sync is None:
+                raise
+            self._sync.agree(e)         # raises on every rank
+        if self._sync is not None:
+            self._sync.agree()
+            self._sync.broadcast_params()   # every rank starts from rank 0's weights
+
+    @property
+    def is_root(self):
+        """Whether this solver tests, logs and writes snapshots (rank 0, or the only
+        process)."""
+        return self._sync is None or self._sync.rank == 0
+
+    @property
+    def world(self):
+        """The MPI world the solver trains in (rank 0 of 1 without MPI)."""
+        from ..parallel import World
+        return World() if self._sync is None else self._sync.world
 
 
     # ------------------------------------------------------------------ training
@@ -70,6 +98,13 @@ class Solver(NetsMixin, UpdateMixin, SnapshotMixin, RestoreMixin):
             fn(event)
 
     def _request(self):
+        """The signal action asked for; with several ranks, none here: the ranks agree on
+        actions once per iteration (``_local_request`` in ``step``)."""
+        if self._sync is not None:
+            return SolverAction.NONE
+        return self._local_request()
+
+    def _local_request(self):
         if self.action_function is None:
             return SolverAction.NONE
         return self.action_function() or SolverAction.NONE
@@ -97,58 +132,94 @@ class Solver(NetsMixin, UpdateMixin, SnapshotMixin, RestoreMixin):
             self._losses[idx] = loss
 
     def step(self, iters):
-        """Caffe's Solver::Step: ``iters`` iterations (tests, display, snapshots)."""
+        """Caffe's Solver::Step: ``iters`` iterations (tests, display, snapshots). With
+        several ranks, once per iteration the ranks agree on errors and signal actions,
+        then sum their gradients (see :mod:`.parallel`)."""
+        sync = self._sync
+        try:
+            self._step(int(iters), sync)
+        except ParallelError:
+            raise                       # every rank raises it together
+        except BaseException as e:
+            if sync is not None:        # the ranks cannot meet again
+                sync.abort(e)
+            raise
+
+    def _step(self, iters, sync):
         p = self.param
         start_iter = self.iter
-        stop_iter = self.iter + int(iters)
+        stop_iter = self.iter + iters
         self._losses = []
         self.smoothed_loss = 0.0
         timer, last = time.perf_counter(), self.iter
+        pending = None                  # an error to tell the other ranks
         while self.iter < stop_iter:
-            self.clear_param_diffs()
-            if p.test_interval and self.iter % p.test_interval == 0 and \
-                    (self.iter > 0 or p.test_initialization):
-                self.test_all()
-                if self.requested_early_exit:
-                    break
-            for on_start, _ in self._callbacks:
-                if on_start:
-                    on_start()
-            display = bool(p.display) and self.iter % p.display == 0
-            loss = 0.0
-            for i in range(p.iter_size):
-                loss += self.forward_backward(i)
-            loss /= p.iter_size
-            self._update_smoothed_loss(loss, start_iter)
-            if display:
-                lapse = time.perf_counter() - timer
-                per_s = (self.iter - last) / lapse if lapse > 0 else 0.0
-                outputs = output_scores(self.net)
-                log.info("Iteration %d (%.4g iter/s, %.4gs/%d iters), loss = %.6g",
-                         self.iter, per_s, lapse, p.display, self.smoothed_loss)
-                for k, o in enumerate(outputs):
-                    log.info("    Train net output #%d: %s = %.6g%s", k, o["name"],
-                             o["value"], _loss_note(o))
-                self._emit({"event": "train", "iter": self.iter,
-                            "loss": self.smoothed_loss, "outputs": outputs,
-                            "iters_per_s": per_s, "time": time.time()})
-                timer, last = time.perf_counter(), self.iter
-            for _, on_grad in self._callbacks:
-                if on_grad:
-                    on_grad()
+            try:
+                self.clear_param_diffs()
+                if p.test_interval and self.iter % p.test_interval == 0 and \
+                        (self.iter > 0 or p.test_initialization):
+                    self.test_all()
+                    if self.requested_early_exit:
+                        break
+                for on_start, _ in self._callbacks:
+                    if on_start:
+                        on_start()
+                display = bool(p.display) and self.iter % p.display == 0 and self.is_root
+                loss = 0.0
+                for i in range(p.iter_size):
+                    loss += self.forward_backward(i)
+                loss /= p.iter_size
+                self._update_smoothed_loss(loss, start_iter)
+                if display:
+                    lapse = time.perf_counter() - timer
+                    per_s = (self.iter - last) / lapse if lapse > 0 else 0.0
+                    outputs = output_scores(self.net)
+                    log.info("Iteration %d (%.4g iter/s, %.4gs/%d iters), loss = %.6g",
+                             self.iter, per_s, lapse, p.display, self.smoothed_loss)
+                    for k, o in enumerate(outputs):
+                        log.info("    Train net output #%d: %s = %.6g%s", k, o["name"],
+                                 o["value"], _loss_note(o))
+                    self._emit({"event": "train", "iter": self.iter,
+                                "loss": self.smoothed_loss, "outputs": outputs,
+                                "iters_per_s": per_s, "time": time.time()})
+                    timer, last = time.perf_counter(), self.iter
+                for _, on_grad in self._callbacks:
+                    if on_grad:
+                        on_grad()
+            except Exception as e:
+                if sync is None:
+                    raise
+                pending = pending or e
+            request = None
+            if sync is not None:
+                request = sync.agree(pending, self._local_request())
+                sync.allreduce_gradients()
             self.apply_update()
             if display:
                 self._emit({"event": "lr", "iter": self.iter, "lr": self.lr})
             self.iter += 1
             self._emit({"event": "iteration", "iter": self.iter, "loss": loss,
                         "lr": self.lr})
-            request = self._request()
+            if request is None:
+                request = self._request()
             if (p.snapshot and self.iter % p.snapshot == 0) or \
                     request == SolverAction.SNAPSHOT:
-                self.snapshot()
+                pending = self._snapshot_or_error(sync)
             if request == SolverAction.STOP:
                 self.requested_early_exit = True
                 break
+        if sync is not None:
+            sync.agree(pending)
+
+    def _snapshot_or_error(self, sync):
+        """Snapshot; with several ranks an error is returned, for the ranks to agree on."""
+        try:
+            self.snapshot()
+        except Exception as e:
+            if sync is None:
+                raise
+            return e
+        return None
 
     def solve(self, resume_file=None):
         """Caffe's Solver::Solve: (restore,) train to max_iter, snapshot, final test."""
@@ -162,12 +233,14 @@ class Solver(NetsMixin, UpdateMixin, SnapshotMixin, RestoreMixin):
         start_iter = self.iter
         self.step(p.max_iter - self.iter)
         if p.snapshot_after_train and (not p.snapshot or self.iter % p.snapshot != 0):
-            self.snapshot()
+            error = self._snapshot_or_error(self._sync)
+            if self._sync is not None:
+                self._sync.agree(error)
         if self.requested_early_exit:
             log.info("Optimization stopped early.")
             self._emit({"event": "stopped", "iter": self.iter})
             return
-        if p.display and self.iter % p.display == 0:
+        if p.display and self.iter % p.display == 0 and self.is_root:
             feed = self.feed(self, self.net, 0) if self.feed else {}
             self.net.forward(**(feed or {}))
             self._update_smoothed_loss(net_loss(self.net), start_iter)

@@ -32,10 +32,26 @@ class RestoreMixin:
         and the solver, the nets' weights, the histories and the data positions are as
         they were. Where the resume cannot be exact (a state without symnet's resume
         data, e.g. Caffe's; a data source that cannot seek) a :class:`ResumeWarning`
-        says what will differ."""
+        says what will differ.
+
+        With several ranks every rank reads the state (a file system all ranks see, as
+        for Caffe) and takes its own data positions; the ranks agree that all
+        succeeded, then every rank takes rank 0's weights; only rank 0 warns."""
         state_file = os.fspath(state_file)
-        plan = self._read_state(state_file)
-        self._apply_state(plan)
+        sync = getattr(self, "_sync", None)
+        if sync is None:
+            plan = self._read_state(state_file)
+            self._apply_state(plan)
+        else:
+            try:
+                plan = self._read_state(state_file)
+                self._apply_state(plan)
+            except Exception as e:
+                sync.agree(e)           # raises on every rank
+            sync.agree()
+            sync.broadcast_params()
+            if sync.rank != 0:
+                return
         for message in plan["warnings"]:
             warnings.warn(message, ResumeWarning, stacklevel=2)
 
@@ -202,7 +218,7 @@ class RestoreMixin:
             raise SolverError(f"{where}: net_iteration is {it!r}, expected an integer "
                               ">= 0")
         plan["net_iteration"] = int(it)
-        data = info.get("data", {})
+        data = self._rank_positions(info, state_file, notes)
         if not isinstance(data, dict):
             raise SolverError(f"{where}: 'data' is {_kind(data)}, expected an object")
         train = data.get("train", {})
@@ -241,6 +257,27 @@ class RestoreMixin:
             if extra_names:
                 notes.append(f"{state_file} holds positions of data layers {label} does "
                              f"not have: {', '.join(extra_names)} (ignored)")
+
+    def _rank_positions(self, info, state_file, notes):
+        """The data positions this rank takes: its own entry of ``ranks`` when the state
+        was written by as many ranks, else those of rank 0 (``data``)."""
+        data = info.get("data", {})
+        sync = getattr(self, "_sync", None)
+        ranks = info.get("ranks")
+        size, rank = (1, 0) if sync is None else (sync.size, sync.rank)
+        if ranks is None:
+            if size > 1:
+                notes.append(f"{state_file} was written by one process: each of the {size} "
+                             "ranks takes its data positions")
+            return data
+        if not isinstance(ranks, list) or not all(isinstance(r, dict) for r in ranks):
+            raise SolverError(f"{state_file}: symnet resume data: 'ranks' must be a list "
+                              "of objects, one per rank")
+        if len(ranks) != size:
+            notes.append(f"{state_file} was written by {len(ranks)} ranks, this run has "
+                         f"{size}: the data positions of rank 0 are taken")
+            return data
+        return ranks[rank]
 
     # -- changing (all checked)
     def _apply_state(self, plan):

@@ -137,6 +137,11 @@ def write_files_atomically(items):
 
 
 
+class _RankFailure:
+    def __init__(self, message):
+        self.message = message
+
+
 class SnapshotMixin:
     """Solver methods writing snapshots."""
 
@@ -147,7 +152,26 @@ class SnapshotMixin:
         """Write ``<prefix>_iter_N.caffemodel`` and ``.solverstate``; returns (model
         path, state path). Both are written to temporary files in the target folder
         first and renamed into place only when both are complete, so an interrupted
-        snapshot leaves earlier files as they were."""
+        snapshot leaves earlier files as they were.
+
+        With several ranks every rank calls it (the data positions of all ranks are
+        gathered to rank 0, into the resume data); rank 0 writes the files, the other
+        ranks return (None, None)."""
+        ranks = None
+        sync = getattr(self, "_sync", None)
+        if sync is not None:
+            try:
+                mine = self._data_positions()
+            except Exception as e:      # noqa: BLE001 - reported by rank 0
+                mine = _RankFailure(f"{type(e).__name__}: {e}")
+            ranks = sync.gather(mine)
+            if sync.rank != 0:
+                return None, None
+            failed = [f"rank {r}: {m.message}" for r, m in enumerate(ranks)
+                      if isinstance(m, _RankFailure)]
+            if failed:
+                raise SolverError("cannot snapshot: the data positions of "
+                                  + "; ".join(failed))
         self._sync_layout()
         model = self.snapshot_filename(".caffemodel")
         state_path = self.snapshot_filename(".solverstate")
@@ -160,12 +184,16 @@ class SnapshotMixin:
         model_bytes = prototxt._serialize(net_to_proto(self.net), model)
         log.info("Snapshotting solver state to binary proto file %s", state_path)
         write_files_atomically([(model, model_bytes),
-                                (state_path, self._state_bytes(model))])
+                                (state_path, self._state_bytes(model, ranks))])
         self._emit({"event": "snapshot", "iter": self.iter, "model": model,
                     "state": state_path})
         return model, state_path
 
-    def _state_bytes(self, model_filename):
+    def _data_positions(self):
+        return {"train": _data_states(self.net),
+                "test": [_data_states(n) for n in self.test_nets]}
+
+    def _state_bytes(self, model_filename, ranks=None):
         state = caffe_pb2.SolverState()
         state.iter = self.iter
         state.learned_net = model_filename
@@ -174,8 +202,10 @@ class SnapshotMixin:
             state.history.append(prototxt.array_to_blob(np.ascontiguousarray(a)))
         extra = {"format": EXTRA_FORMAT, "type": self.type,
                  "net_iteration": int(self.net.iteration),
-                 "data": {"train": _data_states(self.net),
-                          "test": [_data_states(n) for n in self.test_nets]}}
+                 "data": self._data_positions()}
+        if ranks is not None:           # each rank's positions, in rank order
+            extra["world_size"] = len(ranks)
+            extra["ranks"] = ranks
         blob = json.dumps(extra, default=_json_default, sort_keys=True).encode("utf-8")
         return state.SerializeToString() + \
             _encode_varint(EXTRA_FIELD << 3 | 2) + _encode_varint(len(blob)) + blob
