@@ -79,14 +79,14 @@ def _env():
     return env
 
 
-def _command(ranks, solver, *extra):
+def _command(ranks, solver, *extra, backend="cpu"):
     cmd = [sys.executable, "-m", "symnet", "train", "--solver", solver, "--backend",
-           "cpu", "--no-progress", *extra]
+           backend, "--no-progress", *extra]
     return cmd if ranks == 1 else [MPIEXEC, "-n", str(ranks)] + cmd
 
 
-def train(ranks, solver, *extra, timeout=600):
-    return subprocess.run(_command(ranks, solver, *extra), env=_env(), cwd=ROOT,
+def train(ranks, solver, *extra, timeout=600, backend="cpu"):
+    return subprocess.run(_command(ranks, solver, *extra, backend=backend), env=_env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -201,3 +201,18 @@ def test_sigint_on_one_rank_stops_both_with_a_snapshot(tmp_path):
     it = int(models[0].split("_iter_")[1].split(".")[0])
     assert 3 <= it < 100000
     assert os.path.exists(os.path.join(folder, f"lenet_iter_{it}.solverstate"))
+
+
+@needs_mpi
+def test_cuda_emu_two_ranks_equal_one_process(tmp_path):
+    """On cuda-emu the flat gradients go through host memory for the Allreduce."""
+    folder = str(tmp_path)
+    two = write_setup(folder, 32, 10, name="two")
+    one = write_setup(folder, 64, 10, name="one")
+    for ranks, solver in ((2, two), (1, one)):
+        r = train(ranks, solver, backend="cuda-emu")
+        assert r.returncode == 0, r.stderr[-3000:]
+    a = params(os.path.join(folder, "two_iter_10.caffemodel"))
+    b = params(os.path.join(folder, "one_iter_10.caffemodel"))
+    for k in b:
+        assert np.abs(a[k] - b[k]).max() <= 1e-5 * np.abs(b[k]).max(), k
