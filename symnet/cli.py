@@ -143,15 +143,17 @@ def cmd_train(args):
     if args.weights and args.snapshot:
         raise CommandError("give either --weights or --snapshot, not both")
     _import_layers(args.layers)
-    _setup_logging(not args.quiet)
+    from . import parallel
+    root = parallel.world().is_root     # under mpiexec/srun: only rank 0 logs
+    _setup_logging(not args.quiet and root)
     solver = get_solver(args.solver, backend=args.backend,
                         layer_modules=tuple(args.layers or ()),
                         input_shapes=_input_shapes(args.input_shape))
     if args.weights:
         solver.copy_weights(args.weights)
-    logf = open(args.log, "a", encoding="utf-8") if args.log else None
+    logf = open(args.log, "a", encoding="utf-8") if args.log and root else None
     bar = None
-    if not args.no_progress:
+    if not args.no_progress and root:
         bar = tqdm(total=solver.param.max_iter, initial=solver.iter, unit="it",
                    dynamic_ncols=True, file=sys.stderr, leave=True, disable=None)
 
@@ -685,6 +687,10 @@ def main(argv=None):
     try:
         return args.func(args) or 0
     except (SymnetError, FileNotFoundError, ValueError) as e:
+        from . import parallel
+        w = parallel._world             # None when no world was set up
+        if isinstance(e, parallel.ParallelError) and w is not None and not w.is_root:
+            return 1                    # the same message, printed by rank 0
         print(f"symnet {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -74,13 +74,17 @@ def set_random_seed(seed):
 
 
 def solver_count():
-    """Number of solvers training together (1: symnet runs no multi-GPU/MPI group)."""
-    return 1
+    """Number of solvers training together: the size of the MPI world under ``mpiexec``
+    or ``srun`` (see :mod:`symnet.parallel`), else 1."""
+    from .. import parallel
+    return parallel.world().size
 
 
 def solver_rank():
-    """This solver's rank in its group (0)."""
-    return 0
+    """This solver's rank in its group: the MPI rank under ``mpiexec`` or ``srun``, else
+    0."""
+    from .. import parallel
+    return parallel.world().rank
 
 
 def set_solver_count(count):
