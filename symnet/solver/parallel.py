@@ -112,4 +112,8 @@ def make_sync(solver):
     if not w.active:
         return None
     log.info("Data-parallel training on %d ranks (MPI)", w.size)
+    # the train net's data sources read this rank's share of their records (Caffe's
+    # parallel data layers: rank r of N takes records r, r + N, ...; TEST nets unsharded)
+    from .. import data
+    data.set_world(w.rank, w.size)
     return ParallelSync(solver, w)

@@ -260,24 +260,28 @@ class RestoreMixin:
 
     def _rank_positions(self, info, state_file, notes):
         """The data positions this rank takes: its own entry of ``ranks`` when the state
-        was written by as many ranks, else those of rank 0 (``data``)."""
+        was written by as many ranks. A train source's position is a shard of its record
+        stream (rank r of N reads records r, r + N, ...), so with another number of ranks
+        the train nets' positions are not taken (their sources start where they are, as
+        Caffe's always do); the test nets' (unsharded, rank 0's) still are."""
         data = info.get("data", {})
         sync = getattr(self, "_sync", None)
         ranks = info.get("ranks")
         size, rank = (1, 0) if sync is None else (sync.size, sync.rank)
-        if ranks is None:
-            if size > 1:
-                notes.append(f"{state_file} was written by one process: each of the {size} "
-                             "ranks takes its data positions")
-            return data
-        if not isinstance(ranks, list) or not all(isinstance(r, dict) for r in ranks):
+        if ranks is not None and (not isinstance(ranks, list)
+                                  or not all(isinstance(r, dict) for r in ranks)):
             raise SolverError(f"{state_file}: symnet resume data: 'ranks' must be a list "
                               "of objects, one per rank")
-        if len(ranks) != size:
-            notes.append(f"{state_file} was written by {len(ranks)} ranks, this run has "
-                         f"{size}: the data positions of rank 0 are taken")
+        written = 1 if ranks is None else len(ranks)
+        if written == size:
+            return data if ranks is None else ranks[rank]
+        notes.append(f"{state_file} was written by {written} "
+                     f"{'process' if written == 1 else 'ranks'}, this run has {size}: the "
+                     "train data sources start from their current position (an exact "
+                     "resume needs the same number of ranks)")
+        if not isinstance(data, dict):
             return data
-        return ranks[rank]
+        return {"train": {}, "test": data.get("test", [])}
 
     # -- changing (all checked)
     def _apply_state(self, plan):

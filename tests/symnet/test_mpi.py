@@ -1,8 +1,8 @@
 """Data-parallel training under MPI (``mpiexec -n 2``), against one process.
 
 Caffe's multi-GPU semantics: N ranks at batch B, each on its own shard (rank r takes
-records r, r + N, ... of each global batch; the source in mpi/digits_source.py shards
-by the world itself), average their gradients (sum / N) and apply the same update, so
+records r, r + N, ... of each global batch: the LMDB Data layer, and the ExternalData
+source in mpi/digits_source.py told its rank and the world size), average their gradients (sum / N) and apply the same update, so
 after any number of iterations the params equal those of one process at batch N * B up
 to the order of the float32 sums. Every run is ``symnet train`` in a subprocess."""
 from __future__ import annotations
@@ -46,18 +46,26 @@ needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not
 
 
 def write_setup(folder, batch, max_iter, *, snapshot=0, source_opts="", display=0,
-                name="lenet"):
-    """LeNet of examples/mnist with its data layers replaced by the sharding digits
-    source; an SGD solver as lenet_solver.prototxt's (no test net)."""
+                name="lenet", lmdb=None):
+    """LeNet of examples/mnist with its data layers replaced by the digits source of
+    mpi/digits_source.py (or, with ``lmdb``, its TRAIN Data layer reading that LMDB);
+    an SGD solver as lenet_solver.prototxt's (no test net)."""
     net = prototxt.parse_net(LENET)
     keep = [layer for layer in net.layer if layer.type != "Data"]
+    train_data = [layer for layer in net.layer if layer.type == "Data"][0]
     del net.layer[:]
     data = net.layer.add()
-    data.name, data.type = "digits", "ExternalData"
-    data.top.extend(["data", "label"])
-    data.python_param.module = SOURCE
-    data.python_param.layer = "DigitsShard"
-    data.python_param.param_str = f"batch={batch} {source_opts}".strip()
+    if lmdb is None:
+        data.name, data.type = "digits", "ExternalData"
+        data.top.extend(["data", "label"])
+        data.python_param.module = SOURCE
+        data.python_param.layer = "DigitsShard"
+        data.python_param.param_str = f"batch={batch} {source_opts}".strip()
+    else:
+        data.CopyFrom(train_data)
+        del data.include[:]
+        data.data_param.source = lmdb
+        data.data_param.batch_size = batch
     for layer in keep:
         net.layer.add().CopyFrom(layer)
     net_path = os.path.join(folder, f"{name}_net.prototxt")
@@ -137,6 +145,39 @@ def test_two_ranks_at_32_equal_one_process_at_64(tmp_path, two_rank_run):
 
 
 @needs_mpi
+def test_lmdb_data_layer_two_ranks_at_16_equal_one_process_at_32(tmp_path):
+    """The built-in Data layer shards as Caffe's (rank r reads records r, r + 2, ...):
+    2 ranks at batch 16 train as one process at batch 32 (20 iterations)."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("lmdb")
+    out = str(tmp_path / "db")
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "mnist",
+                                                     "make_digits_db.py"), "--out", out],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lmdb = os.path.join(out, "digits_train_lmdb")
+    runs = {}
+    for ranks, batch in ((2, 16), (1, 32)):
+        folder = tmp_path / f"r{ranks}"
+        folder.mkdir()
+        solver = write_setup(str(folder), batch, 20, lmdb=lmdb)
+        r = train(ranks, solver)
+        assert r.returncode == 0, r.stderr[-3000:]
+        runs[ranks] = params(os.path.join(str(folder), "lenet_iter_20.caffemodel"))
+    for k in runs[1]:
+        scale = np.abs(runs[1][k]).max()
+        assert np.abs(runs[2][k] - runs[1][k]).max() <= 1e-5 * scale, k
+    # one process at batch 16 sees other records: it ends elsewhere
+    folder = tmp_path / "r1b16"
+    folder.mkdir()
+    r = train(1, write_setup(str(folder), 16, 20, lmdb=lmdb))
+    assert r.returncode == 0, r.stderr[-3000:]
+    half = params(os.path.join(str(folder), "lenet_iter_20.caffemodel"))
+    assert max(np.abs(half[k] - runs[1][k]).max() / np.abs(runs[1][k]).max()
+               for k in half) > 1e-3
+
+
+@needs_mpi
 def test_snapshot_then_resume_on_two_ranks_equals_uninterrupted(tmp_path, two_rank_run):
     folder2, _ = two_rank_run
     folder = str(tmp_path)
@@ -147,9 +188,11 @@ def test_snapshot_then_resume_on_two_ranks_equals_uninterrupted(tmp_path, two_ra
     extra = resume_data(state)
     assert extra["world_size"] == 2 and len(extra["ranks"]) == 2
     # each rank's position: 20 batches of its shard read (the prefetcher's position)
-    for rank in extra["ranks"]:
-        assert rank["train"]["digits"]["count"] == 20
-        assert rank["train"]["digits"]["pos"] == (20 * 64) % 1497
+    for r_, rank in enumerate(extra["ranks"]):
+        saved = rank["train"]["digits"]      # a sharded source's state names its shard
+        assert saved["shard"] == {"rank": r_, "size": 2}, saved
+        assert saved["state"]["count"] == 20
+        assert saved["state"]["pos"] == (20 * 64) % 1497
     second = write_setup(folder, 32, 50, name="part")
     r = train(2, second, "--snapshot", state)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -216,3 +259,16 @@ def test_cuda_emu_two_ranks_equal_one_process(tmp_path):
     b = params(os.path.join(folder, "one_iter_10.caffemodel"))
     for k in b:
         assert np.abs(a[k] - b[k]).max() <= 1e-5 * np.abs(b[k]).max(), k
+
+
+@needs_mpi
+def test_resume_with_another_number_of_ranks_warns_and_trains(tmp_path, two_rank_run):
+    """A 2-rank state resumed by one process: the weights, histories and iteration are
+    taken, the train source's sharded position is not (a ResumeWarning says so)."""
+    folder2, _ = two_rank_run
+    state = os.path.join(folder2, "lenet_iter_50.solverstate")
+    solver = write_setup(str(tmp_path), 64, 55, name="one")
+    r = train(1, solver, "--snapshot", state)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "was written by 2 ranks, this run has 1" in r.stderr, r.stderr[-3000:]
+    assert os.path.exists(os.path.join(str(tmp_path), "one_iter_55.caffemodel"))

@@ -1,6 +1,6 @@
 """An ExternalData source of the digits (examples/mnist/make_digits_db.py's images and
-split) that shards by the MPI world itself: rank r of N takes records r, r + N, ... of
-each global batch of N * batch records, so N ranks at batch B see together exactly the
+split) that shards as ExternalData tells it (``rank``, ``world_size``): rank r of N takes
+records r, r + N, ... of each global batch of N * batch records, so N ranks at batch B see together exactly the
 records one process at batch N * B sees.
 
 param_str: ``batch=B`` and, for tests of failures, ``fail_rank=R fail_at=K`` (rank R
@@ -29,14 +29,13 @@ def _digits(phase):
 
 
 class DigitsShard:
-    def __init__(self, param_str, phase):
-        from symnet import parallel
+    def __init__(self, param_str, phase, rank=0, world_size=1, **_):
         opts = dict(kv.split("=", 1) for kv in param_str.split())
         self.batch = int(opts["batch"])
         self.fail_rank = int(opts.get("fail_rank", -1))
         self.fail_at = int(opts.get("fail_at", -1))
-        w = parallel.world()
-        self.rank, self.size = (w.rank, w.size) if phase == "TRAIN" else (0, 1)
+        # ExternalData tells a Python source its share (TEST nets: rank 0 of 1)
+        self.rank, self.size = rank, world_size
         self.x, self.y = _digits(phase)
         self.pos = 0                    # first record of the next global batch
         self.count = 0
