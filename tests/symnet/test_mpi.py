@@ -215,12 +215,17 @@ def test_an_error_on_one_rank_stops_both_naming_it(tmp_path):
 
 
 @needs_mpi
-def test_sigint_on_one_rank_stops_both_with_a_snapshot(tmp_path):
+@pytest.mark.parametrize("target", ["rank1", "mpiexec"])
+def test_sigint_stops_both_ranks_with_a_snapshot(tmp_path, target):
+    """SIGINT to rank 1 alone, or to mpiexec (MPICH's passes it on to every rank, as a
+    Ctrl-C in the terminal): both ranks stop at the same iteration with one snapshot."""
     folder = str(tmp_path)
     solver = write_setup(folder, 32, 100000, display=1, source_opts=f"pid_dir={folder}")
     log = os.path.join(folder, "train.log")
+    # SIGINT's default action (a test run in the background inherits it ignored)
     proc = subprocess.Popen(_command(2, solver, "--log", log), env=_env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 400
         iters = 0
@@ -231,8 +236,11 @@ def test_sigint_on_one_rank_stops_both_with_a_snapshot(tmp_path):
                     iters = max([json.loads(line).get("iter", 0) for line in f
                                  if '"train"' in line] or [0])
         assert iters >= 3, "training did not start"
-        with open(os.path.join(folder, "rank1.pid")) as f:
-            os.kill(int(f.read()), signal.SIGINT)          # rank 1 only
+        if target == "mpiexec":
+            os.kill(proc.pid, signal.SIGINT)
+        else:
+            with open(os.path.join(folder, "rank1.pid")) as f:
+                os.kill(int(f.read()), signal.SIGINT)      # rank 1 only
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
