@@ -88,13 +88,23 @@ def solver_rank():
 
 
 def set_solver_count(count):
-    if int(count) != 1:
-        raise ValueError("set_solver_count: symnet trains with one solver only")
+    """pycaffe's multi-GPU scripts set the count themselves; symnet's solvers are the
+    MPI world's ranks, so only that count is accepted."""
+    from .. import parallel
+    size = parallel.world().size
+    if int(count) != size:
+        raise ValueError(f"set_solver_count({count}): symnet trains on the ranks mpiexec "
+                         f"or srun starts, {size} here (run the script under "
+                         f"'mpiexec -n {count} python ...')")
 
 
 def set_solver_rank(rank):
-    if int(rank) != 0:
-        raise ValueError("set_solver_rank: symnet trains with one solver only (rank 0)")
+    """Accepted when it is this process's MPI rank (see :func:`set_solver_count`)."""
+    from .. import parallel
+    mine = parallel.world().rank
+    if int(rank) != mine:
+        raise ValueError(f"set_solver_rank({rank}): this process is rank {mine} of the "
+                         "MPI world (symnet's solvers are its ranks)")
 
 
 def set_multiprocess(multiprocess):

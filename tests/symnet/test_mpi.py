@@ -280,3 +280,42 @@ def test_resume_with_another_number_of_ranks_warns_and_trains(tmp_path, two_rank
     assert r.returncode == 0, r.stderr[-3000:]
     assert "was written by 2 ranks, this run has 1" in r.stderr, r.stderr[-3000:]
     assert os.path.exists(os.path.join(str(tmp_path), "one_iter_55.caffemodel"))
+
+
+@needs_mpi
+def test_pycaffe_script_under_mpiexec_trains_data_parallel(tmp_path):
+    """A pycaffe script (get_solver, step) under mpiexec -n 2 at batch 32 ends, on both
+    ranks, with the params of the same script in one process at batch 64; it sees
+    solver_count() 2 and its own solver_rank()."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mpi",
+                          "pycaffe_train.py")
+    got = {}
+    for ranks, batch in ((2, 32), (1, 64)):
+        folder = tmp_path / f"r{ranks}"
+        folder.mkdir()
+        solver = write_setup(str(folder), batch, 1000)
+        cmd = [sys.executable, script, solver, str(folder), "15"]
+        if ranks > 1:
+            cmd = [MPIEXEC, "-n", str(ranks)] + cmd
+        r = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got[ranks] = [dict(np.load(folder / f"rank{k}.npz")) for k in range(ranks)]
+    one = got[1][0]
+    assert int(one["count"]) == 1 and int(one["iter"]) == 15
+    for k, rank in enumerate(got[2]):
+        assert int(rank["count"]) == 2 and int(rank["rank"]) == k
+        for name in one:
+            if "/" in name:
+                scale = np.abs(one[name]).max()
+                assert np.abs(rank[name] - one[name]).max() <= 1e-5 * scale, (k, name)
+
+
+def test_set_solver_count_accepts_only_the_world():
+    import symnet.caffe as caffe
+    caffe.set_solver_count(1)
+    caffe.set_solver_rank(0)
+    with pytest.raises(ValueError, match="mpiexec -n 4"):
+        caffe.set_solver_count(4)
+    with pytest.raises(ValueError, match="rank 0"):
+        caffe.set_solver_rank(1)
