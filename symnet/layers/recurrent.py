@@ -137,15 +137,33 @@ def _recurrent(kind, bottoms, num_output, weight_filler, bias_filler, expose_hid
     G = 4 * H if kind == "LSTM" else H
 
     I = math.prod(x.shape[2:])
-    w_x = layer_param((G, I), weight_filler)
+    w_x_t = F.transpose(layer_param((G, I), weight_filler))
     b = layer_param((G,), bias_filler)
-    # all steps' input transform as one GEMM: (T N, I) x (I, G) + b
-    pre = F.reshape(F.matmul(F.reshape(x, (T * N, I)), F.transpose(w_x)) + b, (T, N, G))
+    static_term = None
     if x_static is not None:
         S = math.prod(x_static.shape[1:])
         w_s = layer_param((G, S), weight_filler)
-        pre = pre + F.reshape(F.matmul(F.reshape(x_static, (N, S)), F.transpose(w_s)),
-                              (1, N, G))
+        static_term = F.matmul(F.reshape(x_static, (N, S)), F.transpose(w_s))
+    # The input transform W_x x_t + b (+ W_s x_static). Each step reads its piece of a
+    # (T, ...) tensor through a slice, and the gradient of a slice is a zero-filled
+    # tensor of the whole (T, ...) shape, so the backward's work grows with T * T times
+    # the sliced width: slice x (width I) per step when it is narrower than the gate
+    # pre-activations (width G), which also needs no slice gradient at all when x takes
+    # no gradient (a data bottom); otherwise one GEMM for all steps, sliced per step.
+    if I <= G:
+        x2 = F.reshape(x, (T, N, I))
+
+        def step_input(t):
+            u = F.matmul(F.reshape(x2[t], (N, I)), w_x_t) + b
+            return u if static_term is None else u + static_term
+    else:
+        pre = F.matmul(F.reshape(x, (T * N, I)), w_x_t) + b
+        if static_term is not None:
+            pre = F.reshape(pre, (T, N, G)) + F.reshape(static_term, (1, N, G))
+        pre = F.reshape(pre, (T, N, G))
+
+        def step_input(t):
+            return pre[t]
     w_h_t = F.transpose(layer_param((G, H), weight_filler))
     if kind == "RNN":
         w_o_t = F.transpose(layer_param((H, H), weight_filler))
@@ -167,7 +185,7 @@ def _recurrent(kind, bottoms, num_output, weight_filler, bias_filler, expose_hid
     for t in range(T):
         cont_t = F.reshape(cont[t], (N, 1))
         # h_conted_{t-1} = cont_t * h_{t-1} (Caffe's Scale layer, axis 0)
-        gates = F.matmul(h * cont_t, w_h_t) + pre[t]
+        gates = F.matmul(h * cont_t, w_h_t) + step_input(t)
         if kind == "LSTM":
             # LSTMUnit: f is 0 where cont is 0, else cont * sigmoid(f')
             c, h = _lstm_unit(c, gates, cont_t, H)

@@ -110,14 +110,17 @@ CASES = [(False, False), (True, False), (False, True), (True, True)]
 @pytest.mark.parametrize("static,expose", CASES, ids=["plain", "static", "expose",
                                                       "static+expose"])
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
-def test_forward_against_numpy(backend, kind, static, expose):
-    T, N, H, xshape = 4, 3, 5, (2, 2)
+@pytest.mark.parametrize("xshape", [(2, 2), (3, 4, 2)], ids=["narrow", "wide"])
+def test_forward_against_numpy(backend, kind, static, expose, xshape):
+    """narrow: a step of x (4 values) is narrower than the RNN's 5 and LSTM's 20 gates;
+    wide: 24 values, wider than the RNN's gates."""
+    T, N, H = 4, 3, 5
     text, bottoms, shapes, tops = net_text(kind, T, N, xshape, H, static, expose)
     sn.fillers.set_random_seed(3)
     net = sn.Net(text, sn.TEST, backend=backend)
     blobs = [b.data.copy() for b in net.params["rec"]]
     G = 4 * H if kind == "LSTM" else H
-    want_shapes = [(G, 4), (G,)] + ([(G, 3)] if static else []) + [(G, H)] + \
+    want_shapes = [(G, int(np.prod(xshape))), (G,)] + ([(G, 3)] if static else []) + [(G, H)] + \
         ([(H, H), (H,)] if kind == "RNN" else [])
     assert [b.shape for b in blobs] == want_shapes
     feeds = feeds_for(bottoms, shapes, T, N)
@@ -174,20 +177,24 @@ def _apply_fn(kind, cont, h=None, static=False, **params):
     return build
 
 
+@pytest.mark.parametrize("width", [2, 13], ids=["narrow", "wide"])
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
-def test_backward_through_time_finite_differences(kind):
+def test_backward_through_time_finite_differences(kind, width):
     """The derived backward through time, for x, x_static and every blob, against
-    central differences in float64 (cont with a restart and a non-binary value)."""
+    central differences in float64 (cont with a restart and a non-binary value). A
+    step of x narrower than the gates is sliced per step, a wider one transformed for
+    all steps at once: both paths."""
     T, N = 4, 2
     cont = np.array([[0, 0], [1, 0.5], [0, 1], [1, 1]], np.float64)
     h = [R.standard_normal((1, N, 3)) for _ in range(2 if kind == "LSTM" else 1)]
     for hidden in (None, h):
         fn = _apply_fn(kind, cont, hidden, static=True)
         with sn.graph_scope():
-            fn(sn.input("a", (T, N, 2)), sn.input("b", (N, 2)))
-        res = sn.gradcheck(fn, [R.standard_normal((T, N, 2)), R.standard_normal((N, 2))],
-                           params=fn.names)
-        assert res.skipped == 0 and res.checked == T * N * 2 + N * 2 + sum(fn.sizes), res
+            fn(sn.input("a", (T, N, width)), sn.input("b", (N, 2)))
+        res = sn.gradcheck(fn, [R.standard_normal((T, N, width)),
+                                R.standard_normal((N, 2))], params=fn.names)
+        assert res.skipped == 0 and \
+            res.checked == T * N * width + N * 2 + sum(fn.sizes), res
 
 
 def test_no_gradient_to_cont_or_initial_state():
