@@ -30,6 +30,15 @@ the first step; with ``expose_hidden`` it starts from the h0/c0 bottoms. Caffe
 back-propagates neither into the sequence indicators nor into h0/c0, and ignores diffs
 on the hT/cT tops ("we can't backpropagate across batches"); the derived backward here
 does the same (those values pass through ``stop_gradient``).
+
+The carried state lives in blobs of the layer's own (not among its learnable blobs,
+so not in a caffemodel, as in Caffe). In a TRAIN net it is exact for the solver's step
+and for a separate ``net.backward()`` after ``net.forward()`` (see ``_carried_state``).
+Differences from Caffe: a net rebuilt for new input shapes starts its state at zeros
+again, and Caffe refuses a new number of time steps after setup where symnet rebuilds
+the layer for it; in the TEST phase, a separate backward after a forward that continued
+a carried state (cont != 0 at its first step, no expose_hidden) recomputes the layer
+from the state that forward left rather than the one it started from.
 """
 from __future__ import annotations
 
