@@ -221,7 +221,7 @@ def test_no_gradient_to_cont_or_initial_state():
     assert net.blobs["x"].diff.any()
 
 
-@pytest.mark.parametrize("backend_", ["numpy", "cpu"])
+@pytest.mark.parametrize("backend_", ["numpy", "cpu", "cuda-emu"])
 def test_train_backward_after_carried_state(backend_):
     """A TRAIN net's separate backward after its second forward uses the state that
     forward started from (forward 1's final state), not the one it left: x's diff
