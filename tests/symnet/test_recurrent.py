@@ -108,16 +108,17 @@ def feeds_for(bottoms, shapes, T, N):
     return out
 
 
-CASES = [(False, False), (True, False), (False, True), (True, True)]
+CASES = [(False, False, (2, 2)), (True, False, (2, 2)), (False, True, (2, 2)),
+         (True, True, (2, 2)), (True, True, (3, 4, 2))]
 
 
-@pytest.mark.parametrize("static,expose", CASES, ids=["plain", "static", "expose",
-                                                      "static+expose"])
+@pytest.mark.parametrize("static,expose,xshape", CASES, ids=[
+    "plain", "static", "expose", "static+expose", "static+expose+wide"])
 @pytest.mark.parametrize("kind", ["LSTM", "RNN"])
-@pytest.mark.parametrize("xshape", [(2, 2), (3, 4, 2)], ids=["narrow", "wide"])
 def test_forward_against_numpy(backend, kind, static, expose, xshape):
-    """narrow: a step of x (4 values) is narrower than the RNN's 5 and LSTM's 20 gates;
-    wide: 24 values, wider than the RNN's gates."""
+    """A step of x of 4 values is narrower than the RNN's 5 and the LSTM's 20 gates
+    (sliced per step); "wide", 24 values, is wider than the RNN's gates (one input
+    transform for all steps)."""
     T, N, H = 4, 3, 5
     text, bottoms, shapes, tops = net_text(kind, T, N, xshape, H, static, expose)
     sn.fillers.set_random_seed(3)
