@@ -7,6 +7,7 @@ from . import norm  # noqa: F401 - PReLU, BatchNorm, Scale, Bias, MVN, LRN, Embe
 from . import shape  # noqa: F401 - Concat, Slice, Split, Flatten, Reshape, Crop, Tile, ...
 from . import losses  # noqa: F401 - SigmoidCrossEntropyLoss, EuclideanLoss, HingeLoss, ...
 from . import spatial  # noqa: F401 - SPP, Im2col
+from . import recurrent  # noqa: F401 - RNN, LSTM, LSTMUnit
 
 __all__ = ["LayerContext", "LayerError", "apply", "context", "get", "layer", "layer_param",
            "registered", "state_update"]
