@@ -463,8 +463,7 @@ CAFFE_LAYER_TYPES = [
     "Silence", "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold",
     "Tile", "WindowData",
 ]
-# the recurrent layers arrive with their own change; any other type missing fails
-EXPECTED_MISSING = {"LSTM", "RNN", "LSTMUnit"}
+EXPECTED_MISSING = set()
 
 
 def test_layer_type_list_covers_caffes_registry():
