@@ -63,6 +63,9 @@ class Function:
             raise ValueError(f"function: unknown backend {self.backend!r}, expected one of "
                              f"{BACKENDS}")
         self.name = name or "fn"
+        # shapes looked up once (a Tensor's shape is a graph lookup)
+        self._in_shapes = [t.shape for t in self.inputs]
+        self._out_shapes = [o.shape for o in self.outputs]
         self._impl = None
         if self.backend != "numpy":
             from .compile import compile_function
@@ -75,12 +78,12 @@ class Function:
             raise GraphError(f"function '{self.name}': got {len(arrays)} arrays for "
                              f"{len(self.inputs)} inputs {[t.name for t in self.inputs]}")
         feeds = []
-        for t, a in zip(self.inputs, arrays):
+        for t, shape, a in zip(self.inputs, self._in_shapes, arrays):
             if not isinstance(a, SyncedMemory):
                 a = np.asarray(a, dtype=np.float32, order="C")
-            if a.shape != t.shape:
+            if a.shape != shape:
                 raise ShapeError(f"function '{self.name}': input '{t.name}' got shape "
-                                 f"{a.shape}, expected {t.shape}")
+                                 f"{a.shape}, expected {shape}")
             feeds.append(a)
         return feeds
 
@@ -110,12 +113,21 @@ class Function:
         if len(out) != len(self.outputs):
             raise GraphError(f"function '{self.name}': out= has {len(out)} arrays for "
                              f"{len(self.outputs)} outputs")
-        self._check_distinct(out)
-        for o, a in zip(self.outputs, out):
-            if isinstance(a, SyncedMemory):
-                if a.shape != o.shape:
+        if all(type(a) is SyncedMemory for a in out):
+            # memories only (what Nets pass): distinct objects of the right shapes
+            if len(set(map(id, out))) != len(out):
+                self._check_distinct(out)
+            for o, shape, a in zip(self.outputs, self._out_shapes, out):
+                if a.shape != shape:
                     raise ShapeError(f"function '{self.name}': out memory for {o.label()} "
-                                     f"has shape {a.shape}, expected {o.shape}")
+                                     f"has shape {a.shape}, expected {shape}")
+            return out
+        self._check_distinct(out)
+        for o, shape, a in zip(self.outputs, self._out_shapes, out):
+            if isinstance(a, SyncedMemory):
+                if a.shape != shape:
+                    raise ShapeError(f"function '{self.name}': out memory for {o.label()} "
+                                     f"has shape {a.shape}, expected {shape}")
                 continue
             if not (isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == o.shape
                     and a.flags.c_contiguous):
