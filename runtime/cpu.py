@@ -70,20 +70,42 @@ class _Arg(ctypes.Union):
     _fields_ = [("p", ctypes.c_void_p), ("l", ctypes.c_long), ("f", ctypes.c_float)]
 
 
-# Work (bytes moved plus flops, as the plan records them) below which a kernel runs on
-# the calling thread alone: the parallel region's fork and barrier cost more than a
-# second thread saves. Measured with benchmarks/deploy.py (the small corpus nets).
-SERIAL_WORK = 1 << 16
+# When kernels run on one thread instead of the team. Work is a step's bytes moved
+# plus flops, as the plan records them. Measured on 2 cores (min and median of
+# interleaved whole-plan runs, MTCNN's PNet at 12 x 12, LeNet, ONet): a plan of less
+# than SERIAL_PLAN_WORK in all (PNet at batch 1) runs fastest on the calling thread
+# alone, 11 us instead of 29 us, as every parallel region's wake-up and barrier costs
+# more than a second thread saves there; in larger plans even steps of 16k (a pooling)
+# gain from two threads, and only steps below SERIAL_WORK (a softmax over a few values)
+# are run alone.
+SERIAL_WORK = 1 << 12
+SERIAL_PLAN_WORK = 1 << 19
 
 
-def serial_work() -> int:
-    """``SYMNET_SERIAL_WORK`` (0 turns serial steps off), else ``SERIAL_WORK``."""
-    env = os.environ.get("SYMNET_SERIAL_WORK", "").strip()
+def _work_setting(name, default):
+    env = os.environ.get(name, "").strip()
     if not env:
-        return SERIAL_WORK
+        return default
     if not env.isdigit():
-        raise ValueError(f"SYMNET_SERIAL_WORK={env!r}: expected a non-negative integer")
+        raise ValueError(f"{name}={env!r}: expected a non-negative integer (work in "
+                         "bytes plus flops)")
     return int(env)
+
+
+def serial_work() -> tuple:
+    """(step, plan) thresholds: a kernel step whose work is below the first, or any
+    kernel step of a plan whose kernels' work adds up to less than the second, runs on
+    one thread. ``SYMNET_SERIAL_WORK`` and ``SYMNET_SERIAL_PLAN_WORK`` set them (0: never)."""
+    return (_work_setting("SYMNET_SERIAL_WORK", SERIAL_WORK),
+            _work_setting("SYMNET_SERIAL_PLAN_WORK", SERIAL_PLAN_WORK))
+
+
+def serial_steps(plan, limits=None) -> list:
+    """Per plan step, whether it runs on one thread (see serial_work)."""
+    step_limit, plan_limit = serial_work() if limits is None else limits
+    kernels = [s for s in plan.steps if s.kind == "kernel"]
+    whole = sum(step_work(s) for s in kernels) < plan_limit
+    return [s.kind == "kernel" and (whole or step_work(s) < step_limit) for s in plan.steps]
 
 
 def step_work(step) -> int:
@@ -319,9 +341,8 @@ class CpuBackend:
         self.lib.sn_run_steps.restype = None
         self.lib.sn_run_steps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                           ctypes.c_int]
-        limit = serial_work()
         self.serial = (ctypes.c_ubyte * max(1, len(plan.steps)))(
-            *[int(s.kind == "kernel" and step_work(s) < limit) for s in plan.steps])
+            *[int(x) for x in serial_steps(plan)])
         self._offsets = []          # per step: where its arguments start in a packed run
         k = 0
         for s in plan.steps:
