@@ -10,6 +10,12 @@ once per kernel: when the cores are oversubscribed (other busy processes), a thr
 waits a time slice for its descheduled partner at each of them and a step takes many
 times its quiet time. ``ThreadGovernor`` watches for that and runs the kernels on one
 thread while it lasts (see its docstring); ``SYMNET_ADAPTIVE_THREADS=0`` turns it off.
+
+Runs. Each module has ``sn_run_steps`` (``runner_source``): the plan's kernel steps in
+order with their arguments from one packed array, so the executor makes one ctypes call
+per run of consecutive kernel steps instead of one per kernel. Steps of little work, or
+every step of a plan of little work, run on the calling thread alone (``serial_steps``:
+``SYMNET_SERIAL_WORK``, ``SYMNET_SERIAL_PLAN_WORK``), the team restored after them.
 """
 from __future__ import annotations
 
