@@ -133,6 +133,15 @@ def test_memory_replaced_or_resized():
         f(*a, out=o)
     o[2] = SyncedMemory((2, 5))
     check(f(*a, out=o), want)
+    o[1].reshape((2, 4, 25))                        # the same memory, another shape
+    with pytest.raises(sn.ShapeError, match="shape"):
+        f(*a, out=o)
+    o[1].reshape((2, 4, 5, 5))
+    a[2].reshape((5, 100))                          # an input of the wrong shape
+    with pytest.raises(sn.ShapeError, match="shape"):
+        f(*a, out=o)
+    a[2].reshape((100, 5))
+    check(f(*a, out=o), want)
 
 
 def test_net_forward_repeated_and_hooks():
