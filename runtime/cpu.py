@@ -10,6 +10,12 @@ once per kernel: when the cores are oversubscribed (other busy processes), a thr
 waits a time slice for its descheduled partner at each of them and a step takes many
 times its quiet time. ``ThreadGovernor`` watches for that and runs the kernels on one
 thread while it lasts (see its docstring); ``SYMNET_ADAPTIVE_THREADS=0`` turns it off.
+
+Runs. Each module has ``sn_run_steps`` (``runner_source``): the plan's kernel steps in
+order with their arguments from one packed array, so the executor makes one ctypes call
+per run of consecutive kernel steps instead of one per kernel. Steps of little work, or
+every step of a plan of little work, run on the calling thread alone (``serial_steps``:
+``SYMNET_SERIAL_WORK``, ``SYMNET_SERIAL_PLAN_WORK``), the team restored after them.
 """
 from __future__ import annotations
 
@@ -63,6 +69,84 @@ def vector_math_header() -> str:
 
 
 _CTYPES = {"p": ctypes.c_void_p, "l": ctypes.c_long, "f": ctypes.c_float}
+
+
+class _Arg(ctypes.Union):
+    """One kernel argument of a packed run (``sn_arg_`` in the module's runner)."""
+    _fields_ = [("p", ctypes.c_void_p), ("l", ctypes.c_long), ("f", ctypes.c_float)]
+
+
+# When kernels run on one thread instead of the team. Work is a step's bytes moved
+# plus flops, as the plan records them. Measured on 2 cores (min and median of
+# interleaved whole-plan runs, MTCNN's PNet at 12 x 12, LeNet, ONet): a plan of less
+# than SERIAL_PLAN_WORK in all (PNet at batch 1) runs fastest on the calling thread
+# alone, 11 us instead of 29 us, as every parallel region's wake-up and barrier costs
+# more than a second thread saves there; in larger plans even steps of 16k (a pooling)
+# gain from two threads, and only steps below SERIAL_WORK (a softmax over a few values)
+# are run alone.
+SERIAL_WORK = 1 << 12
+SERIAL_PLAN_WORK = 1 << 19
+
+
+def _work_setting(name, default):
+    env = os.environ.get(name, "").strip()
+    if not env:
+        return default
+    if not env.isdigit():
+        raise ValueError(f"{name}={env!r}: expected a non-negative integer (work in "
+                         "bytes plus flops)")
+    return int(env)
+
+
+def serial_work() -> tuple:
+    """(step, plan) thresholds: a kernel step whose work is below the first, or any
+    kernel step of a plan whose kernels' work adds up to less than the second, runs on
+    one thread. ``SYMNET_SERIAL_WORK`` and ``SYMNET_SERIAL_PLAN_WORK`` set them (0: never)."""
+    return (_work_setting("SYMNET_SERIAL_WORK", SERIAL_WORK),
+            _work_setting("SYMNET_SERIAL_PLAN_WORK", SERIAL_PLAN_WORK))
+
+
+def serial_steps(plan, limits=None) -> list:
+    """Per plan step, whether it runs on one thread (see serial_work)."""
+    step_limit, plan_limit = serial_work() if limits is None else limits
+    kernels = [s for s in plan.steps if s.kind == "kernel"]
+    whole = sum(step_work(s) for s in kernels) < plan_limit
+    return [s.kind == "kernel" and (whole or step_work(s) < step_limit) for s in plan.steps]
+
+
+def step_work(step) -> int:
+    """A kernel step's work: the bytes it reads and writes plus its flops."""
+    return int(step.bytes_read) + int(step.bytes_written) + int(step.attrs.get("flops", 0))
+
+
+def runner_source(plan) -> str:
+    """C text of ``sn_run_steps(args, serial, from, to)``: the plan's kernel steps
+    from..to-1 (plan step indices; host steps are skipped) called in order with their
+    arguments from one packed array (each step's at a fixed offset), so a run is one
+    call from Python instead of one per kernel. A step whose ``serial`` flag is set runs
+    with a team of one thread (the calling thread's settings restored after it)."""
+    out = ["typedef union { void* p; long l; float f; } sn_arg_;",
+           "void sn_run_steps(const sn_arg_* a, const unsigned char* serial, int from, "
+           "int to) {",
+           "  int team = omp_get_max_threads(), dyn = -1;",
+           "  for (int s = from; s < to; ++s) {",
+           "    if (team > 1 && serial[s] != (dyn >= 0)) {",
+           "      if (dyn < 0) { dyn = omp_get_dynamic(); omp_set_num_threads(1); "
+           "omp_set_dynamic(1); }",
+           "      else { omp_set_num_threads(team); omp_set_dynamic(dyn); dyn = -1; }",
+           "    }",
+           "    switch (s) {"]
+    k = 0
+    for i, step in enumerate(plan.steps):
+        if step.kind != "kernel":
+            continue
+        types = plan.kernels[step.name].arg_types
+        call = ", ".join(f"a[{k + j}].{t}" for j, t in enumerate(types))
+        out.append(f"    case {i}: {step.name}({call}); break;")
+        k += len(types)
+    out += ["    default: break;", "    }", "  }",
+            "  if (dyn >= 0) { omp_set_num_threads(team); omp_set_dynamic(dyn); }", "}", ""]
+    return "\n".join(out)
 
 # Compiled into every module: the size of the team a kernel's parallel region gets when
 # called from the calling thread (what the thread settings resolve to), for a region
@@ -245,7 +329,8 @@ class CpuBackend:
         header = vector_math_header()
         blas_cflags, blas_libs = blas.build_flags()
         libs = blas_libs + (["-lmvec", "-lm"] if header else ["-lm"])
-        source = header + _TEAM_SIZE + plan.sources["cpu"]
+        self.plan = plan
+        source = header + _TEAM_SIZE + plan.sources["cpu"] + "\n" + runner_source(plan)
         self.path = cache.build(source, ".c", CC, compile_flags() + blas_cflags, libs)
         self.lib = ctypes.CDLL(str(self.path))
         self.lib.sn_team_size.restype = ctypes.c_int
@@ -259,6 +344,18 @@ class CpuBackend:
         self.governor = governor()
         kernels = [s for s in plan.steps if s.kind == "kernel"]
         self._first = kernels[0] if kernels else None
+        self.lib.sn_run_steps.restype = None
+        self.lib.sn_run_steps.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                          ctypes.c_int]
+        self.serial = (ctypes.c_ubyte * max(1, len(plan.steps)))(
+            *[int(x) for x in serial_steps(plan)])
+        self._offsets = []          # per step: where its arguments start in a packed run
+        k = 0
+        for s in plan.steps:
+            self._offsets.append(k)
+            if s.kind == "kernel":
+                k += len(plan.kernels[s.name].arg_types)
+        self._nargs = k
 
     def prepare(self, step, packed):
         call = functools.partial(self.fns[step.name], *[v for _, v in packed])
@@ -270,6 +367,28 @@ class CpuBackend:
             enter()
             call()
         return first
+
+    def prepare_run(self, first, last, packed):
+        """A callable running the kernel steps ``first``..``last - 1`` (consecutive
+        kernel steps of the plan) in one call into the module; ``packed``: each step's
+        packed arguments (executor.pack_args), in order."""
+        args = (_Arg * max(1, self._nargs))()
+        for i, step_args in zip(range(first, last), packed):
+            k = self._offsets[i]
+            for j, (t, v) in enumerate(step_args):
+                setattr(args[k + j], t, v)
+        call = functools.partial(self.lib.sn_run_steps, ctypes.addressof(args),
+                                 ctypes.addressof(self.serial), first, last)
+        call.keep = args            # the packed arguments live as long as the call
+        if self._first is None or self.plan.steps[first] is not self._first:
+            return call
+        enter = self.governor.enter
+
+        def run(call=call, enter=enter):
+            enter()
+            call()
+        run.keep = args
+        return run
 
     def team_size(self, asked=0) -> int:
         """The number of threads a kernel of this module runs on when called now from

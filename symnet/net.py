@@ -723,7 +723,12 @@ class Net:
             self._store(t).copy_from(self.blobs[t.name].data_mem)
 
     def _show_in_blobs(self, outputs):
-        for t in self._earlier(list({t.name: t for t in outputs}.values())):
+        key = ("shown", tuple(t.id for t in outputs))
+        shown = self._where_stored.get(key)
+        if shown is None:       # each blob's newest version among outputs, found once
+            shown = self._where_stored[key] = self._earlier(
+                list({t.name: t for t in outputs}.values()))
+        for t in shown:
             self.blobs[t.name].data_mem.copy_from(self._store(t))
 
     def _earlier(self, versions):
