@@ -63,6 +63,12 @@ GEMM_EPILOGUES = os.environ.get("SYMNET_GEMM_EPILOGUES", "1").strip() != "0"
 # and slower at batch 8 (19.9-21.2 against 17.3-19.1 ms); storing one value it was as
 # fast at batch 1 and faster at batch 8 (7.4 against 8.5 ms).
 EPILOGUE_MAX_BYTES = 32 << 20
+# CPU: convolutions image by image multiply with templates.CONV_PANEL_CPU's own vector
+# GEMM over columns packed as they are formed (the forward, the input gradient at stride
+# 1, the weight gradient) instead of calling BLAS's sgemm, which packs its operands again
+# on every call. SYMNET_CONV_PANELS=0, or setting this to False before compiling, calls
+# sgemm (to compare).
+CONV_PANELS = os.environ.get("SYMNET_CONV_PANELS", "1").strip() != "0"
 
 
 def _grid(extent, block):
@@ -567,12 +573,13 @@ class Lowering:
         least an image per thread): each image's columns stay in cache beside its GEMM."""
         return not self.device_gemm and N >= self.threads and not self._is_pointwise(p, k_hw)
 
-    def _images(self, template, n, args, per_thread, geometry, flops):
-        scratch = ["val", self.new_value(self.threads * per_thread, "temp", "scratch"), 0, "w"]
+    def _images(self, template, n, args, per_thread, geometry, flops, shared=0):
+        scratch = ["val", self.new_value(shared + self.threads * per_thread, "temp", "scratch"),
+                   0, "w"]
         spec, nodes, boundary = self._template(template), [n], ""
         args = args[:3] + [scratch] + args[3:] + [["long", v] for v in geometry[:2]] + \
             [["long", self.threads]] + geometry[2]
-        if template is T.CONV_CPU:      # rows of the output plane, oh * ow long
+        if template in (T.CONV_CPU, T.CONV_PANEL_CPU):  # output rows, oh * ow long
             args, spec, nodes, boundary = self._apply_epilogue(
                 n, spec, args, geometry[2][-2][1] * geometry[2][-1][1], 2)
         step = self.launch(spec, args, 1, nodes, boundary=boundary)
@@ -630,6 +637,12 @@ class Lowering:
                 WG.lower_conv(self, n, m)
                 return
         if self._by_image(N, op.p, (kh, kw)):
+            if CONV_PANELS:
+                self._images(T.CONV_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
+                             P + -(-P // 32) * 32 * Kd,
+                             (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow))),
+                             2 * N * O * Kd * P)
+                return
             self._images(T.CONV_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
                          C * kh * kw * P, (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw),
                                                                  (oh, ow))),
@@ -658,6 +671,16 @@ class Lowering:
                                 ["long", G]] + self._conv_dims(op.p, (N, Co, H, W), (kh, kw),
                                                                (h, wd)), size, [n])
             step.attrs["flops"] = 2 * N * G * M * Kd * P
+            return
+        if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and op.p.stride == (1, 1) and \
+                op.p.pad[0] <= (kh - 1) * op.p.dilation[0] and \
+                op.p.pad[1] <= (kw - 1) * op.p.dilation[1]:
+            # a convolution of x with the flipped kernel (CONV_T_PANEL_CPU)
+            Kg = Kd * kh * kw
+            self._images(T.CONV_T_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
+                         H * W + -(-(H * W) // 32) * 32 * Kg,
+                         (N, G, self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd))),
+                         2 * N * G * M * Kd * P, shared=Co * Kg)
             return
         if self._by_image(N, op.p, (kh, kw)):
             self._images(T.CONV_T_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
@@ -732,6 +755,14 @@ class Lowering:
             return
         if self.device_gemm:
             self._device_weight_grad(n, op)
+            return
+        if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS:
+            xs = g.shape(x)
+            self._images(T.CONV_WGRAD_PANEL_CPU, n, [self.r(x), self.r(gy), self.w(n),
+                                                     ["long", O]],
+                         C * kh * kw * P + -(-M // 32) * 32 * P + O * Kd,
+                         (N, G, self._conv_dims(op.p, xs, (kh, kw), (oh, ow))),
+                         2 * N * O * Kd * P)
             return
         if self._by_image(N, op.p, (kh, kw)):
             xs = g.shape(x)

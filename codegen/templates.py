@@ -936,6 +936,177 @@ CONV_WGRAD_CPU = Template("sn_conv_weight_grad_images", (("c", "x"), ("c", "gy")
   }
 """)
 
+# ---------------------------------------------------------------- panel GEMMs
+# The CPU's convolutions without BLAS: C (Mg x Ng, rows ldc apart) = A (Mg x Kg, rows lda
+# apart) B, or C + A B when ``add`` is set, with B packed as panels of 32 columns (panel j
+# holds columns 32j..32j+31 as Kg rows of 32 contiguous values, zeros past Ng), so a
+# tile of 8 rows of C by one panel is 16 vector accumulators fed by two contiguous
+# vector loads and 8 broadcasts of A per k; nothing is packed again (BLAS's sgemm packs
+# its operands on every call, which costs as much as the product at a convolution's
+# sizes). Rows of A past Mg repeat its last row and are not stored; columns past Ng are
+# computed from the panel's zeros and not stored.
+def _panel_gemm(Mg, Ng, Kg, A, lda, Bp, Cm, ldc, add):
+    return r"""
+      {
+        typedef float sn_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+        for (long pj = 0; pj * 32 < """ + Ng + r"""; ++pj) {
+          const float* bp = """ + Bp + r""" + pj * """ + Kg + r""" * 32;
+          const long n0 = pj * 32, nv = """ + Ng + r""" - n0 < 32 ? """ + Ng + r""" - n0 : 32;
+          for (long m0 = 0; m0 < """ + Mg + r"""; m0 += 8) {
+            const float* ar[8];
+            sn_v16 c0[8], c1[8];
+            for (int m = 0; m < 8; ++m) {
+              ar[m] = """ + A + r""" + (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) * """ + lda + r""";
+              c0[m] = (sn_v16){0};
+              c1[m] = (sn_v16){0};
+            }
+            for (long k = 0; k < """ + Kg + r"""; ++k) {
+              const sn_v16 b0 = *(const sn_v16*)(bp + k * 32);
+              const sn_v16 b1 = *(const sn_v16*)(bp + k * 32 + 16);
+              SN_PRAGMA(GCC unroll 8)
+              for (int m = 0; m < 8; ++m) {
+                const float a = ar[m][k];
+                c0[m] += a * b0;
+                c1[m] += a * b1;
+              }
+            }
+            for (int m = 0; m < 8 && m0 + m < """ + Mg + r"""; ++m) {
+              float* cr = """ + Cm + r""" + (m0 + m) * """ + ldc + r""" + n0;
+              if (nv == 32) {
+                if (""" + add + r""") {
+                  *(sn_v16*)cr += c0[m];
+                  *(sn_v16*)(cr + 16) += c1[m];
+                } else {
+                  *(sn_v16*)cr = c0[m];
+                  *(sn_v16*)(cr + 16) = c1[m];
+                }
+              } else {
+                float t[32];
+                *(sn_v16*)t = c0[m];
+                *(sn_v16*)(t + 16) = c1[m];
+                for (long l = 0; l < nv; ++l) cr[l] = (""" + add + r""") ? cr[l] + t[l] : t[l];
+              }
+            }
+          }
+        }
+      }
+"""
+
+
+# One image's im2col rows [0, Kg) of group g packed as panels of 32 output positions
+# (Kg rows of 32 values per panel, zeros past P): each row is formed in ``row`` (P
+# values) by sn_im2col_row and copied into the panels.
+def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
+    return r"""
+      for (long r = 0; r < Kg; ++r) {
+        const long ci = g * (""" + Cin + r""" / G) + r / (kh * kw);
+        sn_im2col_row(""" + src + r""" + ci * """ + Hin + " * " + Win + r""", row, (r / kw) % kh, r % kw,
+                      """ + Hin + ", " + Win + ", " + phh + ", " + pww + ", " + shh + ", " + sww + \
+        r""", dh, dw, """ + ohh + ", " + oww + r""");
+        for (long pj = 0; pj < NP; ++pj) {
+          float* d = pk + (pj * Kg + r) * 32;
+          const long n = P - pj * 32 < 32 ? P - pj * 32 : 32;
+          for (long l = 0; l < n; ++l) d[l] = row[pj * 32 + l];
+          for (long l = n; l < 32; ++l) d[l] = 0.0f;
+        }
+      }
+"""
+
+
+# The convolution image by image with panel GEMMs (CONV_CPU's work split): each thread
+# packs one image's columns per group into its slice of scratch (P + NP * 32 * Kd
+# values) and multiplies the group's weights by them.
+CONV_PANEL_CPU = Template("sn_conv_panels", CONV_CPU.params, r"""
+  const long P = oh * ow, M = O / G, Kg = C / G * kh * kw, NP = (P + 31) / 32;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* row = scratch + t * (P + NP * 32 * Kg);
+    float* pk = row + P;
+    for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
+      for (long g = 0; g < G; ++g) {
+""" + _pack_cols("x + b * C * H * W", "C", "H", "W", "ph", "pw", "sh", "sw", "oh", "ow")
+    + _panel_gemm("M", "P", "Kg", "w + g * M * Kg", "Kg", "pk", "y + (b * O + g * M) * P", "P",
+                  "0") + r"""
+      }
+      /*SN_EPILOGUE(b * O, (b + 1) * O, 0, P)*/
+    }
+  }
+""")
+
+# The transposed convolution at stride 1 (a convolution's input gradient) as a
+# convolution of x (NB, Ci, oh, ow) with the kernel flipped and its two channel axes
+# swapped, padded by the dilated kernel's reach less the padding (at least 0): out
+# (NB, C, H, W). The flipped weights (C x Ci/G*kh*kw) are formed once in the first
+# C * Ci/G * kh * kw values of scratch; each thread's slice follows.
+CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
+  const long P = H * W, Og = C / G, Kd = Ci / G, Kg = Kd * kh * kw, NP = (P + 31) / 32;
+  const long qh = (kh - 1) * dh - ph, qw = (kw - 1) * dw - pw;
+  float* wf = scratch;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    SN_PRAGMA(omp for schedule(static))
+    for (long co = 0; co < C; ++co)
+      for (long r = 0; r < Kg; ++r) {
+        const long k = r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
+        wf[co * Kg + r] = w[(((co / Og) * Kd + k) * Og + co % Og) * kh * kw +
+                            (kh - 1 - ki) * kw + (kw - 1 - kj)];
+      }
+    float* row = scratch + C * Kg + t * (P + NP * 32 * Kg);
+    float* pk = row + P;
+    for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
+      for (long g = 0; g < G; ++g) {
+""" + _pack_cols("x + b * Ci * oh * ow", "Ci", "oh", "ow", "qh", "qw", "1", "1", "H", "W")
+    + _panel_gemm("Og", "P", "Kg", "wf + g * Og * Kg", "Kg", "pk",
+                  "y + (b * C + g * Og) * P", "P", "0") + r"""
+      }
+    }
+  }
+""")
+
+# The weight gradient as its transpose, gw_g^T (Kg x M) = sum over images of
+# col_g (Kg x P) gy_g^T (P x M): the image's im2col columns are A as they are, the output
+# gradient's M rows are packed as panels of its transpose (P rows of 32 channels), and
+# each thread sums its images into its own (Kg x M per group) slice of scratch; the
+# slices are then added and transposed into gw.
+CONV_WGRAD_PANEL_CPU = Template("sn_conv_weight_grad_panels", CONV_WGRAD_CPU.params, r"""
+  const long P = oh * ow, M = O / G, Kg = C / G * kh * kw, NM = (M + 31) / 32;
+  const long per = C * kh * kw * P + NM * 32 * P + O * Kg;
+  SN_PRAGMA(omp parallel num_threads(T))
+  {
+    const long t = omp_get_thread_num(), nt = omp_get_num_threads();
+    float* col = scratch + t * per;
+    float* pk = col + C * kh * kw * P;
+    float* acc = pk + NM * 32 * P;
+    const long lo = t * NB / nt, hi = (t + 1) * NB / nt;
+    for (long i = 0; i < O * Kg; ++i) acc[i] = 0.0f;
+    for (long b = lo; b < hi; ++b) {
+      sn_im2col_image(x + b * C * H * W, col, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow);
+      for (long g = 0; g < G; ++g) {
+        const float* gyg = gy + (b * O + g * M) * P;
+        for (long pj = 0; pj < NM; ++pj)
+          for (long q = 0; q < P; ++q) {
+            float* d = pk + (pj * P + q) * 32;
+            for (long l = 0; l < 32; ++l)
+              d[l] = pj * 32 + l < M ? gyg[(pj * 32 + l) * P + q] : 0.0f;
+          }
+""" + _panel_gemm("Kg", "M", "P", "col + g * Kg * P", "P", "pk", "acc + g * Kg * M", "M", "1")
+    + r"""
+      }
+    }
+    SN_PRAGMA(omp barrier)
+    SN_PRAGMA(omp for schedule(static))
+    for (long i = 0; i < O * Kg; ++i) {
+      const long g = i / (M * Kg), o = (i / Kg) % M, r = i % Kg;
+      float s = 0.0f;
+      for (long u = 0; u < nt; ++u) s += scratch[u * per + C * kh * kw * P + NM * 32 * P +
+                                                 (g * Kg + r) * M + o];
+      gw[i] = s;
+    }
+  }
+""")
+
 # ---------------------------------------------------------------- direct convolutions
 # Grouped convolutions with few channels per group (depthwise: one) computed directly,
 # without columns or a GEMM per group of a few channels. Forward: x (NB, C, H, W) and

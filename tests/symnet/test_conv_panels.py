@@ -1,0 +1,122 @@
+"""Convolutions image by image on the cpu backend with the panel GEMMs
+(templates.CONV_PANEL_CPU, CONV_T_PANEL_CPU, CONV_WGRAD_PANEL_CPU): forward, input
+gradient and weight gradient against the NumPy reference for strides, pads,
+dilations, groups, odd sizes, output channels that are not a multiple of the 8-row
+tile or the 32-column panel, batch 1 and more images than threads, with 1 and 3
+threads; the plan takes the panel kernels (and BLAS's sgemm with lower.CONV_PANELS
+off); finite differences through the cpu backend for a few shapes."""
+import numpy as np
+import pytest
+
+import loops
+import symnet as sn
+from symnet.codegen import lower
+
+R = np.random.default_rng(21)
+
+# (N, C, H, W), outputs, kernel, stride, pad, dilation, group
+CASES = [
+    ((4, 3, 12, 12), 32, 5, 1, 2, 1, 1),       # CIFAR10-quick's conv1, smaller
+    ((5, 32, 8, 8), 32, 5, 1, 2, 1, 1),        # conv2 / conv3 geometry
+    ((3, 1, 13, 11), 20, 5, 1, 0, 1, 1),       # LeNet: 20 outputs (a partial row tile)
+    ((4, 20, 7, 9), 50, 5, 1, 0, 1, 1),        # LeNet's conv2, odd sizes
+    ((3, 5, 11, 10), 9, 3, 2, 1, 1, 1),        # stride 2: the input gradient via col2im
+    ((2, 4, 9, 9), 7, 3, 1, 4, 1, 1),          # pad beyond the kernel's reach
+    ((3, 6, 10, 9), 12, (3, 5), 1, (1, 2), (2, 1), 1),   # dilation, mixed geometry
+    ((3, 12, 7, 7), 24, 3, 1, 1, 1, 2),        # groups of 6 in, 12 out
+    ((1, 8, 9, 7), 40, 3, 1, 1, 1, 1),         # batch 1, 40 outputs (two panels)
+    ((7, 3, 6, 5), 33, (2, 3), (1, 2), (0, 1), 1, 1),   # 33 outputs, 2x3 kernel
+]
+IDS = [f"x{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}" for c in CASES]
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def _build(xs, out, k, s, p, d, g):
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = sn.input("x", xs)
+    w = sn.input("w", (out, xs[1] // g, kh, kw))
+    y = sn.conv2d(x, w, stride=s, pad=p, dilation=d, group=g)
+    gy = sn.input("gy", y.shape)
+    dx, dw = sn.vjp([y], [gy], [x, w])
+    return [x, w, gy], [y, dx, dw]
+
+
+def _run(case, backend):
+    with sn.graph_scope():
+        ins, outs = _build(*case)
+        feeds = [R.standard_normal(t.shape).astype(np.float32) for t in ins]
+        fn = sn.function(ins, outs, backend="numpy")
+        want = fn(*feeds)
+        fc = sn.function(ins, outs, backend=backend)
+        got = fc(*feeds)
+        return want, got, fc
+
+
+@pytest.fixture(params=[1, 3], ids=["t1", "t3"])
+def threads(request, monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", str(request.param))
+    return request.param
+
+
+def _names(fn):
+    return {st.name.rstrip("_0123456789") for st in fn._impl.plan.steps}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_panels_match_reference(threads, case):
+    want, got, fn = _run(case, "cpu")
+    for what, a, b in zip(("y", "dx", "dw"), got, want):
+        scale = max(1.0, float(np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
+    names = _names(fn)
+    if case[0][0] >= threads:          # image by image: the panel kernels
+        assert "sn_conv_panels" in names and "sn_conv_weight_grad_panels" in names, names
+        k, pad, dil = (_pair(v) for v in case[2:3] + case[4:6])
+        # stride 1 with the padding within the dilated kernel's reach: a convolution
+        flipped = case[3] == 1 and all(pad[i] <= (k[i] - 1) * dil[i] for i in (0, 1))
+        assert ("sn_conv_transpose_panels" in names) == flipped and \
+            ("sn_conv_transpose_images" in names) != flipped, names
+
+
+def test_panels_off_calls_sgemm(monkeypatch):
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    monkeypatch.setattr(lower, "CONV_PANELS", False)
+    want, got, fn = _run(CASES[1], "cpu")
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+    names = _names(fn)
+    assert "sn_conv_images" in names and not any("panels" in n for n in names), names
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[3], CASES[6], CASES[7]],
+                         ids=[IDS[0], IDS[3], IDS[6], IDS[7]])
+def test_panels_finite_differences(monkeypatch, case):
+    """The cpu backend's gradients of L = sum(tanh(conv(x, w))^2) along random
+    directions against central differences of L computed in float64 by direct loops."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    xs, out, k, s, p, d, g = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = R.standard_normal(xs) * 0.5
+    w = R.standard_normal((out, xs[1] // g, kh, kw)) * 0.2
+    with sn.graph_scope():
+        xt, wt = sn.input("x", x.shape), sn.input("w", w.shape)
+        loss = (sn.tanh(sn.conv2d(xt, wt, s, p, d, g)) ** 2).sum()
+        fn = sn.function([xt, wt], list(sn.grad(loss, [xt, wt])), backend="cpu")
+        dx, dw = fn(x.astype(np.float32), w.astype(np.float32))
+    assert "sn_conv_weight_grad_panels" in _names(fn)
+
+    def f(a, b):
+        return float(np.sum(np.tanh(loops.conv2d(a, b, s, p, d, g)) ** 2))
+    eps = 1e-5
+    for grad, which in ((dx, 0), (dw, 1)):
+        v = R.standard_normal(grad.shape)
+        args = [x, w]
+        plus, minus = list(args), list(args)
+        plus[which] = args[which] + eps * v
+        minus[which] = args[which] - eps * v
+        fd = (f(*plus) - f(*minus)) / (2 * eps)
+        np.testing.assert_allclose(float(np.vdot(grad.astype(np.float64), v)), fd, rtol=2e-4,
+                                   atol=1e-4)
