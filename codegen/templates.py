@@ -855,6 +855,37 @@ AVEPOOL_CPU = Template("sn_avepool", AVEPOOL.params, _PLANES + _pool_plane_cpu(r
       }""") + "  }\n")
 
 
+# Average pooling's input gradient on the CPU, per plane: zeroed, then for each output
+# row the values g / area spread over the window columns into one image row (a scatter
+# of kw values per output), which is added to the window's input rows (vectorised).
+# The divisor is AVEPOOL's (the window clipped to the padded image).
+AVEPOOL_GRAD_CPU = Template("sn_avepool_grad", AVEPOOL_GRAD.params, r"""
+  SN_FOR_OUTER(plane, n / (H * W)) {
+    const float* gp = g + plane * oh * ow;
+    float* d = dx + plane * H * W;
+    float r[W];
+    SN_PRAGMA(omp simd)
+    for (long i = 0; i < H * W; ++i) d[i] = 0.0f;
+    for (long yy = 0; yy < oh; ++yy) {
+      const long hs = yy * sh - ph, hp = hs + kh < H + ph ? hs + kh : H + ph;
+      const long h0 = hs > 0 ? hs : 0, h1 = hs + kh < H ? hs + kh : H;
+      for (long i = 0; i < W; ++i) r[i] = 0.0f;
+      for (long xx = 0; xx < ow; ++xx) {
+        const long ws = xx * sw - pw, wp = ws + kw < W + pw ? ws + kw : W + pw;
+        const float v = gp[yy * ow + xx] / (float)((hp - hs) * (wp - ws));
+        const long w0 = ws > 0 ? ws : 0, w1 = ws + kw < W ? ws + kw : W;
+        for (long w = w0; w < w1; ++w) r[w] += v;
+      }
+      for (long h = h0; h < h1; ++h) {
+        float* dr = d + h * W;
+        SN_PRAGMA(omp simd)
+        for (long i = 0; i < W; ++i) dr[i] += r[i];
+      }
+    }
+  }
+""")
+
+
 COL2IM_CPU = Template("sn_col2im", COL2IM.params, r"""
   SN_FOR_OUTER(bc, n / (H * W)) {
     sn_col2im_plane(col + (bc / C) * C * kh * kw * oh * ow, x + bc * H * W, bc % C, H, W, kh,
@@ -1403,7 +1434,8 @@ CONV_WGRAD_DIRECT_CPU = Template("sn_conv_weight_grad_direct", CONV_WGRAD_DIRECT
   }
 """)
 
-CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, AVEPOOL_CPU, WINDOW_SUM_CPU,
+CPU_VARIANTS = {t.name: t for t in (MAXPOOL_CPU, AVEPOOL_CPU, AVEPOOL_GRAD_CPU,
+                                    WINDOW_SUM_CPU,
                                     MAXPOOL_GRAD_CPU, MAXPOOL_GRAD_DISJOINT_CPU, COL2IM_CPU,
                                     CONV_DIRECT_CPU, CONV_T_DIRECT_CPU,
                                     CONV_WGRAD_DIRECT_CPU)}

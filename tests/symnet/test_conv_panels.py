@@ -25,6 +25,7 @@ CASES = [
     ((3, 6, 10, 9), 12, (3, 5), 1, (1, 2), (2, 1), 1),   # dilation, mixed geometry
     ((3, 12, 7, 7), 24, 3, 1, 1, 1, 2),        # groups of 6 in, 12 out
     ((1, 8, 9, 7), 40, 3, 1, 1, 1, 1),         # batch 1, 40 outputs (two panels)
+    ((3, 16, 9, 7), 8, 3, 1, 1, 1, 2),         # input gradient: 8 channels per group
     ((7, 3, 6, 5), 33, (2, 3), (1, 2), (0, 1), 1, 1),   # 33 outputs, 2x3 kernel
 ]
 IDS = [f"x{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}" for c in CASES]
@@ -75,8 +76,10 @@ def test_panels_match_reference(threads, case):
     if case[0][0] >= threads:          # image by image: the panel kernels
         assert "sn_conv_panels" in names and "sn_conv_weight_grad_panels" in names, names
         k, pad, dil = (_pair(v) for v in case[2:3] + case[4:6])
-        # stride 1 with the padding within the dilated kernel's reach: a convolution
-        flipped = case[3] == 1 and all(pad[i] <= (k[i] - 1) * dil[i] for i in (0, 1))
+        # stride 1, the padding within the dilated kernel's reach and at least 8
+        # input channels per group: a convolution
+        flipped = case[3] == 1 and case[0][1] // case[6] >= 8 and \
+            all(pad[i] <= (k[i] - 1) * dil[i] for i in (0, 1))
         assert ("sn_conv_transpose_panels" in names) == flipped and \
             ("sn_conv_transpose_images" in names) != flipped, names
 
