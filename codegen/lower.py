@@ -69,6 +69,12 @@ EPILOGUE_MAX_BYTES = 32 << 20
 # on every call. SYMNET_CONV_PANELS=0, or setting this to False before compiling, calls
 # sgemm (to compare).
 CONV_PANELS = os.environ.get("SYMNET_CONV_PANELS", "1").strip() != "0"
+# ... when the sums are at least this long (C/G*kh*kw; shorter, packing outweighs the
+# gain: LeNet's first layer, 25 taps) and, for the weight gradient, there are at least
+# this many outputs per group (fewer: most of a 32-channel panel would be zeros, LeNet's
+# 20 outputs of 25 taps took 1.30 against 0.54 ms).
+PANEL_MIN_TAPS = 64
+PANEL_MIN_OUTPUTS = 32
 
 
 def _grid(extent, block):
@@ -637,7 +643,7 @@ class Lowering:
                 WG.lower_conv(self, n, m)
                 return
         if self._by_image(N, op.p, (kh, kw)):
-            if CONV_PANELS:
+            if CONV_PANELS and Kd >= PANEL_MIN_TAPS:
                 self._images(T.CONV_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
                              P + -(-P // 32) * 32 * Kd,
                              (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow))),
@@ -674,10 +680,14 @@ class Lowering:
             return
         if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and op.p.stride == (1, 1) and \
                 op.p.pad[0] <= (kh - 1) * op.p.dilation[0] and \
-                op.p.pad[1] <= (kw - 1) * op.p.dilation[1] and Og >= 8:
-            # a convolution of x with the flipped kernel (CONV_T_PANEL_CPU); with fewer
-            # than 8 output channels per group most of its 8-row tiles would be wasted
-            # (measured, 3 channels of 32x32 from 32 at batch 100: 31 against 6.5 ms)
+                op.p.pad[1] <= (kw - 1) * op.p.dilation[1] and Og >= 8 and \
+                10 * H * W <= 11 * P:
+            # a convolution of x with the flipped kernel (CONV_T_PANEL_CPU), when its
+            # output is about as large as x (a "same" padding; otherwise it multiplies
+            # the zeros around x too, 2.25x the work for LeNet's 5x5 on 8x8, measured 6.8
+            # against 2.0 ms); with fewer than 8 output channels per group most of its
+            # 8-row tiles would be wasted (3 channels of 32x32 from 32 at batch 100: 31
+            # against 6.5 ms)
             Kg = Kd * kh * kw
             self._images(T.CONV_T_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
                          H * W + -(-(H * W) // 32) * 32 * Kg,
@@ -758,7 +768,8 @@ class Lowering:
         if self.device_gemm:
             self._device_weight_grad(n, op)
             return
-        if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS:
+        if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and M >= PANEL_MIN_OUTPUTS and \
+                Kd >= PANEL_MIN_TAPS:
             xs = g.shape(x)
             self._images(T.CONV_WGRAD_PANEL_CPU, n, [self.r(x), self.r(gy), self.w(n),
                                                      ["long", O]],

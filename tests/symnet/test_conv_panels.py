@@ -27,12 +27,9 @@ CASES = [
     ((1, 8, 9, 7), 40, 3, 1, 1, 1, 1),         # batch 1, 40 outputs (two panels)
     ((3, 16, 9, 7), 8, 3, 1, 1, 1, 2),         # input gradient: 8 channels per group
     ((7, 3, 6, 5), 33, (2, 3), (1, 2), (0, 1), 1, 1),   # 33 outputs, 2x3 kernel
+    ((3, 16, 6, 7), 40, 3, 1, 1, 1, 1),        # 40 outputs: a partial second panel
 ]
 IDS = [f"x{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}" for c in CASES]
-
-
-def _pair(v):
-    return v if isinstance(v, tuple) else (v, v)
 
 
 def _build(xs, out, k, s, p, d, g):
@@ -58,7 +55,10 @@ def _run(case, backend):
 
 @pytest.fixture(params=[1, 3], ids=["t1", "t3"])
 def threads(request, monkeypatch):
+    """1 or 3 threads, and the panel kernels for every shape (no size thresholds)."""
     monkeypatch.setenv("SYMNET_NUM_THREADS", str(request.param))
+    monkeypatch.setattr(lower, "PANEL_MIN_TAPS", 1)
+    monkeypatch.setattr(lower, "PANEL_MIN_OUTPUTS", 1)
     return request.param
 
 
@@ -74,14 +74,20 @@ def test_panels_match_reference(threads, case):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
     names = _names(fn)
     if case[0][0] >= threads:          # image by image: the panel kernels
-        assert "sn_conv_panels" in names and "sn_conv_weight_grad_panels" in names, names
-        k, pad, dil = (_pair(v) for v in case[2:3] + case[4:6])
-        # stride 1, the padding within the dilated kernel's reach and at least 8
-        # input channels per group: a convolution
-        flipped = case[3] == 1 and case[0][1] // case[6] >= 8 and \
-            all(pad[i] <= (k[i] - 1) * dil[i] for i in (0, 1))
-        assert ("sn_conv_transpose_panels" in names) == flipped and \
-            ("sn_conv_transpose_images" in names) != flipped, names
+        assert {"sn_conv_panels", "sn_conv_weight_grad_panels"} <= names, names
+
+
+def test_cifar_geometry_takes_panels(monkeypatch):
+    """With the default thresholds, CIFAR10-quick's convolutions (32 channels, 5x5, pad
+    2) run all three products by panels; LeNet's first (1 channel) calls sgemm."""
+    monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    for case, panels in ((CASES[1], True), (CASES[2], False)):
+        want, got, fn = _run(case, "cpu")
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+        names = _names(fn)
+        assert ({"sn_conv_panels", "sn_conv_transpose_panels",
+                 "sn_conv_weight_grad_panels"} <= names) == panels, names
 
 
 def test_panels_off_calls_sgemm(monkeypatch):
@@ -100,6 +106,8 @@ def test_panels_finite_differences(monkeypatch, case):
     """The cpu backend's gradients of L = sum(tanh(conv(x, w))^2) along random
     directions against central differences of L computed in float64 by direct loops."""
     monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
+    monkeypatch.setattr(lower, "PANEL_MIN_TAPS", 1)
+    monkeypatch.setattr(lower, "PANEL_MIN_OUTPUTS", 1)
     xs, out, k, s, p, d, g = case
     kh, kw = (k, k) if isinstance(k, int) else k
     x = R.standard_normal(xs) * 0.5
