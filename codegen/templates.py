@@ -1024,36 +1024,50 @@ def _panel_gemm(Mg, Ng, Kg, A, lda, Bp, Cm, ldc, add):
 """
 
 
-# One image's im2col rows [0, Kg) of group g packed as panels of 32 output positions
-# (Kg rows of 32 values per panel, zeros past P): each row is formed in ``row`` (P
-# values) by sn_im2col_row and copied into the panels.
+# One image's im2col rows [0, Kg) of group g written straight into panels of 32 output
+# positions (Kg rows of 32 values per panel, zeros past P): each output row's stretch
+# within one panel is a contiguous run of the destination, filled by a loop the
+# compiler vectorises (zeros where the tap falls in the padding).
 def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
     return r"""
       for (long r = 0; r < Kg; ++r) {
-        const long ci = g * (""" + Cin + r""" / G) + r / (kh * kw);
-        sn_im2col_row(""" + src + r""" + ci * """ + Hin + " * " + Win + r""", row, (r / kw) % kh, r % kw,
-                      """ + Hin + ", " + Win + ", " + phh + ", " + pww + ", " + shh + ", " + sww + \
-        r""", dh, dw, """ + ohh + ", " + oww + r""");
-        for (long pj = 0; pj < NP; ++pj) {
-          float* d = pk + (pj * Kg + r) * 32;
-          const long n = P - pj * 32 < 32 ? P - pj * 32 : 32;
-          for (long l = 0; l < n; ++l) d[l] = row[pj * 32 + l];
-          for (long l = n; l < 32; ++l) d[l] = 0.0f;
+        const long ci = g * (""" + Cin + r""" / G) + r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
+        const float* sp = """ + src + r""" + ci * """ + Hin + " * " + Win + r""";
+        for (long yy = 0; yy < """ + ohh + r"""; ++yy) {
+          const long h = yy * """ + shh + " - " + phh + r""" + ki * dh;
+          const int hin = h >= 0 && h < """ + Hin + r""";
+          const float* sr = sp + (hin ? h : 0) * """ + Win + r""";
+          for (long xx = 0; xx < """ + oww + r"""; ) {
+            const long p = yy * """ + oww + r""" + xx;
+            const long len = """ + oww + r""" - xx < 32 - (p & 31) ? """ + oww + r""" - xx : 32 - (p & 31);
+            float* d = pk + ((p >> 5) * Kg + r) * 32 + (p & 31);
+            if (!hin) {
+              for (long i = 0; i < len; ++i) d[i] = 0.0f;
+            } else {
+              const long w0 = xx * """ + sww + " - " + pww + r""" + kj * dw;
+              SN_PRAGMA(omp simd)
+              for (long i = 0; i < len; ++i) {
+                const long ws = w0 + i * """ + sww + r""";
+                d[i] = ws >= 0 && ws < """ + Win + r""" ? sr[ws] : 0.0f;
+              }
+            }
+            xx += len;
+          }
         }
+        for (long p = P; p < NP * 32; ++p) pk[((p >> 5) * Kg + r) * 32 + (p & 31)] = 0.0f;
       }
 """
 
 
 # The convolution image by image with panel GEMMs (CONV_CPU's work split): each thread
-# packs one image's columns per group into its slice of scratch (P + NP * 32 * Kd
+# packs one image's columns per group into its slice of scratch (NP * 32 * Kd
 # values) and multiplies the group's weights by them.
 CONV_PANEL_CPU = Template("sn_conv_panels", CONV_CPU.params, r"""
   const long P = oh * ow, M = O / G, Kg = C / G * kh * kw, NP = (P + 31) / 32;
   SN_PRAGMA(omp parallel num_threads(T))
   {
     const long t = omp_get_thread_num(), nt = omp_get_num_threads();
-    float* row = scratch + t * (P + NP * 32 * Kg);
-    float* pk = row + P;
+    float* pk = scratch + t * NP * 32 * Kg;
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
       for (long g = 0; g < G; ++g) {
 """ + _pack_cols("x + b * C * H * W", "C", "H", "W", "ph", "pw", "sh", "sw", "oh", "ow")
@@ -1084,8 +1098,7 @@ CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
         wf[co * Kg + r] = w[(((co / Og) * Kd + k) * Og + co % Og) * kh * kw +
                             (kh - 1 - ki) * kw + (kw - 1 - kj)];
       }
-    float* row = scratch + C * Kg + t * (P + NP * 32 * Kg);
-    float* pk = row + P;
+    float* pk = scratch + C * Kg + t * NP * 32 * Kg;
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
       for (long g = 0; g < G; ++g) {
 """ + _pack_cols("x + b * Ci * oh * ow", "Ci", "oh", "ow", "qh", "qw", "1", "1", "H", "W")

@@ -17,7 +17,7 @@ R = np.random.default_rng(21)
 # (N, C, H, W), outputs, kernel, stride, pad, dilation, group
 CASES = [
     ((4, 3, 12, 12), 32, 5, 1, 2, 1, 1),       # CIFAR10-quick's conv1, smaller
-    ((5, 32, 8, 8), 32, 5, 1, 2, 1, 1),        # conv2 / conv3 geometry
+    ((5, 32, 12, 12), 32, 5, 1, 2, 1, 1),      # conv2 / conv3 geometry
     ((3, 1, 13, 11), 20, 5, 1, 0, 1, 1),       # LeNet: 20 outputs (a partial row tile)
     ((4, 20, 7, 9), 50, 5, 1, 0, 1, 1),        # LeNet's conv2, odd sizes
     ((3, 5, 11, 10), 9, 3, 2, 1, 1, 1),        # stride 2: the input gradient via col2im
