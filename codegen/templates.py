@@ -679,53 +679,90 @@ GEMM_BLAS_SUM = Template("sn_gemm_blas_sum", (
 # image row, walked by inner loops the compiler vectorises (the row's state in local
 # arrays, whose sizes are the constants lowering bakes in).
 
-MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, r"""
-  /* windows wholly inside the image: rows yy in [ylo, yhi), columns xx in [xlo, xhi) */
-  const long ylo = (ph + sh - 1) / sh, xlo = (pw + sw - 1) / sw;
-  const long yhi = H + ph < kh ? 0 : ((H + ph - kh) / sh + 1 < oh ? (H + ph - kh) / sh + 1 : oh);
-  const long xhi = W + pw < kw ? 0 : ((W + pw - kw) / sw + 1 < ow ? (W + pw - kw) / sw + 1 : ow);
+# Columns xx whose windows lie wholly inside the image's width: [xlo, xhi), with
+# xlo <= xhi (a CPU pooling kernel's interior, walked without bounds checks).
+_POOL_COLUMNS = r"""
+  const long xlo = (pw + sw - 1) / sw < ow ? (pw + sw - 1) / sw : ow;
+  const long xend = W + pw < kw ? 0 : (W + pw - kw) / sw + 1;
+  const long xhi = xend < xlo ? xlo : (xend < ow ? xend : ow);
+"""
+
+MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
+  /* Separable, as _pool_plane_cpu: each input row's windows along the width reduced
+     once into a ring of kh rows (value, column of the first maximum); each output row
+     then combines the ring rows of its window top to bottom. A row's first maximum is
+     its leftmost, and a later row wins only with a larger value (or the first NaN), so
+     the result is the first maximum in row-major order, as MAXPOOL (NaN wins). */
   SN_FOR_OUTER(plane, n / (oh * ow)) {
     const float* src = x + plane * H * W;
     float* yp = y + plane * oh * ow;
     float* mp = mask ? mask + plane * oh * ow : 0;
+    float ring[kh * ow];
+    int rarg[kh * ow];
+    long next = 0;     /* the first input row not reduced into the ring */
     for (long yy = 0; yy < oh; ++yy) {
-      const int whole_row = yy >= ylo && yy < yhi;
-      if (whole_row) {
-        int args[ow];
+      long hs = yy * sh - ph;
+      const long he = hs + kh < H ? hs + kh : H;
+      hs = hs > 0 ? hs : 0;
+      if (next < hs) next = hs;
+      for (; next < he; ++next) {
+        const float* r = src + next * W;
+        float* o = ring + (next % kh) * ow;
+        int* oa = rarg + (next % kh) * ow;
         SN_PRAGMA(omp simd)
         for (long xx = xlo; xx < xhi; ++xx) {
-          float best = 0.0f;
-          int arg = -1;
-          for (long i = 0; i < kh; ++i)
-            for (long j = 0; j < kw; ++j) {
-              const long at = (yy * sh - ph + i) * W + xx * sw - pw + j;
-              const float v = src[at];
-              const int take = arg < 0 || v > best || (v != v && best == best);
-              best = take ? v : best;
-              arg = take ? (int)at : arg;
-            }
-          yp[yy * ow + xx] = best;
-          args[xx] = arg;
-        }
-        if (mp)
-          for (long xx = xlo; xx < xhi; ++xx) mp[yy * ow + xx] = (float)args[xx];
-      }
-      for (long xx = 0; xx < ow; ++xx) {      /* windows the image's edge clips */
-        if (whole_row && xx >= xlo && xx < xhi) continue;
-        long hs = yy * sh - ph, ws = xx * sw - pw;
-        const long he = hs + kh < H ? hs + kh : H, we = ws + kw < W ? ws + kw : W;
-        hs = hs > 0 ? hs : 0;
-        ws = ws > 0 ? ws : 0;
-        float best = src[hs * W + ws];
-        long arg = hs * W + ws;
-        for (long h = hs; h < he; ++h)
-          for (long w = ws; w < we; ++w) {
-            const float v = src[h * W + w];
-            if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
+          const long ws = xx * sw - pw;
+          float m = r[ws];
+          int a = (int)ws;
+          for (long j = 1; j < kw; ++j) {
+            const float v = r[ws + j];
+            const int take = v > m || (v != v && m == m);
+            m = take ? v : m;
+            a = take ? (int)(ws + j) : a;
           }
-        yp[yy * ow + xx] = best;
-        if (mp) mp[yy * ow + xx] = (float)arg;
+          o[xx] = m;
+          oa[xx] = a;
+        }
+        for (long xx = 0; xx < ow; ++xx) {
+          if (xx == xlo) xx = xhi;
+          if (xx >= ow) break;
+          long ws = xx * sw - pw;
+          const long we = ws + kw < W ? ws + kw : W;
+          ws = ws > 0 ? ws : 0;
+          float m = r[ws];
+          int a = (int)ws;
+          for (long w = ws + 1; w < we; ++w) {
+            const float v = r[w];
+            if (v > m || (v != v && m == m)) { m = v; a = (int)w; }
+          }
+          o[xx] = m;
+          oa[xx] = a;
+        }
       }
+      float* out = yp + yy * ow;
+      float best[ow];
+      int arg[ow];
+      const float* r0 = ring + (hs % kh) * ow;
+      const int* a0 = rarg + (hs % kh) * ow;
+      SN_PRAGMA(omp simd)
+      for (long xx = 0; xx < ow; ++xx) {
+        best[xx] = r0[xx];
+        arg[xx] = (int)(hs * W) + a0[xx];
+      }
+      for (long h = hs + 1; h < he; ++h) {
+        const float* rr = ring + (h % kh) * ow;
+        const int* ra = rarg + (h % kh) * ow;
+        SN_PRAGMA(omp simd)
+        for (long xx = 0; xx < ow; ++xx) {
+          const float v = rr[xx], m = best[xx];
+          const int take = v > m || (v != v && m == m);
+          best[xx] = take ? v : m;
+          arg[xx] = take ? (int)(h * W) + ra[xx] : arg[xx];
+        }
+      }
+      for (long xx = 0; xx < ow; ++xx) out[xx] = best[xx];
+      if (mp)
+        for (long xx = 0; xx < ow; ++xx) mp[yy * ow + xx] = (float)arg[xx];
     }
   }
 """)
@@ -743,14 +780,6 @@ MAXPOOL_GRAD_CPU = Template("sn_maxpool_grad", MAXPOOL_GRAD.params, r"""
 """)
 MAXPOOL_GRAD_DISJOINT_CPU = Template("sn_maxpool_grad_disjoint", MAXPOOL_GRAD_DISJOINT.params,
                                      MAXPOOL_GRAD_CPU.body)
-
-# Columns xx whose windows lie wholly inside the image's width: [xlo, xhi), with
-# xlo <= xhi (a CPU pooling kernel's interior, walked without bounds checks).
-_POOL_COLUMNS = r"""
-  const long xlo = (pw + sw - 1) / sw < ow ? (pw + sw - 1) / sw : ow;
-  const long xend = W + pw < kw ? 0 : (W + pw - kw) / sw + 1;
-  const long xhi = xend < xlo ? xlo : (xend < ow ? xend : ow);
-"""
 
 
 def _pool_plane_cpu(row_interior, row_border, combine, finish):
