@@ -591,6 +591,12 @@ class Lowering:
         step = self.launch(spec, args, 1, nodes, boundary=boundary)
         step.attrs["flops"] = flops
 
+    @staticmethod
+    def _padded_planes(channels, oh, ow, k_hw, dilation):
+        """Values of the explicitly padded input planes a stride-1 panel convolution
+        reads directly (templates._direct_gemm)."""
+        return channels * (oh + (k_hw[0] - 1) * dilation[0]) * (ow + (k_hw[1] - 1) * dilation[1])
+
     def _apply_epilogue(self, n, spec, args, row_len, out_index):
         """The library kernel ``spec`` with ``args`` applying n's pending epilogue, if
         any: (args, spec, nodes, boundary)."""
@@ -645,7 +651,8 @@ class Lowering:
         if self._by_image(N, op.p, (kh, kw)):
             if CONV_PANELS and Kd >= PANEL_MIN_TAPS:
                 self._images(T.CONV_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
-                             -(-P // 32) * 32 * Kd,
+                             max(-(-P // 32) * 32 * Kd, self._padded_planes(
+                                 C // G, oh, ow, (kh, kw), op.p.dilation)),
                              (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow))),
                              2 * N * O * Kd * P)
                 return
@@ -691,7 +698,8 @@ class Lowering:
             # was faster (32 channels of 8x8 from 64, 5x5, batch 100: 7.6 against 6.8 ms)
             Kg = Kd * kh * kw
             self._images(T.CONV_T_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
-                         -(-(H * W) // 32) * 32 * Kg,
+                         max(-(-(H * W) // 32) * 32 * Kg,
+                             self._padded_planes(Kd, H, W, (kh, kw), op.p.dilation)),
                          (N, G, self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd))),
                          2 * N * G * M * Kd * P, shared=Co * Kg)
             return

@@ -1088,6 +1088,71 @@ def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
 """
 
 
+# The product of a stride-1 convolution whose output rows are a multiple of 16 wide,
+# without columns: the group's input channels are copied once into ``xp`` with the
+# padding made explicit (Cg planes of Hq x Wq = (OH + (kh-1) dh) x (OW + (kw-1) dw)),
+# and each vector of 16 output positions of a tile (one output row's stretch) reads tap
+# r's values as the contiguous run at xp + off[r] + its start, off[r] the tap's offset
+# (channel, ki dh, kj dw). Otherwise as _panel_gemm (8 rows by 32 positions).
+def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
+    return r"""
+      {
+        typedef float sn_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+        const long Hq = """ + OH + r""" + (kh - 1) * dh, Wq = """ + OW + r""" + (kw - 1) * dw;
+        const long PP = """ + OH + " * " + OW + r""";
+        for (long c = 0; c < """ + Cg + r"""; ++c) {
+          const float* sp = """ + xin + r""" + c * """ + Hin + " * " + Win + r""";
+          float* dp = xp + c * Hq * Wq;
+          for (long hq = 0; hq < Hq; ++hq) {
+            const long h = hq - """ + padh + r""";
+            float* dr = dp + hq * Wq;
+            if (h < 0 || h >= """ + Hin + r""") {
+              for (long i = 0; i < Wq; ++i) dr[i] = 0.0f;
+              continue;
+            }
+            SN_PRAGMA(omp simd)
+            for (long i = 0; i < Wq; ++i) {
+              const long w_ = i - """ + padw + r""";
+              dr[i] = w_ >= 0 && w_ < """ + Win + r""" ? sp[h * """ + Win + r""" + w_] : 0.0f;
+            }
+          }
+        }
+        for (long r = 0; r < Kg; ++r)
+          off[r] = (r / (kh * kw)) * Hq * Wq + ((r / kw) % kh) * dh * Wq + (r % kw) * dw;
+        for (long p0 = 0; p0 < PP; p0 += 32) {
+          const long nv = PP - p0 < 32 ? PP - p0 : 32;
+          const float* s0 = xp + (p0 / """ + OW + r""") * Wq + p0 % """ + OW + r""";
+          const float* s1 = nv > 16 ? xp + ((p0 + 16) / """ + OW + r""") * Wq + (p0 + 16) % """ + OW + r""" : s0;
+          for (long m0 = 0; m0 < """ + Mg + r"""; m0 += 8) {
+            const float* ar[8];
+            sn_v16 c0[8], c1[8];
+            for (int m = 0; m < 8; ++m) {
+              ar[m] = """ + A + r""" + (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) * Kg;
+              c0[m] = (sn_v16){0};
+              c1[m] = (sn_v16){0};
+            }
+            for (long k = 0; k < Kg; ++k) {
+              const long o = off[k];
+              const sn_v16 b0 = *(const sn_v16*)(s0 + o);
+              const sn_v16 b1 = *(const sn_v16*)(s1 + o);
+              SN_PRAGMA(GCC unroll 8)
+              for (int m = 0; m < 8; ++m) {
+                const float a = ar[m][k];
+                c0[m] += a * b0;
+                c1[m] += a * b1;
+              }
+            }
+            for (int m = 0; m < 8 && m0 + m < """ + Mg + r"""; ++m) {
+              float* cr = """ + Yg + r""" + (m0 + m) * PP + p0;
+              *(sn_v16*)cr = c0[m];
+              if (nv > 16) *(sn_v16*)(cr + 16) = c1[m];
+            }
+          }
+        }
+      }
+"""
+
+
 # The convolution image by image with panel GEMMs (CONV_CPU's work split): each thread
 # packs one image's columns per group into its slice of scratch (NP * 32 * Kd
 # values) and multiplies the group's weights by them.
@@ -1097,8 +1162,15 @@ CONV_PANEL_CPU = Template("sn_conv_panels", CONV_CPU.params, r"""
   {
     const long t = omp_get_thread_num(), nt = omp_get_num_threads();
     float* pk = scratch + t * NP * 32 * Kg;
+    float* xp = pk;
+    long off[Kg];
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
       for (long g = 0; g < G; ++g) {
+        if (sh == 1 && sw == 1 && ow % 16 == 0) {
+""" + _direct_gemm("x + (b * C + g * (C / G)) * H * W", "C / G", "H", "W", "ph", "pw", "oh", "ow",
+                   "M", "w + g * M * Kg", "y + (b * O + g * M) * P") + r"""
+          continue;
+        }
 """ + _pack_cols("x + b * C * H * W", "C", "H", "W", "ph", "pw", "sh", "sw", "oh", "ow")
     + _panel_gemm("M", "P", "Kg", "w + g * M * Kg", "Kg", "pk", "y + (b * O + g * M) * P", "P",
                   "0") + r"""
@@ -1128,8 +1200,15 @@ CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
                             (kh - 1 - ki) * kw + (kw - 1 - kj)];
       }
     float* pk = scratch + C * Kg + t * NP * 32 * Kg;
+    float* xp = pk;
+    long off[Kg];
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
       for (long g = 0; g < G; ++g) {
+        if (W % 16 == 0) {
+""" + _direct_gemm("x + (b * Ci + g * Kd) * oh * ow", "Kd", "oh", "ow", "qh", "qw", "H", "W",
+                   "Og", "wf + g * Og * Kg", "y + (b * C + g * Og) * P") + r"""
+          continue;
+        }
 """ + _pack_cols("x + b * Ci * oh * ow", "Ci", "oh", "ow", "qh", "qw", "1", "1", "H", "W")
     + _panel_gemm("Og", "P", "Kg", "wf + g * Og * Kg", "Kg", "pk",
                   "y + (b * C + g * Og) * P", "P", "0") + r"""

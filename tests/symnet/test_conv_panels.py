@@ -28,6 +28,13 @@ CASES = [
     ((3, 16, 9, 7), 8, 3, 1, 1, 1, 2),         # input gradient: 8 channels per group
     ((7, 3, 6, 5), 33, (2, 3), (1, 2), (0, 1), 1, 1),   # 33 outputs, 2x3 kernel
     ((3, 16, 6, 7), 40, 3, 1, 1, 1, 1),        # 40 outputs: a partial second panel
+    # output rows a multiple of 16 wide at stride 1: read from padded planes directly
+    ((3, 3, 16, 16), 32, 5, 1, 2, 1, 1),       # CIFAR10-quick's conv2 geometry
+    ((2, 8, 15, 16), 20, 3, 1, 1, 1, 1),       # 15 rows: a last tile of 16 positions
+    ((3, 16, 9, 18), 24, 3, 1, 1, (1, 2), 2),  # dilated, grouped, 16 wide out of 18
+    ((2, 16, 16, 32), 16, 3, 1, 1, 1, 1),      # input gradient 32 wide: direct too
+    ((2, 4, 20, 20), 8, 5, 1, 0, 1, 1),        # no padding: 16 of 20
+    ((1, 9, 6, 16), 13, (1, 3), 1, (0, 1), 1, 1),   # batch 1, 1x3 kernel
 ]
 IDS = [f"x{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}" for c in CASES]
 
@@ -73,8 +80,10 @@ def test_panels_match_reference(threads, case):
         scale = max(1.0, float(np.abs(b).max()))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
     names = _names(fn)
-    if case[0][0] >= threads:          # image by image: the panel kernels
-        assert {"sn_conv_panels", "sn_conv_weight_grad_panels"} <= names, names
+    if case[0][0] >= threads:          # image by image: the panel kernels (3x3 forwards
+        # at stride 1 may take Winograd's)
+        assert "sn_conv_weight_grad_panels" in names and \
+            names & {"sn_conv_panels", "sn_conv_winograd"}, names
 
 
 def test_cifar_geometry_takes_panels(monkeypatch):
