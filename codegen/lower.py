@@ -782,7 +782,9 @@ class Lowering:
             xs = g.shape(x)
             self._images(T.CONV_WGRAD_PANEL_CPU, n, [self.r(x), self.r(gy), self.w(n),
                                                      ["long", O]],
-                         C * kh * kw * P + -(-M // 32) * 32 * P + O * Kd,
+                         C * ((oh - 1) * op.p.stride[0] + (kh - 1) * op.p.dilation[0] + 1) *
+                         ((ow - 1) * op.p.stride[1] + (kw - 1) * op.p.dilation[1] + 1) +
+                         -(-M // 32) * 32 * P + O * Kd,
                          (N, G, self._conv_dims(op.p, xs, (kh, kw), (oh, ow))),
                          2 * N * O * Kd * P)
             return

@@ -1218,23 +1218,47 @@ CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
 """)
 
 # The weight gradient as its transpose, gw_g^T (Kg x M) = sum over images of
-# col_g (Kg x P) gy_g^T (P x M): the image's im2col columns are A as they are, the output
-# gradient's M rows are packed as panels of its transpose (P rows of 32 channels), and
-# each thread sums its images into its own (Kg x M per group) slice of scratch; the
-# slices are then added and transposed into gw.
+# col_g (Kg x P) gy_g^T (P x M), without columns: each image is copied once with its
+# padding made explicit (C planes of Hq x Wq, the extent its windows reach), so col's
+# entry (tap r, output position (yy, xx)) is xp[off[r] + yy sh Wq + xx sw] with off[r]
+# the tap's offset (channel, ki dh, kj dw), read as A by _panel_gemm's 8-row tiles; the
+# output gradient's M rows are packed as panels of its transpose (P rows of 32
+# channels). Each thread sums its images into its own (Kg x M per group) slice of
+# scratch; the slices are then added and transposed into gw.
 CONV_WGRAD_PANEL_CPU = Template("sn_conv_weight_grad_panels", CONV_WGRAD_CPU.params, r"""
-  const long P = oh * ow, M = O / G, Kg = C / G * kh * kw, NM = (M + 31) / 32;
-  const long per = C * kh * kw * P + NM * 32 * P + O * Kg;
+  typedef float sn_v16 __attribute__((vector_size(64), aligned(4), may_alias));
+  const long P = oh * ow, M = O / G, Cg = C / G, Kg = Cg * kh * kw, NM = (M + 31) / 32;
+  const long Hq = (oh - 1) * sh + (kh - 1) * dh + 1, Wq = (ow - 1) * sw + (kw - 1) * dw + 1;
+  const long per = C * Hq * Wq + NM * 32 * P + O * Kg;
   SN_PRAGMA(omp parallel num_threads(T))
   {
     const long t = omp_get_thread_num(), nt = omp_get_num_threads();
-    float* col = scratch + t * per;
-    float* pk = col + C * kh * kw * P;
+    float* xp = scratch + t * per;
+    float* pk = xp + C * Hq * Wq;
     float* acc = pk + NM * 32 * P;
+    long off[Kg];
+    for (long r = 0; r < Kg; ++r)
+      off[r] = (r / (kh * kw)) * Hq * Wq + ((r / kw) % kh) * dh * Wq + (r % kw) * dw;
     const long lo = t * NB / nt, hi = (t + 1) * NB / nt;
     for (long i = 0; i < O * Kg; ++i) acc[i] = 0.0f;
     for (long b = lo; b < hi; ++b) {
-      sn_im2col_image(x + b * C * H * W, col, C, H, W, kh, kw, ph, pw, sh, sw, dh, dw, oh, ow);
+      for (long c = 0; c < C; ++c) {
+        const float* sp = x + (b * C + c) * H * W;
+        float* dp = xp + c * Hq * Wq;
+        for (long hq = 0; hq < Hq; ++hq) {
+          const long h = hq - ph;
+          float* dr = dp + hq * Wq;
+          if (h < 0 || h >= H) {
+            for (long i = 0; i < Wq; ++i) dr[i] = 0.0f;
+            continue;
+          }
+          SN_PRAGMA(omp simd)
+          for (long i = 0; i < Wq; ++i) {
+            const long w_ = i - pw;
+            dr[i] = w_ >= 0 && w_ < W ? sp[h * W + w_] : 0.0f;
+          }
+        }
+      }
       for (long g = 0; g < G; ++g) {
         const float* gyg = gy + (b * O + g * M) * P;
         for (long pj = 0; pj < NM; ++pj)
@@ -1243,8 +1267,47 @@ CONV_WGRAD_PANEL_CPU = Template("sn_conv_weight_grad_panels", CONV_WGRAD_CPU.par
             for (long l = 0; l < 32; ++l)
               d[l] = pj * 32 + l < M ? gyg[(pj * 32 + l) * P + q] : 0.0f;
           }
-""" + _panel_gemm("Kg", "M", "P", "col + g * Kg * P", "P", "pk", "acc + g * Kg * M", "M", "1")
-    + r"""
+        const float* xg = xp + g * Cg * Hq * Wq;
+        float* ag = acc + g * Kg * M;
+        for (long pj = 0; pj < NM; ++pj) {
+          const float* bp = pk + pj * P * 32;
+          const long n0 = pj * 32, nv = M - n0 < 32 ? M - n0 : 32;
+          for (long m0 = 0; m0 < Kg; m0 += 8) {
+            const float* ar[8];
+            sn_v16 c0[8], c1[8];
+            for (int m = 0; m < 8; ++m) {
+              ar[m] = xg + off[m0 + m < Kg ? m0 + m : Kg - 1];
+              c0[m] = (sn_v16){0};
+              c1[m] = (sn_v16){0};
+            }
+            for (long yy = 0; yy < oh; ++yy) {
+              const float* bq = bp + yy * ow * 32;
+              const long ro = yy * sh * Wq;
+              for (long xx = 0; xx < ow; ++xx) {
+                const sn_v16 b0 = *(const sn_v16*)(bq + xx * 32);
+                const sn_v16 b1 = *(const sn_v16*)(bq + xx * 32 + 16);
+                SN_PRAGMA(GCC unroll 8)
+                for (int m = 0; m < 8; ++m) {
+                  const float a = ar[m][ro + xx * sw];
+                  c0[m] += a * b0;
+                  c1[m] += a * b1;
+                }
+              }
+            }
+            for (int m = 0; m < 8 && m0 + m < Kg; ++m) {
+              float* cr = ag + (m0 + m) * M + n0;
+              if (nv == 32) {
+                *(sn_v16*)cr += c0[m];
+                *(sn_v16*)(cr + 16) += c1[m];
+              } else {
+                float tt[32];
+                *(sn_v16*)tt = c0[m];
+                *(sn_v16*)(tt + 16) = c1[m];
+                for (long l = 0; l < nv; ++l) cr[l] += tt[l];
+              }
+            }
+          }
+        }
       }
     }
     SN_PRAGMA(omp barrier)
@@ -1252,7 +1315,7 @@ CONV_WGRAD_PANEL_CPU = Template("sn_conv_weight_grad_panels", CONV_WGRAD_CPU.par
     for (long i = 0; i < O * Kg; ++i) {
       const long g = i / (M * Kg), o = (i / Kg) % M, r = i % Kg;
       float s = 0.0f;
-      for (long u = 0; u < nt; ++u) s += scratch[u * per + C * kh * kw * P + NM * 32 * P +
+      for (long u = 0; u < nt; ++u) s += scratch[u * per + C * Hq * Wq + NM * 32 * P +
                                                  (g * Kg + r) * M + o];
       gw[i] = s;
     }
