@@ -688,14 +688,16 @@ class Lowering:
         if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and op.p.stride == (1, 1) and \
                 op.p.pad[0] <= (kh - 1) * op.p.dilation[0] and \
                 op.p.pad[1] <= (kw - 1) * op.p.dilation[1] and Og >= 8 and \
-                10 * H * W <= 11 * P and H * W >= 128:
+                10 * H * W <= 11 * P and (H * W >= 128 or W % 8 == 0):
             # a convolution of x with the flipped kernel (CONV_T_PANEL_CPU), when its
             # output is about as large as x (a "same" padding; otherwise it multiplies
             # the zeros around x too, 2.25x the work for LeNet's 5x5 on 8x8, measured 6.8
             # against 2.0 ms); with fewer than 8 output channels per group most of its
             # 8-row tiles would be wasted (3 channels of 32x32 from 32 at batch 100: 31
-            # against 6.5 ms); on planes of fewer than 128 pixels sgemm's input gradient
-            # was faster (32 channels of 8x8 from 64, 5x5, batch 100: 7.6 against 6.8 ms)
+            # against 6.5 ms); on planes of fewer than 128 pixels packed as columns,
+            # sgemm's input gradient was faster (32 channels of 8x8 from 64, 5x5, batch
+            # 100: 7.6 against 6.8 ms), but not with rows a multiple of 8 wide, read
+            # directly
             Kg = Kd * kh * kw
             self._images(T.CONV_T_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
                          max(-(-(H * W) // 32) * 32 * Kg,

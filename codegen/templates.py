@@ -1088,12 +1088,13 @@ def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
 """
 
 
-# The product of a stride-1 convolution whose output rows are a multiple of 16 wide,
+# The product of a stride-1 convolution whose output rows are a multiple of 8 wide,
 # without columns: the group's input channels are copied once into ``xp`` with the
 # padding made explicit (Cg planes of Hq x Wq = (OH + (kh-1) dh) x (OW + (kw-1) dw)),
-# and each vector of 16 output positions of a tile (one output row's stretch) reads tap
-# r's values as the contiguous run at xp + off[r] + its start, off[r] the tap's offset
-# (channel, ki dh, kj dw). Otherwise as _panel_gemm (8 rows by 32 positions).
+# and each vector of 16 output positions of a tile (one output row's stretch, or two
+# stretches of 8 joined when rows are not a multiple of 16 wide) reads tap r's values
+# as the contiguous run at xp + off[r] + its start, off[r] the tap's offset (channel,
+# ki dh, kj dw). Otherwise as _panel_gemm (8 rows by 32 positions).
 def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
     return r"""
       {
@@ -1119,10 +1120,15 @@ def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
         }
         for (long r = 0; r < Kg; ++r)
           off[r] = (r / (kh * kw)) * Hq * Wq + ((r / kw) % kh) * dh * Wq + (r % kw) * dw;
+        typedef float sn_v8h __attribute__((vector_size(32), aligned(4), may_alias));
         for (long p0 = 0; p0 < PP; p0 += 32) {
           const long nv = PP - p0 < 32 ? PP - p0 : 32;
-          const float* s0 = xp + (p0 / """ + OW + r""") * Wq + p0 % """ + OW + r""";
-          const float* s1 = nv > 16 ? xp + ((p0 + 16) / """ + OW + r""") * Wq + (p0 + 16) % """ + OW + r""" : s0;
+          const float* s[4];
+          for (int e = 0; e < 4; ++e) {
+            const long pe = p0 + 8 * e < PP ? p0 + 8 * e : p0;
+            s[e] = xp + (pe / """ + OW + r""") * Wq + pe % """ + OW + r""";
+          }
+          const float *s0 = s[0], *s1 = s[2];
           for (long m0 = 0; m0 < """ + Mg + r"""; m0 += 8) {
             const float* ar[8];
             sn_v16 c0[8], c1[8];
@@ -1133,8 +1139,18 @@ def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
             }
             for (long k = 0; k < Kg; ++k) {
               const long o = off[k];
-              const sn_v16 b0 = *(const sn_v16*)(s0 + o);
-              const sn_v16 b1 = *(const sn_v16*)(s1 + o);
+              sn_v16 b0, b1;
+              if (""" + OW + r""" % 16 == 0) {
+                b0 = *(const sn_v16*)(s0 + o);
+                b1 = *(const sn_v16*)(s1 + o);
+              } else {
+                const sn_v8h l0 = *(const sn_v8h*)(s[0] + o), l1 = *(const sn_v8h*)(s[1] + o);
+                const sn_v8h l2 = *(const sn_v8h*)(s[2] + o), l3 = *(const sn_v8h*)(s[3] + o);
+                b0 = __builtin_shufflevector(l0, l1, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                             13, 14, 15);
+                b1 = __builtin_shufflevector(l2, l3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                             13, 14, 15);
+              }
               SN_PRAGMA(GCC unroll 8)
               for (int m = 0; m < 8; ++m) {
                 const float a = ar[m][k];
@@ -1144,8 +1160,15 @@ def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
             }
             for (int m = 0; m < 8 && m0 + m < """ + Mg + r"""; ++m) {
               float* cr = """ + Yg + r""" + (m0 + m) * PP + p0;
-              *(sn_v16*)cr = c0[m];
-              if (nv > 16) *(sn_v16*)(cr + 16) = c1[m];
+              if (nv == 32) {
+                *(sn_v16*)cr = c0[m];
+                *(sn_v16*)(cr + 16) = c1[m];
+              } else {
+                float tt[32];
+                *(sn_v16*)tt = c0[m];
+                *(sn_v16*)(tt + 16) = c1[m];
+                for (long l = 0; l < nv; ++l) cr[l] = tt[l];
+              }
             }
           }
         }
@@ -1166,7 +1189,7 @@ CONV_PANEL_CPU = Template("sn_conv_panels", CONV_CPU.params, r"""
     long off[Kg];
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
       for (long g = 0; g < G; ++g) {
-        if (sh == 1 && sw == 1 && ow % 16 == 0) {
+        if (sh == 1 && sw == 1 && ow % 8 == 0) {
 """ + _direct_gemm("x + (b * C + g * (C / G)) * H * W", "C / G", "H", "W", "ph", "pw", "oh", "ow",
                    "M", "w + g * M * Kg", "y + (b * O + g * M) * P") + r"""
           continue;
@@ -1204,7 +1227,7 @@ CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
     long off[Kg];
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
       for (long g = 0; g < G; ++g) {
-        if (W % 16 == 0) {
+        if (W % 8 == 0) {
 """ + _direct_gemm("x + (b * Ci + g * Kd) * oh * ow", "Kd", "oh", "ow", "qh", "qw", "H", "W",
                    "Og", "wf + g * Og * Kg", "y + (b * C + g * Og) * P") + r"""
           continue;

@@ -35,6 +35,10 @@ CASES = [
     ((2, 16, 16, 32), 16, 3, 1, 1, 1, 1),      # input gradient 32 wide: direct too
     ((2, 4, 20, 20), 8, 5, 1, 0, 1, 1),        # no padding: 16 of 20
     ((1, 9, 6, 16), 13, (1, 3), 1, (0, 1), 1, 1),   # batch 1, 1x3 kernel
+    # rows a multiple of 8 wide: two stretches of 8 per vector
+    ((3, 32, 8, 8), 64, 5, 1, 2, 1, 1),        # CIFAR10-quick's conv3
+    ((2, 8, 5, 24), 16, 3, 1, 1, 1, 1),        # 24 wide: a vector across two rows
+    ((2, 16, 3, 8), 8, 3, 1, 1, 1, 1),         # 24 positions: a partial tile
 ]
 IDS = [f"x{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}" for c in CASES]
 
