@@ -687,16 +687,8 @@ _POOL_COLUMNS = r"""
   const long xhi = xend < xlo ? xlo : (xend < ow ? xend : ow);
 """
 
-MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
-  /* Separable, as _pool_plane_cpu: each input row's windows along the width reduced
-     once into a ring of kh rows (value, column of the first maximum); each output row
-     then combines the ring rows of its window top to bottom. A row's first maximum is
-     its leftmost, and a later row wins only with a larger value (or the first NaN), so
-     the result is the first maximum in row-major order, as MAXPOOL (NaN wins). */
-  SN_FOR_OUTER(plane, n / (oh * ow)) {
-    const float* src = x + plane * H * W;
-    float* yp = y + plane * oh * ow;
-    float* mp = mask ? mask + plane * oh * ow : 0;
+def _maxpool_plane(take):
+    return r"""
     float ring[kh * ow];
     int rarg[kh * ow];
     long next = 0;     /* the first input row not reduced into the ring */
@@ -716,7 +708,7 @@ MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
           int a = (int)ws;
           for (long j = 1; j < kw; ++j) {
             const float v = r[ws + j];
-            const int take = v > m || (v != v && m == m);
+            const int take = """ + take + r""";
             m = take ? v : m;
             a = take ? (int)(ws + j) : a;
           }
@@ -733,7 +725,7 @@ MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
           int a = (int)ws;
           for (long w = ws + 1; w < we; ++w) {
             const float v = r[w];
-            if (v > m || (v != v && m == m)) { m = v; a = (int)w; }
+            if (""" + take + r""") { m = v; a = (int)w; }
           }
           o[xx] = m;
           oa[xx] = a;
@@ -755,7 +747,7 @@ MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
         SN_PRAGMA(omp simd)
         for (long xx = 0; xx < ow; ++xx) {
           const float v = rr[xx], m = best[xx];
-          const int take = v > m || (v != v && m == m);
+          const int take = """ + take + r""";
           best[xx] = take ? v : m;
           arg[xx] = take ? (int)(h * W) + ra[xx] : arg[xx];
         }
@@ -763,6 +755,26 @@ MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
       for (long xx = 0; xx < ow; ++xx) out[xx] = best[xx];
       if (mp)
         for (long xx = 0; xx < ow; ++xx) mp[yy * ow + xx] = (float)arg[xx];
+    }
+"""
+
+
+MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
+  /* Separable, as _pool_plane_cpu: each input row's windows along the width reduced
+     once into a ring of kh rows (value, column of the first maximum); each output row
+     then combines the ring rows of its window top to bottom. A row's first maximum is
+     its leftmost, and a later row wins only with a larger value (or the first NaN), so
+     the result is the first maximum in row-major order, as MAXPOOL (NaN wins). */
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const float* src = x + plane * H * W;
+    float* yp = y + plane * oh * ow;
+    float* mp = mask ? mask + plane * oh * ow : 0;
+    int nan = 0;      /* a plane without NaN compares values alone */
+    SN_PRAGMA(omp simd reduction(|:nan))
+    for (long i = 0; i < H * W; ++i) nan |= src[i] != src[i];
+    if (!nan) {
+""" + _maxpool_plane("v > m") + r"""
+    } else {""" + _maxpool_plane("v > m || (v != v && m == m)") + r"""
     }
   }
 """)
