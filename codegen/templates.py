@@ -1028,7 +1028,8 @@ def _panel_gemm(Mg, Ng, Kg, A, lda, Bp, Cm, ldc, add):
             const float* ar[8];
             sn_v16 c0[8], c1[8];
             for (int m = 0; m < 8; ++m) {
-              ar[m] = """ + A + r""" + (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) * """ + lda + r""";
+              ar[m] = """ + A + r""" +
+                      (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) * """ + lda + r""";
               c0[m] = (sn_v16){0};
               c1[m] = (sn_v16){0};
             }
@@ -1080,7 +1081,8 @@ def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
           const float* sr = sp + (hin ? h : 0) * """ + Win + r""";
           for (long xx = 0; xx < """ + oww + r"""; ) {
             const long p = yy * """ + oww + r""" + xx;
-            const long len = """ + oww + r""" - xx < 32 - (p & 31) ? """ + oww + r""" - xx : 32 - (p & 31);
+            const long rest = """ + oww + r""" - xx;
+            const long len = rest < 32 - (p & 31) ? rest : 32 - (p & 31);
             float* d = pk + ((p >> 5) * Kg + r) * 32 + (p & 31);
             if (!hin) {
               for (long i = 0; i < len; ++i) d[i] = 0.0f;
@@ -1145,7 +1147,8 @@ def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
             const float* ar[8];
             sn_v16 c0[8], c1[8];
             for (int m = 0; m < 8; ++m) {
-              ar[m] = """ + A + r""" + (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) * Kg;
+              ar[m] = """ + A + r""" + (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) *
+                      Kg;
               c0[m] = (sn_v16){0};
               c1[m] = (sn_v16){0};
             }
