@@ -759,12 +759,69 @@ def _maxpool_plane(take):
 """
 
 
-MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
-  /* Separable, as _pool_plane_cpu: each input row's windows along the width reduced
-     once into a ring of kh rows (value, column of the first maximum); each output row
-     then combines the ring rows of its window top to bottom. A row's first maximum is
-     its leftmost, and a later row wins only with a larger value (or the first NaN), so
-     the result is the first maximum in row-major order, as MAXPOOL (NaN wins). */
+# Small windows (at most 4 cells, LeNet's 2x2) walk each window whole, vectorised over an
+# output row's interior (measured faster there: 0.34 against 0.46 ms on 64 x 20 planes of
+# 24x24); larger ones are separable, as _pool_plane_cpu: each input row's windows along
+# the width reduced once into a ring of kh rows (value, column of the first maximum),
+# then each output row combines the ring rows of its window top to bottom. A row's first
+# maximum is its leftmost, and a later row wins only with a larger value (or the first
+# NaN), so the result is the first maximum in row-major order, as MAXPOOL (NaN wins).
+_MAXPOOL_WINDOWS = r"""
+  /* windows wholly inside the image: rows yy in [ylo, yhi), columns xx in [xlo, xhi) */
+  const long ylo = (ph + sh - 1) / sh, xlo = (pw + sw - 1) / sw;
+  const long yhi = H + ph < kh ? 0 : ((H + ph - kh) / sh + 1 < oh ? (H + ph - kh) / sh + 1 : oh);
+  const long xhi = W + pw < kw ? 0 : ((W + pw - kw) / sw + 1 < ow ? (W + pw - kw) / sw + 1 : ow);
+  SN_FOR_OUTER(plane, n / (oh * ow)) {
+    const float* src = x + plane * H * W;
+    float* yp = y + plane * oh * ow;
+    float* mp = mask ? mask + plane * oh * ow : 0;
+    for (long yy = 0; yy < oh; ++yy) {
+      const int whole_row = yy >= ylo && yy < yhi;
+      if (whole_row) {
+        int args[ow];
+        SN_PRAGMA(omp simd)
+        for (long xx = xlo; xx < xhi; ++xx) {
+          float best = 0.0f;
+          int arg = -1;
+          for (long i = 0; i < kh; ++i)
+            for (long j = 0; j < kw; ++j) {
+              const long at = (yy * sh - ph + i) * W + xx * sw - pw + j;
+              const float v = src[at];
+              const int take = arg < 0 || v > best || (v != v && best == best);
+              best = take ? v : best;
+              arg = take ? (int)at : arg;
+            }
+          yp[yy * ow + xx] = best;
+          args[xx] = arg;
+        }
+        if (mp)
+          for (long xx = xlo; xx < xhi; ++xx) mp[yy * ow + xx] = (float)args[xx];
+      }
+      for (long xx = 0; xx < ow; ++xx) {      /* windows the image's edge clips */
+        if (whole_row && xx >= xlo && xx < xhi) continue;
+        long hs = yy * sh - ph, ws = xx * sw - pw;
+        const long he = hs + kh < H ? hs + kh : H, we = ws + kw < W ? ws + kw : W;
+        hs = hs > 0 ? hs : 0;
+        ws = ws > 0 ? ws : 0;
+        float best = src[hs * W + ws];
+        long arg = hs * W + ws;
+        for (long h = hs; h < he; ++h)
+          for (long w = ws; w < we; ++w) {
+            const float v = src[h * W + w];
+            if (v > best || (v != v && best == best)) { best = v; arg = h * W + w; }
+          }
+        yp[yy * ow + xx] = best;
+        if (mp) mp[yy * ow + xx] = (float)arg;
+      }
+    }
+  }
+"""
+
+MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, r"""
+  if (kh * kw <= 4) {
+""" + _MAXPOOL_WINDOWS + r"""
+  } else {
+""" + _POOL_COLUMNS + r"""
   SN_FOR_OUTER(plane, n / (oh * ow)) {
     const float* src = x + plane * H * W;
     float* yp = y + plane * oh * ow;
@@ -777,7 +834,9 @@ MAXPOOL_CPU = Template("sn_maxpool", MAXPOOL.params, _POOL_COLUMNS + r"""
     } else {""" + _maxpool_plane("v > m || (v != v && m == m)") + r"""
     }
   }
+  }
 """)
+
 
 # Each plane's gradient: zeroed, then g added at every window's maximum in window order
 # (the sum MAXPOOL_GRAD gathers, for overlapping windows too).
