@@ -63,16 +63,20 @@ GEMM_EPILOGUES = os.environ.get("SYMNET_GEMM_EPILOGUES", "1").strip() != "0"
 # and slower at batch 8 (19.9-21.2 against 17.3-19.1 ms); storing one value it was as
 # fast at batch 1 and faster at batch 8 (7.4 against 8.5 ms).
 EPILOGUE_MAX_BYTES = 32 << 20
-# CPU: convolutions image by image multiply with templates.CONV_PANEL_CPU's own vector
-# GEMM over columns packed as they are formed (the forward, the input gradient at stride
-# 1, the weight gradient) instead of calling BLAS's sgemm, which packs its operands again
-# on every call. SYMNET_CONV_PANELS=0, or setting this to False before compiling, calls
-# sgemm (to compare).
+# CPU: convolutions image by image multiply with the panel kernels' own vector GEMM
+# (templates.CONV_PANEL_CPU, CONV_T_PANEL_CPU, CONV_WGRAD_PANEL_CPU), reading a padded
+# copy of each image instead of im2col columns and BLAS's sgemm (which packs its
+# operands again on every call): the weight gradient at any stride, the forward and the
+# input gradient at stride 1 with output rows a multiple of 8 wide (other shapes, packed
+# as columns, were slower than sgemm in places: AlexNet's conv1 forward 16.6 against
+# 14.4 ms, its grouped conv2 input gradient 38.7 against 27.2 ms at batch 8).
+# SYMNET_CONV_PANELS=0, or setting this to False before compiling, calls sgemm (to
+# compare).
 CONV_PANELS = os.environ.get("SYMNET_CONV_PANELS", "1").strip() != "0"
-# ... when the sums are at least this long (C/G*kh*kw; shorter, packing outweighs the
-# gain: LeNet's first layer, 25 taps) and, for the weight gradient, there are at least
-# this many outputs per group (fewer: most of a 32-channel panel would be zeros, LeNet's
-# 20 outputs of 25 taps took 1.30 against 0.54 ms).
+# ... when the sums are at least this long (C/G*kh*kw; LeNet's first layer, 25 taps,
+# was faster with sgemm) and, for the weight gradient, there are at least this many
+# outputs per group (fewer: most of a 32-channel panel would be zeros, LeNet's 20
+# outputs of 25 taps took 1.21 against 0.53 ms).
 PANEL_MIN_TAPS = 64
 PANEL_MIN_OUTPUTS = 32
 
@@ -649,10 +653,9 @@ class Lowering:
                 WG.lower_conv(self, n, m)
                 return
         if self._by_image(N, op.p, (kh, kw)):
-            if CONV_PANELS and Kd >= PANEL_MIN_TAPS:
+            if CONV_PANELS and Kd >= PANEL_MIN_TAPS and op.p.stride == (1, 1) and ow % 8 == 0:
                 self._images(T.CONV_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
-                             max(-(-P // 32) * 32 * Kd, self._padded_planes(
-                                 C // G, oh, ow, (kh, kw), op.p.dilation)),
+                             self._padded_planes(C // G, oh, ow, (kh, kw), op.p.dilation),
                              (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow))),
                              2 * N * O * Kd * P)
                 return
@@ -688,20 +691,16 @@ class Lowering:
         if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and op.p.stride == (1, 1) and \
                 op.p.pad[0] <= (kh - 1) * op.p.dilation[0] and \
                 op.p.pad[1] <= (kw - 1) * op.p.dilation[1] and Og >= 8 and \
-                10 * H * W <= 11 * P and (H * W >= 128 or W % 8 == 0):
+                10 * H * W <= 11 * P and W % 8 == 0:
             # a convolution of x with the flipped kernel (CONV_T_PANEL_CPU), when its
             # output is about as large as x (a "same" padding; otherwise it multiplies
             # the zeros around x too, 2.25x the work for LeNet's 5x5 on 8x8, measured 6.8
-            # against 2.0 ms); with fewer than 8 output channels per group most of its
-            # 8-row tiles would be wasted (3 channels of 32x32 from 32 at batch 100: 31
-            # against 6.5 ms); on planes of fewer than 128 pixels packed as columns,
-            # sgemm's input gradient was faster (32 channels of 8x8 from 64, 5x5, batch
-            # 100: 7.6 against 6.8 ms), but not with rows a multiple of 8 wide, read
-            # directly
+            # against 2.0 ms) and rows a multiple of 8 wide; with fewer than 8 output
+            # channels per group most of its 8-row tiles would be wasted (3 channels of
+            # 32x32 from 32 at batch 100: 31 against 6.5 ms)
             Kg = Kd * kh * kw
             self._images(T.CONV_T_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
-                         max(-(-(H * W) // 32) * 32 * Kg,
-                             self._padded_planes(Kd, H, W, (kh, kw), op.p.dilation)),
+                         self._padded_planes(Kd, H, W, (kh, kw), op.p.dilation),
                          (N, G, self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd))),
                          2 * N * G * M * Kd * P, shared=Co * Kg)
             return

@@ -1068,98 +1068,14 @@ CONV_WGRAD_CPU = Template("sn_conv_weight_grad_images", (("c", "x"), ("c", "gy")
 """)
 
 # ---------------------------------------------------------------- panel GEMMs
-# The CPU's convolutions without BLAS: C (Mg x Ng, rows ldc apart) = A (Mg x Kg, rows lda
-# apart) B, or C + A B when ``add`` is set, with B packed as panels of 32 columns (panel j
-# holds columns 32j..32j+31 as Kg rows of 32 contiguous values, zeros past Ng), so a
-# tile of 8 rows of C by one panel is 16 vector accumulators fed by two contiguous
-# vector loads and 8 broadcasts of A per k; nothing is packed again (BLAS's sgemm packs
-# its operands on every call, which costs as much as the product at a convolution's
-# sizes). Rows of A past Mg repeat its last row and are not stored; columns past Ng are
-# computed from the panel's zeros and not stored.
-def _panel_gemm(Mg, Ng, Kg, A, lda, Bp, Cm, ldc, add):
-    return r"""
-      {
-        typedef float sn_v16 __attribute__((vector_size(64), aligned(4), may_alias));
-        for (long pj = 0; pj * 32 < """ + Ng + r"""; ++pj) {
-          const float* bp = """ + Bp + r""" + pj * """ + Kg + r""" * 32;
-          const long n0 = pj * 32, nv = """ + Ng + r""" - n0 < 32 ? """ + Ng + r""" - n0 : 32;
-          for (long m0 = 0; m0 < """ + Mg + r"""; m0 += 8) {
-            const float* ar[8];
-            sn_v16 c0[8], c1[8];
-            for (int m = 0; m < 8; ++m) {
-              ar[m] = """ + A + r""" +
-                      (m0 + m < """ + Mg + r""" ? m0 + m : """ + Mg + r""" - 1) * """ + lda + r""";
-              c0[m] = (sn_v16){0};
-              c1[m] = (sn_v16){0};
-            }
-            for (long k = 0; k < """ + Kg + r"""; ++k) {
-              const sn_v16 b0 = *(const sn_v16*)(bp + k * 32);
-              const sn_v16 b1 = *(const sn_v16*)(bp + k * 32 + 16);
-              SN_PRAGMA(GCC unroll 8)
-              for (int m = 0; m < 8; ++m) {
-                const float a = ar[m][k];
-                c0[m] += a * b0;
-                c1[m] += a * b1;
-              }
-            }
-            for (int m = 0; m < 8 && m0 + m < """ + Mg + r"""; ++m) {
-              float* cr = """ + Cm + r""" + (m0 + m) * """ + ldc + r""" + n0;
-              if (nv == 32) {
-                if (""" + add + r""") {
-                  *(sn_v16*)cr += c0[m];
-                  *(sn_v16*)(cr + 16) += c1[m];
-                } else {
-                  *(sn_v16*)cr = c0[m];
-                  *(sn_v16*)(cr + 16) = c1[m];
-                }
-              } else {
-                float t[32];
-                *(sn_v16*)t = c0[m];
-                *(sn_v16*)(t + 16) = c1[m];
-                for (long l = 0; l < nv; ++l) cr[l] = (""" + add + r""") ? cr[l] + t[l] : t[l];
-              }
-            }
-          }
-        }
-      }
-"""
-
-
-# One image's im2col rows [0, Kg) of group g written straight into panels of 32 output
-# positions (Kg rows of 32 values per panel, zeros past P): each output row's stretch
-# within one panel is a contiguous run of the destination, filled by a loop the
-# compiler vectorises (zeros where the tap falls in the padding).
-def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
-    return r"""
-      for (long r = 0; r < Kg; ++r) {
-        const long ci = g * (""" + Cin + r""" / G) + r / (kh * kw), ki = (r / kw) % kh, kj = r % kw;
-        const float* sp = """ + src + r""" + ci * """ + Hin + " * " + Win + r""";
-        for (long yy = 0; yy < """ + ohh + r"""; ++yy) {
-          const long h = yy * """ + shh + " - " + phh + r""" + ki * dh;
-          const int hin = h >= 0 && h < """ + Hin + r""";
-          const float* sr = sp + (hin ? h : 0) * """ + Win + r""";
-          for (long xx = 0; xx < """ + oww + r"""; ) {
-            const long p = yy * """ + oww + r""" + xx;
-            const long rest = """ + oww + r""" - xx;
-            const long len = rest < 32 - (p & 31) ? rest : 32 - (p & 31);
-            float* d = pk + ((p >> 5) * Kg + r) * 32 + (p & 31);
-            if (!hin) {
-              for (long i = 0; i < len; ++i) d[i] = 0.0f;
-            } else {
-              const long w0 = xx * """ + sww + " - " + pww + r""" + kj * dw;
-              SN_PRAGMA(omp simd)
-              for (long i = 0; i < len; ++i) {
-                const long ws = w0 + i * """ + sww + r""";
-                d[i] = ws >= 0 && ws < """ + Win + r""" ? sr[ws] : 0.0f;
-              }
-            }
-            xx += len;
-          }
-        }
-        for (long p = P; p < NP * 32; ++p) pk[((p >> 5) * Kg + r) * 32 + (p & 31)] = 0.0f;
-      }
-"""
-
+# The CPU's convolutions image by image without BLAS and without im2col columns: a tile
+# of 8 rows of the product by 32 output positions (or, for the weight gradient, 32
+# channels) is 16 vector accumulators fed per step of the sum by two 16-wide vector
+# loads and 8 broadcasts, the loads read straight from a copy of the image with its
+# padding made explicit (BLAS's sgemm packs its operands on every call, and im2col
+# writes the columns first: together as much time as the product at these sizes). Rows
+# of a tile past the product's repeat its last row and are not stored; positions past
+# its end are not stored.
 
 # The product of a stride-1 convolution whose output rows are a multiple of 8 wide,
 # without columns: the group's input channels are copied once into ``xp`` with the
@@ -1167,7 +1083,7 @@ def _pack_cols(src, Cin, Hin, Win, phh, pww, shh, sww, ohh, oww):
 # and each vector of 16 output positions of a tile (one output row's stretch, or two
 # stretches of 8 joined when rows are not a multiple of 16 wide) reads tap r's values
 # as the contiguous run at xp + off[r] + its start, off[r] the tap's offset (channel,
-# ki dh, kj dw). Otherwise as _panel_gemm (8 rows by 32 positions).
+# ki dh, kj dw).
 def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
     return r"""
       {
@@ -1250,40 +1166,33 @@ def _direct_gemm(xin, Cg, Hin, Win, padh, padw, OH, OW, Mg, A, Yg):
 """
 
 
-# The convolution image by image with panel GEMMs (CONV_CPU's work split): each thread
-# packs one image's columns per group into its slice of scratch (NP * 32 * Kd
-# values) and multiplies the group's weights by them.
+# The convolution image by image (CONV_CPU's work split) at stride 1 with output rows a
+# multiple of 8 wide: each thread copies one image's group of channels at a time into
+# its slice of scratch (C/G padded planes) and multiplies the group's weights by it.
 CONV_PANEL_CPU = Template("sn_conv_panels", CONV_CPU.params, r"""
-  const long P = oh * ow, M = O / G, Kg = C / G * kh * kw, NP = (P + 31) / 32;
+  const long P = oh * ow, M = O / G, Kg = C / G * kh * kw;
   SN_PRAGMA(omp parallel num_threads(T))
   {
     const long t = omp_get_thread_num(), nt = omp_get_num_threads();
-    float* pk = scratch + t * NP * 32 * Kg;
-    float* xp = pk;
+    float* xp = scratch + t * (C / G) * (oh + (kh - 1) * dh) * (ow + (kw - 1) * dw);
     long off[Kg];
     for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
-      for (long g = 0; g < G; ++g) {
-        if (sh == 1 && sw == 1 && ow % 8 == 0) {
+      for (long g = 0; g < G; ++g)
 """ + _direct_gemm("x + (b * C + g * (C / G)) * H * W", "C / G", "H", "W", "ph", "pw", "oh", "ow",
                    "M", "w + g * M * Kg", "y + (b * O + g * M) * P") + r"""
-          continue;
-        }
-""" + _pack_cols("x + b * C * H * W", "C", "H", "W", "ph", "pw", "sh", "sw", "oh", "ow")
-    + _panel_gemm("M", "P", "Kg", "w + g * M * Kg", "Kg", "pk", "y + (b * O + g * M) * P", "P",
-                  "0") + r"""
-      }
       /*SN_EPILOGUE(b * O, (b + 1) * O, 0, P)*/
     }
   }
 """)
 
-# The transposed convolution at stride 1 (a convolution's input gradient) as a
-# convolution of x (NB, Ci, oh, ow) with the kernel flipped and its two channel axes
-# swapped, padded by the dilated kernel's reach less the padding (at least 0): out
-# (NB, C, H, W). The flipped weights (C x Ci/G*kh*kw) are formed once in the first
-# C * Ci/G * kh * kw values of scratch; each thread's slice follows.
+# The transposed convolution at stride 1 (a convolution's input gradient), with rows of
+# its output a multiple of 8 wide, as a convolution of x (NB, Ci, oh, ow) with the kernel
+# flipped and its two channel axes swapped, padded by the dilated kernel's reach less
+# the padding (at least 0): out (NB, C, H, W). The flipped weights (C x Ci/G*kh*kw) are
+# formed once in the first C * Ci/G * kh * kw values of scratch; each thread's slice of
+# Ci/G padded planes follows.
 CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
-  const long P = H * W, Og = C / G, Kd = Ci / G, Kg = Kd * kh * kw, NP = (P + 31) / 32;
+  const long P = H * W, Og = C / G, Kd = Ci / G, Kg = Kd * kh * kw;
   const long qh = (kh - 1) * dh - ph, qw = (kw - 1) * dw - pw;
   float* wf = scratch;
   SN_PRAGMA(omp parallel num_threads(T))
@@ -1296,21 +1205,12 @@ CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
         wf[co * Kg + r] = w[(((co / Og) * Kd + k) * Og + co % Og) * kh * kw +
                             (kh - 1 - ki) * kw + (kw - 1 - kj)];
       }
-    float* pk = scratch + C * Kg + t * NP * 32 * Kg;
-    float* xp = pk;
+    float* xp = scratch + C * Kg + t * Kd * (H + (kh - 1) * dh) * (W + (kw - 1) * dw);
     long off[Kg];
-    for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b) {
-      for (long g = 0; g < G; ++g) {
-        if (W % 8 == 0) {
+    for (long b = t * NB / nt; b < (t + 1) * NB / nt; ++b)
+      for (long g = 0; g < G; ++g)
 """ + _direct_gemm("x + (b * Ci + g * Kd) * oh * ow", "Kd", "oh", "ow", "qh", "qw", "H", "W",
                    "Og", "wf + g * Og * Kg", "y + (b * C + g * Og) * P") + r"""
-          continue;
-        }
-""" + _pack_cols("x + b * Ci * oh * ow", "Ci", "oh", "ow", "qh", "qw", "1", "1", "H", "W")
-    + _panel_gemm("Og", "P", "Kg", "wf + g * Og * Kg", "Kg", "pk",
-                  "y + (b * C + g * Og) * P", "P", "0") + r"""
-      }
-    }
   }
 """)
 
@@ -1318,7 +1218,7 @@ CONV_T_PANEL_CPU = Template("sn_conv_transpose_panels", CONV_T_CPU.params, r"""
 # col_g (Kg x P) gy_g^T (P x M), without columns: each image is copied once with its
 # padding made explicit (C planes of Hq x Wq, the extent its windows reach), so col's
 # entry (tap r, output position (yy, xx)) is xp[off[r] + yy sh Wq + xx sw] with off[r]
-# the tap's offset (channel, ki dh, kj dw), read as A by _panel_gemm's 8-row tiles; the
+# the tap's offset (channel, ki dh, kj dw), read as A by tiles of 8 taps by 32 channels; the
 # output gradient's M rows are packed as panels of its transpose (P rows of 32
 # channels). Each thread sums its images into its own (Kg x M per group) slice of
 # scratch; the slices are then added and transposed into gw.

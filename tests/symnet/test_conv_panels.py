@@ -43,6 +43,10 @@ CASES = [
 IDS = [f"x{c[0]}o{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}g{c[6]}" for c in CASES]
 
 
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
 def _build(xs, out, k, s, p, d, g):
     kh, kw = (k, k) if isinstance(k, int) else k
     x = sn.input("x", xs)
@@ -84,17 +88,27 @@ def test_panels_match_reference(threads, case):
         scale = max(1.0, float(np.abs(b).max()))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale, err_msg=what)
     names = _names(fn)
-    if case[0][0] >= threads:          # image by image: the panel kernels (3x3 forwards
-        # at stride 1 may take Winograd's)
-        assert "sn_conv_weight_grad_panels" in names and \
-            names & {"sn_conv_panels", "sn_conv_winograd"}, names
+    if case[0][0] >= threads:          # image by image
+        xs, out, k, st, pad, dil, g = case
+        (kh, kw), (ph, pw), (dh, dw) = (_pair(v) for v in (k, pad, dil))
+        oh = xs[2] + 2 * ph - (kh - 1) * dh if st == 1 else None
+        ow = xs[3] + 2 * pw - (kw - 1) * dw if st == 1 else None
+        assert "sn_conv_weight_grad_panels" in names, names
+        # the forward at stride 1 with output rows a multiple of 8 wide (3x3 ones may
+        # take Winograd's kernel instead)
+        direct = st == 1 and ow % 8 == 0
+        assert ("sn_conv_panels" in names) == direct or "sn_conv_winograd" in names, names
+        # the input gradient by panels: also its own size (a "same" padding), rows a
+        # multiple of 8 wide and at least 8 input channels per group
+        flipped = direct and (oh, ow) == xs[2:] and xs[3] % 8 == 0 and xs[1] // g >= 8
+        assert ("sn_conv_transpose_panels" in names) == flipped, names
 
 
 def test_cifar_geometry_takes_panels(monkeypatch):
     """With the default thresholds, CIFAR10-quick's convolutions (32 channels, 5x5, pad
     2) run all three products by panels; LeNet's first (1 channel) calls sgemm."""
     monkeypatch.setenv("SYMNET_NUM_THREADS", "2")
-    for case, panels in ((CASES[1], True), (CASES[2], False)):
+    for case, panels in ((((2, 32, 16, 16), 32, 5, 1, 2, 1, 1), True), (CASES[2], False)):
         want, got, fn = _run(case, "cpu")
         for a, b in zip(got, want):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
