@@ -10,6 +10,7 @@ import os
 
 ENVIRONMENT = dict(os.environ)      # before symnet's runtime sets anything
 
+import argparse  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -164,3 +165,48 @@ def set_symnet_threads(threads):
     if "symnet" in sys.modules:
         raise RuntimeError("set the thread count before importing symnet")
     os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+def training_main(script, doc, title, target, symnet_solver, torch_step, *, iters, batch,
+                  worker_args=lambda args: [], extra_arguments=()):
+    """main() of lenet.py and cifar10.py: parse the arguments (--rounds, --iters, --batch,
+    --threads, --backend and ``extra_arguments``, (flag, keywords) pairs), or serve as the
+    PyTorch worker (``torch_step(args)`` gives its step); otherwise build
+    ``symnet_solver(args)``, warm it up, start the worker (given --batch, --threads and
+    ``worker_args(args)``), time both interleaved, and print the result against
+    ``target``. ``title`` is the first line's start, formatted with the batch size."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--iters", type=int, default=iters)
+    ap.add_argument("--batch", type=int, default=batch)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
+    for flag, keywords in extra_arguments:
+        ap.add_argument(flag, **keywords)
+    args = ap.parse_args()
+    if args.torch_worker:
+        serve(torch_step(args))
+        return
+
+    set_symnet_threads(args.threads)
+    solver = symnet_solver(args)
+    solver.step(3)                                  # compile and warm up
+    worker = TorchProcess(script, ["--batch", args.batch, "--threads", args.threads,
+                                   *worker_args(args)]) if torch_available() else None
+
+    sym, tor, parts = [], [], {"forward": [], "backward": [], "update": []}
+    for _ in range(args.rounds):
+        sym += per_iter(lambda: solver.step(1), args.iters)
+        if worker is not None:
+            tor += worker.run(args.iters)
+        time_solver_parts(solver, args.iters, parts)
+    if worker is not None:
+        worker.close()
+    n = args.rounds * args.iters
+    print(f"{title.format(batch=args.batch)}: {n} iterations each, interleaved in "
+          f"{args.rounds} rounds; {args.threads} threads; load average {load_text()}; "
+          "ms per iteration, best / median")
+    print_solver_result(title.split(" ")[0], args.backend, sym, parts, solver, tor,
+                        args.threads, target)
+    solver.close()

@@ -24,9 +24,7 @@ import os
 
 import numpy as np
 
-from _common import (MODELS, TorchProcess, load_text, per_iter, print_solver_result,
-                     serve, set_symnet_threads, time_solver_parts, torch_available,
-                     torch_sgd_step)
+from _common import MODELS, torch_sgd_step, training_main
 
 FOLDER = os.path.join(MODELS, "bvlc_cifar10")
 NET = os.path.join(FOLDER, "cifar10_quick_train_test.prototxt")
@@ -74,46 +72,21 @@ def torch_step(batch, threads, param):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--iters", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--backend", default="cpu")
-    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--sgd", nargs=3, type=float, help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.torch_worker:
+    def worker_args(args):
+        param = solver_param()
+        assert param.lr_policy == "fixed" and param.type in ("", "SGD"), param
+        return ["--sgd", param.base_lr, param.momentum, param.weight_decay]
+
+    def worker_step(args):
         lr, momentum, wd = args.sgd
-        serve(torch_step(args.batch, args.threads,
-                         {"base_lr": lr, "momentum": momentum, "weight_decay": wd}))
-        return
+        return torch_step(args.batch, args.threads,
+                          {"base_lr": lr, "momentum": momentum, "weight_decay": wd})
 
-    set_symnet_threads(args.threads)
-    param = solver_param()
-    assert param.lr_policy == "fixed" and param.type in ("", "SGD"), param
-    solver = symnet_solver(args.batch, args.backend)
-    solver.step(3)                                  # compile and warm up
-    worker = TorchProcess(__file__, [
-        "--batch", args.batch, "--threads", args.threads,
-        "--sgd", param.base_lr, param.momentum, param.weight_decay]) \
-        if torch_available() else None
-
-    sym, tor, parts = [], [], {"forward": [], "backward": [], "update": []}
-    for _ in range(args.rounds):
-        sym += per_iter(lambda: solver.step(1), args.iters)
-        if worker is not None:
-            tor += worker.run(args.iters)
-        time_solver_parts(solver, args.iters, parts)
-    if worker is not None:
-        worker.close()
-    n = args.rounds * args.iters
-    print(f"CIFAR10-quick training, batch {args.batch}, 3x32x32: {n} iterations each, "
-          f"interleaved in {args.rounds} rounds; {args.threads} threads; load average "
-          f"{load_text()}; ms per iteration, best / median")
-    print_solver_result("CIFAR10-quick", args.backend, sym, parts, solver, tor,
-                        args.threads, 0.7)
-    solver.close()
+    training_main(__file__, __doc__, "CIFAR10-quick training, batch {batch}, 3x32x32", 0.7,
+                  lambda args: symnet_solver(args.batch, args.backend), worker_step,
+                  iters=5, batch=100, worker_args=worker_args,
+                  extra_arguments=[("--sgd", {"nargs": 3, "type": float,
+                                              "help": argparse.SUPPRESS})])
 
 
 if __name__ == "__main__":

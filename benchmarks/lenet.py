@@ -20,13 +20,11 @@ symnet's forward / backward / update split.
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 
-from _common import (MODELS, TorchProcess, per_iter, print_solver_result, serve,
-                     set_symnet_threads, time_solver_parts, torch_available, torch_sgd_step)
+from _common import MODELS, torch_sgd_step, training_main
 
 NET = os.path.join(MODELS, "bvlc_mnist", "lenet_train_test.prototxt")
 
@@ -57,37 +55,9 @@ def torch_step(batch, threads):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--iters", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--backend", default="cpu")
-    ap.add_argument("--torch-worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.torch_worker:
-        serve(torch_step(args.batch, args.threads))
-        return
-
-    set_symnet_threads(args.threads)
-    solver = symnet_solver(args.batch, args.backend)
-    solver.step(3)                                  # compile and warm up
-    worker = TorchProcess(__file__, ["--batch", args.batch, "--threads", args.threads]) \
-        if torch_available() else None
-
-    sym, tor, parts = [], [], {"forward": [], "backward": [], "update": []}
-    for _ in range(args.rounds):
-        sym += per_iter(lambda: solver.step(1), args.iters)
-        if worker is not None:
-            tor += worker.run(args.iters)
-        time_solver_parts(solver, args.iters, parts)
-    if worker is not None:
-        worker.close()
-    n = args.rounds * args.iters
-    print(f"LeNet training, batch {args.batch}, 1x28x28: {n} iterations each, interleaved "
-          f"in {args.rounds} rounds; ms per iteration, best / median")
-    print_solver_result("LeNet", args.backend, sym, parts, solver, tor, args.threads, 0.6)
-    solver.close()
+    training_main(__file__, __doc__, "LeNet training, batch {batch}, 1x28x28", 0.6,
+                  lambda args: symnet_solver(args.batch, args.backend),
+                  lambda args: torch_step(args.batch, args.threads), iters=10, batch=64)
 
 
 if __name__ == "__main__":

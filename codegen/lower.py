@@ -63,6 +63,22 @@ GEMM_EPILOGUES = os.environ.get("SYMNET_GEMM_EPILOGUES", "1").strip() != "0"
 # and slower at batch 8 (19.9-21.2 against 17.3-19.1 ms); storing one value it was as
 # fast at batch 1 and faster at batch 8 (7.4 against 8.5 ms).
 EPILOGUE_MAX_BYTES = 32 << 20
+# CPU: convolutions image by image multiply with the panel kernels' own vector GEMM
+# (templates.CONV_PANEL_CPU, CONV_T_PANEL_CPU, CONV_WGRAD_PANEL_CPU), reading a padded
+# copy of each image instead of im2col columns and BLAS's sgemm (which packs its
+# operands again on every call): the weight gradient at any stride, the forward and the
+# input gradient at stride 1 with output rows a multiple of 8 wide (other shapes, packed
+# as columns, were slower than sgemm in places: AlexNet's conv1 forward 16.6 against
+# 14.4 ms, its grouped conv2 input gradient 38.7 against 27.2 ms at batch 8).
+# SYMNET_CONV_PANELS=0, or setting this to False before compiling, calls sgemm (to
+# compare).
+CONV_PANELS = os.environ.get("SYMNET_CONV_PANELS", "1").strip() != "0"
+# ... when the sums are at least this long (C/G*kh*kw; LeNet's first layer, 25 taps,
+# was faster with sgemm) and, for the weight gradient, there are at least this many
+# outputs per group (fewer: most of a 32-channel panel would be zeros, LeNet's 20
+# outputs of 25 taps took 1.21 against 0.53 ms).
+PANEL_MIN_TAPS = 64
+PANEL_MIN_OUTPUTS = 32
 
 
 def _grid(extent, block):
@@ -567,16 +583,23 @@ class Lowering:
         least an image per thread): each image's columns stay in cache beside its GEMM."""
         return not self.device_gemm and N >= self.threads and not self._is_pointwise(p, k_hw)
 
-    def _images(self, template, n, args, per_thread, geometry, flops):
-        scratch = ["val", self.new_value(self.threads * per_thread, "temp", "scratch"), 0, "w"]
+    def _images(self, template, n, args, per_thread, geometry, flops, shared=0):
+        scratch = ["val", self.new_value(shared + self.threads * per_thread, "temp", "scratch"),
+                   0, "w"]
         spec, nodes, boundary = self._template(template), [n], ""
         args = args[:3] + [scratch] + args[3:] + [["long", v] for v in geometry[:2]] + \
             [["long", self.threads]] + geometry[2]
-        if template is T.CONV_CPU:      # rows of the output plane, oh * ow long
+        if template in (T.CONV_CPU, T.CONV_PANEL_CPU):  # output rows, oh * ow long
             args, spec, nodes, boundary = self._apply_epilogue(
                 n, spec, args, geometry[2][-2][1] * geometry[2][-1][1], 2)
         step = self.launch(spec, args, 1, nodes, boundary=boundary)
         step.attrs["flops"] = flops
+
+    @staticmethod
+    def _padded_planes(channels, oh, ow, k_hw, dilation):
+        """Values of the explicitly padded input planes a stride-1 panel convolution
+        reads directly (templates._direct_gemm)."""
+        return channels * (oh + (k_hw[0] - 1) * dilation[0]) * (ow + (k_hw[1] - 1) * dilation[1])
 
     def _apply_epilogue(self, n, spec, args, row_len, out_index):
         """The library kernel ``spec`` with ``args`` applying n's pending epilogue, if
@@ -630,6 +653,12 @@ class Lowering:
                 WG.lower_conv(self, n, m)
                 return
         if self._by_image(N, op.p, (kh, kw)):
+            if CONV_PANELS and Kd >= PANEL_MIN_TAPS and op.p.stride == (1, 1) and ow % 8 == 0:
+                self._images(T.CONV_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
+                             self._padded_planes(C // G, oh, ow, (kh, kw), op.p.dilation),
+                             (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw), (oh, ow))),
+                             2 * N * O * Kd * P)
+                return
             self._images(T.CONV_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", O]],
                          C * kh * kw * P, (N, G, self._conv_dims(op.p, (N, C, H, W), (kh, kw),
                                                                  (oh, ow))),
@@ -658,6 +687,22 @@ class Lowering:
                                 ["long", G]] + self._conv_dims(op.p, (N, Co, H, W), (kh, kw),
                                                                (h, wd)), size, [n])
             step.attrs["flops"] = 2 * N * G * M * Kd * P
+            return
+        if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and op.p.stride == (1, 1) and \
+                op.p.pad[0] <= (kh - 1) * op.p.dilation[0] and \
+                op.p.pad[1] <= (kw - 1) * op.p.dilation[1] and Og >= 8 and \
+                10 * H * W <= 11 * P and W % 8 == 0:
+            # a convolution of x with the flipped kernel (CONV_T_PANEL_CPU), when its
+            # output is about as large as x (a "same" padding; otherwise it multiplies
+            # the zeros around x too, 2.25x the work for LeNet's 5x5 on 8x8, measured 6.8
+            # against 2.0 ms) and rows a multiple of 8 wide; with fewer than 8 output
+            # channels per group most of its 8-row tiles would be wasted (3 channels of
+            # 32x32 from 32 at batch 100: 31 against 6.5 ms)
+            Kg = Kd * kh * kw
+            self._images(T.CONV_T_PANEL_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
+                         self._padded_planes(Kd, H, W, (kh, kw), op.p.dilation),
+                         (N, G, self._conv_dims(op.p, (N, Co, H, W), (kh, kw), (h, wd))),
+                         2 * N * G * M * Kd * P, shared=Co * Kg)
             return
         if self._by_image(N, op.p, (kh, kw)):
             self._images(T.CONV_T_CPU, n, [self.r(x), self.r(w), self.w(n), ["long", Ci]],
@@ -732,6 +777,17 @@ class Lowering:
             return
         if self.device_gemm:
             self._device_weight_grad(n, op)
+            return
+        if self._by_image(N, op.p, (kh, kw)) and CONV_PANELS and M >= PANEL_MIN_OUTPUTS and \
+                Kd >= PANEL_MIN_TAPS:
+            xs = g.shape(x)
+            self._images(T.CONV_WGRAD_PANEL_CPU, n, [self.r(x), self.r(gy), self.w(n),
+                                                     ["long", O]],
+                         C * ((oh - 1) * op.p.stride[0] + (kh - 1) * op.p.dilation[0] + 1) *
+                         ((ow - 1) * op.p.stride[1] + (kw - 1) * op.p.dilation[1] + 1) +
+                         -(-M // 32) * 32 * P + O * Kd,
+                         (N, G, self._conv_dims(op.p, xs, (kh, kw), (oh, ow))),
+                         2 * N * O * Kd * P)
             return
         if self._by_image(N, op.p, (kh, kw)):
             xs = g.shape(x)
