@@ -116,6 +116,10 @@ def step_kind(step, layer_info):
         return "im2col"
     if name.startswith("sn_conv_images"):
         return "conv im2col+GEMM per image"
+    if name.startswith("sn_conv_panels"):
+        return "conv panels (padded image, no columns)"
+    if name.startswith("sn_conv_winograd"):
+        return "conv Winograd"
     if name.startswith("sn_gemm"):
         if "InnerProduct" in types:
             return "FC GEMM"
