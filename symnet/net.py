@@ -27,6 +27,7 @@ from .graph import Graph, graph_scope
 from . import data as data_sources
 from . import pylayer
 from .formats import prototxt, upgrade
+from .ops.python import EffectCount
 from .formats.weights import (check_hdf5_layers, copy_trained_layers, save_net,
                               write_trained_layers)
 from .layers import load_plugins, registry
@@ -373,6 +374,14 @@ class Net:
         self.graph.layer_tag = lp.name
         tops = [self.graph.add(ops.PythonTop(runner, k), bottoms + params)
                 for k in range(len(lp.top))]
+        if not lp.top:
+            # no tops: a marker the forward computes, kept as the layer's call count
+            effect = pylayer.EffectRunner(runner)
+            marker = self.graph.add(ops.PythonTop(effect, 0), bottoms + params)
+            effect.top_tensors = [marker]
+            count = self.graph.add(EffectCount(f"{lp.name}_calls"), [],
+                                   name=f"{lp.name}_calls")
+            layer.updates = [(count, marker)]
         self.graph.layer_tag = None
         runner.top_tensors = tops
         weights = list(lp.loss_weight) or [0.0] * len(lp.top)

@@ -323,3 +323,39 @@ class PythonLayerRunner:
         grads = [np.zeros(np.shape(a), dtype=np.float32) for a in args]
         self.backward_into(args, tops, k, g, wanted, grads)
         return [x.astype(np.asarray(g).dtype) for x in grads]
+
+
+class EffectRunner:
+    """A Python layer without tops as a host step with one marker top: each forward
+    calls the layer's reshape and forward (with no tops) and writes the number of calls
+    so far into the marker, which the Net keeps as the state of an
+    :class:`~symnet.ops.python.EffectCount`. Caffe runs such a layer's forward at every
+    net forward and never its backward (it contributes to no loss)."""
+
+    def __init__(self, runner):
+        self.runner, self.name = runner, runner.name
+        self.bottom_shapes, self.params = runner.bottom_shapes, runner.params
+        self.top_shapes = [(1,)]
+        self.top_tensors = []
+        self.calls = 0
+
+    @property
+    def n_args(self):
+        return self.runner.n_args
+
+    def check_arg_shapes(self, shapes):
+        self.runner.check_arg_shapes(shapes)
+
+    def differentiable(self, i):
+        return False
+
+    def forward_into(self, bottom_arrays, top_arrays):
+        self.runner.forward_into(bottom_arrays, [])
+        self.calls += 1
+        top_arrays[0][...] = self.calls
+
+    def forward_arrays(self, arrays):
+        out = np.zeros(1, dtype=np.float32)
+        self.forward_into([np.asarray(a, dtype=np.float32)
+                           for a in arrays[:len(self.bottom_shapes)]], [out])
+        return [out]

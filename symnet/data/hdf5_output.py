@@ -37,8 +37,7 @@ from .. import functions as F
 from ..layers._util import param_message
 from ..layers.registry import context, layer, state_update
 from ..ops import PythonTop
-from ..ops.base import Param
-from ..runtime.blob import Blob
+from ..ops.python import EffectCount
 
 DATASETS = ("data", "label")
 
@@ -86,20 +85,6 @@ def write_atomic(path, arrays: dict):
             raise DataError(f"HDF5Output: cannot write the file '{path}': "
                             f"{e.strerror or e}") from None
         raise
-
-
-class _WriteCount(Param):
-    """The layer's state: how many batches it has written (its host step's output)."""
-
-    def __init__(self, name):
-        self.blob = Blob((1,), name)
-        super().__init__(name, (1,), np.zeros(1, np.float32))
-
-    def get_value(self):
-        return self.blob.data
-
-    def get_memory(self):
-        return self.blob.data_mem
 
 
 class HDF5Writer:
@@ -176,6 +161,6 @@ def hdf5_output(*bottoms, file_name=None):
     graph = F.graph_of(bottoms[0])
     marker = graph.add(PythonTop(writer, 0), list(bottoms))
     writer.top_tensors = [marker]
-    count = graph.add(_WriteCount(f"{ctx.name}_written"), [], name=f"{ctx.name}_written")
+    count = graph.add(EffectCount(f"{ctx.name}_written"), [], name=f"{ctx.name}_written")
     state_update(count, marker)
     return []

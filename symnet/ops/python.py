@@ -5,10 +5,17 @@ learnable blobs); ``PythonGrad(runner, k, i)`` is the gradient of argument i giv
 the cotangent of top k, from the layer's hand-written backward (which is linear in
 the top diff, so summing over tops is exact). Both are fusion boundaries; codegen
 runs each layer call once per step as a host step.
+
+A host layer without tops (a Caffe Python layer that only writes files or logs,
+HDF5Output) still runs at every forward: its runner gives one marker top (the count of
+its calls), which the Net keeps as a state update of an ``EffectCount`` (a 1-value
+state, never learned or saved), so the forward computes it.
 """
 from __future__ import annotations
 
-from .base import Op
+import numpy as np
+
+from .base import Op, Param
 
 
 class PythonTop(Op):
@@ -56,3 +63,20 @@ class PythonGrad(Op):
         n = self.runner.n_args
         args, tops, g = arrays[:n], arrays[n:-1], arrays[-1]
         return self.runner.backward_arrays(args, tops, self.k, g, [self.i])[self.i]
+
+
+class EffectCount(Param):
+    """The state a host layer without tops writes at each forward (its call count): a
+    1-value blob of its own, outside the learnable params, so the call is an output of
+    every forward."""
+
+    def __init__(self, name):
+        from ..runtime.blob import Blob
+        self.blob = Blob((1,), name)
+        super().__init__(name, (1,), np.zeros(1, np.float32))
+
+    def get_value(self):
+        return self.blob.data
+
+    def get_memory(self):
+        return self.blob.data_mem

@@ -235,3 +235,30 @@ def test_param_str_options_are_checked():
     for spelling in ("negate: true", "negate: True", '{"negate": true}'):
         np.testing.assert_array_equal(build(spelling).forward(data=x)["neg"], -x)
     np.testing.assert_array_equal(build("negate: False").forward(data=x)["neg"], x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_layer_without_tops_runs_at_every_forward(backend):
+    """Caffe runs a Python layer with no tops at each forward (Net::ForwardFromTo calls
+    every layer) and never its backward (it contributes to no loss)."""
+    import caffe_style
+    caffe_style.Recorder.seen = []
+    text = net_text('layer { name: "sq" type: "Power" bottom: "data" top: "sq" '
+                    'power_param { power: 2 } }',
+                    'layer { name: "rec" type: "Python" bottom: "sq" '
+                    'python_param { module: "caffe_style" layer: "Recorder" } }',
+                    'layer { name: "loss" type: "EuclideanLoss" bottom: "sq" '
+                    'bottom: "target" top: "loss" }')
+    net = sn.Net(text, sn.TRAIN, backend=backend)
+    x, t = arrays()
+    for k in range(3):
+        net.forward(data=x + k, target=t)
+        assert len(caffe_style.Recorder.seen) == k + 1
+        np.testing.assert_allclose(caffe_style.Recorder.seen[-1], (x + k) ** 2, rtol=1e-6)
+    net.backward()
+    net.forward_backward(data=x, target=t)
+    assert len(caffe_style.Recorder.seen) == 4
+    np.testing.assert_allclose(net.blobs["data"].diff, 2 * x * (x * x - t) / x.shape[0],
+                               rtol=1e-4, atol=1e-5)
+    assert net.outputs == ["loss"]
+    assert "rec" not in net.params

@@ -74,3 +74,22 @@ class WrongShape(caffe.Layer):
 
     def forward(self, bottom, top):
         top[0].reshape(3)
+
+
+class Recorder:
+    """A layer without tops (as Caffe Python layers that write files or logs): records
+    a copy of its bottom at each forward; Caffe never calls its backward."""
+    seen = []
+
+    def setup(self, bottom, top):
+        if len(top) != 0:
+            raise Exception("Recorder takes no tops")
+
+    def reshape(self, bottom, top):
+        pass
+
+    def forward(self, bottom, top):
+        Recorder.seen.append(bottom[0].data.copy())
+
+    def backward(self, top, propagate_down, bottom):
+        raise AssertionError("Caffe does not call the backward of a layer without tops")
