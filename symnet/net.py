@@ -28,6 +28,7 @@ from . import data as data_sources
 from . import pylayer
 from .formats import prototxt, upgrade
 from .ops.python import EffectCount
+from .layers.shape import SelectedCountError
 from .formats.weights import (check_hdf5_layers, copy_trained_layers, save_net,
                               write_trained_layers)
 from .layers import load_plugins, registry
@@ -202,6 +203,8 @@ class Net:
         self.param, self.upgrade_notes = upgrade.upgrade_net(param)
         self.name = self.param.name
         self._input_shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()}
+        # options a rebuild gives a layer (a Filter's count of selected rows)
+        self._layer_options = {}
         self._param_blobs = {}
         self.blobs = collections.OrderedDict()
         self.iteration = 0
@@ -228,15 +231,25 @@ class Net:
         self._shared = {}            # param share name -> (Tensor, Blob)
         self._fns = {}
         self.force_backward = bool(p.force_backward)
-        self._stop_feeders()
+        # a rebuild (reshape) keeps each data layer's source and its position, as
+        # Caffe's Reshape does
+        self._old_feeders = {layer.name: (layer, feeder)
+                             for layer, feeder in getattr(self, "_feeders", [])}
         self._feeders = []
         old_blobs, self.blobs = self.blobs, collections.OrderedDict()
         self._old_blobs = old_blobs
-        with graph_scope(self.graph):
-            self._counter = F.input("__iteration", ())
-            for lp in p.layer:
-                if layer_included(lp, self.phase, level, stages):
-                    self._build_layer(lp)
+        try:
+            with graph_scope(self.graph):
+                self._counter = F.input("__iteration", ())
+                for lp in p.layer:
+                    if layer_included(lp, self.phase, level, stages):
+                        self._build_layer(lp)
+        finally:
+            kept = {id(f) for _, f in self._feeders}
+            for _, feeder in self._old_feeders.values():
+                if id(feeder) not in kept:
+                    feeder.close()
+            del self._old_feeders
         # Caffe's rule: each layer takes its bottoms out of the available blobs and puts
         # its tops in; what is left is the output, in name order (Caffe keeps a
         # std::set<string>). A blob an in-place layer ends on is an output.
@@ -293,6 +306,7 @@ class Net:
             if pname in lp.DESCRIPTOR.fields_by_name:
                 kwargs.update(message_kwargs(getattr(lp, pname)))
         kwargs.update(extra)
+        kwargs.update(self._layer_options.get(lp.name, {}))
         specs = [message_kwargs(ps) for ps in lp.param]
         layer = Layer(lp.name, lp.type, list(lp.bottom), list(lp.top), source=lp,
                       bottom_tensors=raw)
@@ -404,12 +418,17 @@ class Net:
         """A data layer: its source (run on a prefetch thread) fills the tops, which are
         inputs of the compiled graph, before each forward."""
         base = self._base_dir()
-        try:
-            source = data_sources.create(lp, _PHASES[self.phase], base)
-        except registry.LayerError:
-            raise
-        except Exception as e:
-            raise registry.LayerError(f"{self._where(lp)}: {e}") from e
+        old = self._old_feeders.get(lp.name)
+        if old is not None and old[0].source == lp:
+            source, feeder = old[0].data_source, old[1]
+        else:
+            feeder = None
+            try:
+                source = data_sources.create(lp, _PHASES[self.phase], base)
+            except registry.LayerError:
+                raise
+            except Exception as e:
+                raise registry.LayerError(f"{self._where(lp)}: {e}") from e
         shapes = source.top_shapes()
         if len(shapes) < len(lp.top):
             raise registry.LayerError(f"{self._where(lp)}: the source gives {len(shapes)} "
@@ -421,8 +440,9 @@ class Net:
         for name, shape in zip(lp.top, shapes):
             self._add_version(layer, name, F.input(name, shape))
         layer.data_source = source
-        feeder = Prefetcher(source, data_sources.prefetch_depth(lp),
-                            name=f"{lp.name} ({lp.type})")
+        if feeder is None:
+            feeder = Prefetcher(source, data_sources.prefetch_depth(lp),
+                                name=f"{lp.name} ({lp.type})")
         # Caffe's DummyData fills its constant tops once, in LayerSetUp (a rebuild keeps
         # what the blobs hold); _feed_data never writes them
         for i, value in feeder.constant_tops().items():
@@ -676,15 +696,38 @@ class Net:
         if s == 0:
             self._feed_data(kwargs)
         self._counter_value = self.iteration
-        updates = []
-        if self._hooks["before_forward"] or self._hooks["after_forward"]:
-            for i in range(s, e + 1):       # layer by layer, so hooks see each layer
+
+        def run():
+            s_, e_ = self._layer_index(start, 0), self._layer_index(end, len(self._layers) - 1)
+            if not (self._hooks["before_forward"] or self._hooks["after_forward"]):
+                return self._forward_range(s_, e_), e_
+            updates = []
+            for i in range(s_, e_ + 1):     # layer by layer, so hooks see each layer
                 self._run_hooks("before_forward", i)
                 updates += self._forward_range(i, i)
                 self._run_hooks("after_forward", i)
-        else:
-            updates = self._forward_range(s, e)
+            return updates, e_
+        updates, e = self._refitting(run)
         return self._forward_done(updates, blobs, None if end is None else e)
+
+    def _refitting(self, run):
+        """``run()``, repeated after re-sizing the net when a Filter's selector picked
+        another number of rows than its tops were built for (Caffe's Filter re-shapes
+        its tops at every forward; symnet's graph has static shapes, so the net is
+        rebuilt with the new count, its modules coming from the cache, and the run
+        repeated on what the blobs hold: data is not fed again). State updates are
+        applied only after a run succeeds."""
+        tried = set()
+        while True:
+            try:
+                return run()
+            except SelectedCountError as err:
+                key = (err.layer, err.count)
+                if key in tried:
+                    raise
+                tried.add(key)
+                self._layer_options.setdefault(err.layer, {})["count"] = err.count
+                self.reshape()
 
     def _run_parts(self, s, e):
         """(compile key, outputs, updates, cut) of a run of layers s..e. A run of the
@@ -799,6 +842,23 @@ class Net:
             return self.forward(blobs, **kwargs)
         self._set_inputs(kwargs)
         self._feed_data(kwargs)
+        if not any(l.type == "Filter" for l in self._layers):
+            return self._forward_backward_run(blobs)
+        # a Filter re-sizing the net mid-run: the param diffs go back to their values
+        # before the run (the plan adds the gradients into them), then it is repeated
+        diffs = [(blob, blob.diff.copy()) for blobs_ in self.params.values()
+                 for blob in blobs_]
+
+        def run():
+            try:
+                return self._forward_backward_run(blobs)
+            except SelectedCountError:
+                for blob, saved in diffs:
+                    blob.diff[...] = saved
+                raise
+        return self._refitting(run)
+
+    def _forward_backward_run(self, blobs):
         fn, feeds, used, sinks, firsts, params, updates, n_cots = self._forward_backward_fn()
         outputs = self._forward_parts(0, len(self._layers) - 1)[0]
         self._counter_value = self.iteration

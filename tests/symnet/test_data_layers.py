@@ -723,3 +723,27 @@ def test_set_seed_sets_default_seeds(tmp_path):
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c) and not np.array_equal(a, d)
     assert source(text, tmp_path).seed == data.layer_seed("noise", "TRAIN", base=0)
+
+
+def test_net_reshape_keeps_the_data_layers_position(tmp_path):
+    """Caffe's Net::Reshape re-sizes the layers; a data layer goes on from where it was
+    (its reader thread and position are the layer's, not the shapes'). A rebuild here
+    (net.reshape(), a Filter re-sizing the net) keeps the source and its prefetcher."""
+    (tmp_path / "ramp_source.py").write_text(PY_SOURCE)
+    text = f"""layer {{ name: "ext" type: "ExternalData" top: "x" top: "r"
+                python_param {{ module: "{tmp_path / 'ramp_source.py'}" layer: "Ramp"
+                                param_str: "3" }} }}
+               layer {{ name: "in" type: "Input" top: "z" input_param {{ shape {{ dim: 2 }} }} }}
+               layer {{ name: "sq" type: "Power" bottom: "z" top: "z2" power_param {{ power: 2 }} }}"""
+    import symnet as sn
+    net = sn.Net(text, sn.TRAIN, backend="cpu")
+    firsts = []
+    for k in range(4):
+        net.forward()
+        firsts.append(float(net.blobs["x"].data[0, 0]))
+        if k == 1:
+            net.blobs["z"].reshape(5)
+            net.reshape()
+    assert firsts == [0.0, 3.0, 6.0, 9.0]
+    assert net.blobs["z2"].data.shape == (5,)
+    net.close()

@@ -428,23 +428,77 @@ layer { name: "f" type: "Filter" bottom: "x" bottom: "s" top: "f" }
 """
 
 
-def test_filter_count_change_in_a_net_names_the_layer():
-    """type: "Filter" is built for the selector's N rows (Caffe's first Reshape); a
-    selector with another count is an error naming the layer and the count."""
-    net = sn.Net(FILTER_NET, sn.TEST, backend="cpu")
-    x = f32(3, 2)
-    np.testing.assert_array_equal(net.forward(x=x, s=np.array([1, -2, 3], np.float32))["f"], x)
-    with pytest.raises(LayerError, match=r"layer 'f' \(Filter\) in <string>: the selector has "
-                                         r"1 nonzero entries, the layer was built for 3") as info:
-        net.forward(x=x, s=np.array([0, 0, 5], np.float32))
-    # what a net re-sizing on it needs: the layer, the count found, the count built
+def test_filter_count_change_in_a_layer_names_it():
+    """Compiled on its own (sn.function), a Filter is built for a count: another count
+    is an error naming the layer, the count found and the count built."""
+    with sn.graph_scope():
+        x, s = sn.input("x", (3, 2)), sn.input("s", (3,))
+        (z,), _ = apply("Filter", x, s, name="f", count=3)
+        f = sn.function([x, s], [z], backend="cpu")
+    with pytest.raises(LayerError, match=r"the selector has 1 nonzero entries, the layer "
+                                         r"was built for 3") as info:
+        f(f32(3, 2), np.array([0, 0, 5], np.float32))
     assert isinstance(info.value, SelectedCountError)
     assert (info.value.layer, info.value.count, info.value.built) == ("f", 1, 3)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emu"])
+def test_filter_net_resizes_with_the_selector(backend):
+    """Caffe's Filter re-shapes its tops at every forward to the selector's count of
+    nonzero entries; the net re-sizes (rebuilt with the new count, modules from the
+    cache) and the forward runs on the blobs as they are."""
+    net = sn.Net(FILTER_NET, sn.TEST, backend=backend)
+    x = f32(3, 2)
+    np.testing.assert_array_equal(net.forward(x=x, s=np.array([1, -2, 3], np.float32))["f"], x)
+    out = net.forward(x=x, s=np.array([0, 0, 5], np.float32))
+    np.testing.assert_array_equal(out["f"], x[2:3])
+    assert net.blobs["f"].data.shape == (1, 2)
+    out = net.forward(x=x + 1, s=np.array([1, 0, 1], np.float32))
+    np.testing.assert_array_equal(out["f"], (x + 1)[[0, 2]])
+    # no row selected: Caffe's top would be empty; symnet has no empty blobs
+    with pytest.raises(LayerError, match=r"count"):
+        net.forward(x=x, s=np.zeros(3, np.float32))
+    # the symbolic Filter of a Python layer (param_str count) re-sizes the same way
     net = sn.Net(NET, sn.TEST, backend="numpy")
-    with pytest.raises(LayerError, match=r"layer 'f' \(Python\) in <string>: the selector has "
-                                         r"3 nonzero entries, the layer was built for 2"):
-        net.forward(x=f32(3, 2, 7, 6), i=np.zeros(4, np.float32),
-                    s=np.array([[1], [1], [5]], np.float32), t=f32(2, 3))
+    x = f32(3, 2, 7, 6)
+    out = net.forward(x=x, i=np.zeros(4, np.float32), s=np.array([[1], [1], [5]], np.float32),
+                      t=f32(2, 3))
+    np.testing.assert_array_equal(net.blobs["f"].data, x)
+
+
+FILTER_TRAIN = """
+force_backward: true
+layer { name: "in" type: "Input" top: "x" top: "s" top: "t"
+        input_param { shape { dim: 4 dim: 3 } shape { dim: 4 } shape { dim: 4 dim: 5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 }
+                              bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "f" type: "Filter" bottom: "y" bottom: "t" bottom: "s" top: "fy" top: "ft"
+        propagate_down: true propagate_down: false propagate_down: false }
+layer { name: "loss" type: "EuclideanLoss" bottom: "fy" bottom: "ft" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_filter_resize_in_forward_backward_adds_each_gradient_once(backend):
+    """A solver's forward_backward re-sized by a Filter mid-run: the param diffs hold
+    exactly one gradient (the plan's partial additions are undone before the rerun)."""
+    net = sn.Net(FILTER_TRAIN, sn.TRAIN, backend=backend)
+    x, t = f32(4, 3), f32(4, 5)
+    net.params["ip"][0].diff[...] = 0
+    net.params["ip"][1].diff[...] = 0
+    sel = np.array([0, 1, 0, 1], np.float32)
+    net.forward_backward(x=x, s=sel, t=t)
+    assert net.blobs["fy"].data.shape == (2, 5)
+    w, b = net.params["ip"][0].data, net.params["ip"][1].data
+    y = x @ w.T + b
+    g = (y[[1, 3]] - t[[1, 3]]) / 2                  # EuclideanLoss: 1/(2N) sum of squares
+    np.testing.assert_allclose(net.params["ip"][0].diff, g.T @ x[[1, 3]], rtol=1e-4,
+                               atol=1e-5)
+    np.testing.assert_allclose(net.params["ip"][1].diff, g.sum(0), rtol=1e-4, atol=1e-5)
+    gx = np.zeros_like(x)
+    gx[[1, 3]] = g @ w
+    np.testing.assert_allclose(net.blobs["x"].diff, gx, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------- the catalogue
