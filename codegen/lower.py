@@ -811,6 +811,37 @@ class Lowering:
         step = self.launch(self._template(T.GEMM_BLAS_SUM), args, 1, [n])
         step.attrs["flops"] = 2 * N * G * M * Kd * P
 
+    # Caffe's im2col and col2im as ops (the Im2col layer): columns (N, C*kh*kw, oh*ow)
+    def _lower_Im2col(self, n, op):
+        """The CPU: IM2COL, a work item per column row (image, c, ki, kj) writing its
+        contiguous run of oh*ow. CUDA: IM2COL_COLS with the batch taken as channels
+        (NB = 1, C = N*C: its rows (c', ki, kj) are then exactly (N, C*kh*kw)), a thread
+        per column entry, so a warp's stores are contiguous. Both only copy."""
+        (x,) = self.graph.args(n)
+        N, C, H, W = self.graph.shape(x)
+        oh, ow = self.graph.shape(n)[2:]
+        rows = N * C * op.kernel_hw[0] * op.kernel_hw[1]
+        if self.backend == "cpu":
+            self.launch(self._template(T.IM2COL), [["long", rows], self.r(x), self.w(n)] +
+                        self._conv_dims(op.p, (N, C, H, W), op.kernel_hw, (oh, ow)), rows, [n])
+            return
+        size = rows * oh * ow
+        self.launch(self._template(T.IM2COL_COLS), [["long", size], self.r(x), self.w(n),
+                    ["long", 1]] + self._conv_dims(op.p, (1, N * C, H, W), op.kernel_hw,
+                                                   (oh, ow)), size, [n])
+
+    def _lower_Col2im(self, n, op):
+        """COL2IM over the whole batch: on the CPU its variant (a work item per (image,
+        channel) plane, zeroed, then each tap's columns added in (ki, kj) order), on CUDA
+        a thread per pixel gathering its taps in (ki, kj) order (no atomics): the same
+        sums in the same order as Col2im's reference."""
+        (col,) = self.graph.args(n)
+        N, C, H, W = self.graph.shape(n)
+        oh, ow = self.graph.shape(col)[2:]
+        size = N * C * H * W
+        self.launch(self._template(T.COL2IM), [["long", size], self.r(col), self.w(n)] +
+                    self._conv_dims(op.p, (N, C, H, W), op.kernel_hw, (oh, ow)), size, [n])
+
     def _pool_dims(self, p, x_shape, out_shape):
         return [["long", v] for v in (x_shape[2], x_shape[3], out_shape[2], out_shape[3],
                                       p.kernel[0], p.kernel[1], p.stride[0], p.stride[1],

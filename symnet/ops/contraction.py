@@ -1,5 +1,6 @@
 """Contractions and windows: matmul, 2-D convolution and its transposes, pooling and
-the windowed sum along one axis (from which LRN is built).
+the windowed sum along one axis (from which LRN is built), and Caffe's im2col and
+col2im as ops of their own (the Im2col layer).
 
 Convolution weights have Caffe's layout: Conv2d ``[out, in/group, kh, kw]``,
 ConvTranspose2d ``[in, out/group, kh, kw]`` (the same tensor as the convolution it
@@ -222,3 +223,139 @@ class ConvWeightGrad(_ConvBase):
         win = self.p.windows(x, (kh, kw), (oh, ow)).reshape(n, g, c // g, oh, ow, kh, kw)
         gyg = gy.reshape(n, g, o // g, oh, ow)
         return np.einsum("ngchwij,ngohw->gocij", win, gyg, optimize=True).reshape(shape)
+
+
+# ----------------------------------------------------------------- im2col, col2im
+
+def caffe_out_size(size, kernel, stride, pad, dilation):
+    """Caffe's output size along one axis: (size + 2 pad - (dilation (kernel - 1) + 1))
+    / stride + 1 with C's division, which truncates toward zero (so a dilated kernel one
+    stride longer than the padded input still gives one position, its window reaching
+    past the end, where im2col reads zeros)."""
+    num = size + 2 * pad - (dilation * (kernel - 1) + 1)
+    return (num // stride if num >= 0 else -(-num // stride)) + 1
+
+
+class _ColBase(Op):
+    nargs = 1
+
+    def __init__(self, kernel_hw, stride=1, pad=0, dilation=1, image_hw=None):
+        self.kernel_hw = _pair(kernel_hw, "kernel")
+        self.p = ConvParams(stride, pad, dilation)
+        if min(self.kernel_hw) < 1:
+            raise ValueError(f"{self.kind}: kernel {self.kernel_hw} must be >= 1")
+        self.image_hw = None if image_hw is None else tuple(int(v) for v in image_hw)
+
+    def attrs(self):
+        a = {"kernel": self.kernel_hw, "stride": self.p.stride, "pad": self.p.pad,
+             "dilation": self.p.dilation}
+        if self.image_hw is not None:
+            a["image"] = self.image_hw
+        return a
+
+    def geometry(self):
+        return dict(stride=self.p.stride, pad=self.p.pad, dilation=self.p.dilation)
+
+    def out_hw(self, hw):
+        return tuple(caffe_out_size(n, k, s, p, d) for n, k, s, p, d in
+                     zip(hw, self.kernel_hw, self.p.stride, self.p.pad, self.p.dilation))
+
+    def padded(self, x, out_hw):
+        """x zero-padded on its last two axes: pad before, and after as far as the last
+        window reaches (at least pad)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_hw, self.p.stride, \
+            self.p.pad, self.p.dilation
+        h, w = x.shape[-2:]
+        ah = max(ph, (out_hw[0] - 1) * sh + dh * (kh - 1) + 1 - h - ph)
+        aw = max(pw, (out_hw[1] - 1) * sw + dw * (kw - 1) + 1 - w - pw)
+        return np.pad(x, ((0, 0), (0, 0), (ph, ah), (pw, aw)))
+
+    def taps(self, out_hw):
+        """(ki, kj, row slice, column slice) of each kernel tap in (ki, kj) order: the
+        padded input's pixels that tap reads at the output positions."""
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_hw, self.p.stride, self.p.dilation
+        oh, ow = out_hw
+        for ki in range(kh):
+            for kj in range(kw):
+                yield ki, kj, slice(ki * dh, ki * dh + (oh - 1) * sh + 1, sh), \
+                    slice(kj * dw, kj * dw + (ow - 1) * sw + 1, sw)
+
+
+class Im2col(_ColBase):
+    """Caffe's im2col over a batch: x (N, C, H, W) to columns (N, C*kh*kw, oh, ow), row
+    c*kh*kw + ki*kw + kj holding at output position (y, x) the pixel
+    x[n, c, y*sh - ph + ki*dh, x*sw - pw + kj*dw], or 0 where that lies outside the
+    image (Caffe's im2col_cpu/_gpu, the Im2col layer's top). Output size by Caffe's
+    rule (caffe_out_size). A copy: values, inf and NaN included, are bit-exact. Its
+    vjp is Col2im and Col2im's is Im2col."""
+    kind = "im2col"
+
+    def __init__(self, kernel_hw, stride=1, pad=0, dilation=1):
+        super().__init__(kernel_hw, stride, pad, dilation)
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        (s,) = shapes
+        if len(s) != 4:
+            raise self.shape_error(shapes, "a 4-d tensor (N, C, H, W)")
+        oh, ow = self.out_hw(s[2:])
+        if oh < 1 or ow < 1:
+            raise self.shape_error(shapes, "an input whose padded size fits the dilated "
+                                   f"kernel {self.kernel_hw} (output size ({oh}, {ow}))")
+        return (s[0], s[1] * self.kernel_hw[0] * self.kernel_hw[1], oh, ow)
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        (x,) = args
+        return [F.graph_of(g).add(Col2im(self.kernel_hw, image_hw=x.shape[2:],
+                                         **self.geometry()), [g])]
+
+    def reference(self, arrays, shape):
+        (x,) = arrays
+        n, c = x.shape[:2]
+        out_hw = shape[2:]
+        xp = self.padded(x, out_hw)
+        cols = np.empty((n, c) + self.kernel_hw + tuple(out_hw), dtype=x.dtype)
+        for ki, kj, rs, cs in self.taps(out_hw):
+            cols[:, :, ki, kj] = xp[:, :, rs, cs]
+        return cols.reshape(shape)
+
+
+class Col2im(_ColBase):
+    """The adjoint of Im2col (Caffe's col2im): columns (N, C*kh*kw, oh, ow) to an image
+    (N, C, H, W) = ``image_hw``, each column entry added to the pixel Im2col copied it
+    from (entries that came from the padding are dropped). Summation order, the same on
+    every backend and in this reference: each pixel starts from 0 and adds its
+    contributions in kernel-tap order (ki, then kj, ascending); a pixel receives at most
+    one entry per tap. Caffe's col2im_cpu adds in this order too."""
+    kind = "col2im"
+
+    def __init__(self, kernel_hw, stride=1, pad=0, dilation=1, image_hw=None):
+        if image_hw is None:
+            raise ValueError("col2im: image_hw (the image's (H, W)) is required")
+        super().__init__(kernel_hw, stride, pad, dilation, image_hw)
+
+    def infer_shape(self, shapes):
+        self.check_arity(shapes)
+        (s,) = shapes
+        taps = self.kernel_hw[0] * self.kernel_hw[1]
+        out_hw = self.out_hw(self.image_hw)
+        if len(s) != 4 or s[1] % taps or tuple(s[2:]) != out_hw:
+            raise self.shape_error(shapes, f"columns (N, C*{taps}, {out_hw[0]}, {out_hw[1]}) "
+                                   f"of an image {self.image_hw}")
+        return (s[0], s[1] // taps) + self.image_hw
+
+    def vjp(self, args, out, g):
+        from .. import functions as F
+        return [F.graph_of(g).add(Im2col(self.kernel_hw, **self.geometry()), [g])]
+
+    def reference(self, arrays, shape):
+        (col,) = arrays
+        n, c = shape[:2]
+        out_hw = col.shape[2:]
+        cols = col.reshape((n, c) + self.kernel_hw + tuple(out_hw))
+        full = self.padded(np.zeros(shape, dtype=col.dtype), out_hw)
+        for ki, kj, rs, cs in self.taps(out_hw):
+            full[:, :, rs, cs] += cols[:, :, ki, kj]
+        (ph, pw), (h, w) = self.p.pad, self.image_hw
+        return np.ascontiguousarray(full[:, :, ph:ph + h, pw:pw + w])
