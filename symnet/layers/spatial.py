@@ -1,13 +1,16 @@
-"""Caffe's SPP (spatial pyramid pooling) and Im2col layers, composed of symnet's
-pooling, slice, pad, reshape and concat ops; their backward is derived (SPP: the
-pooling gradients summed into the bottom; Im2col: col2im, each column entry added
-back to the pixel it was copied from)."""
+"""Caffe's SPP (spatial pyramid pooling) and Im2col layers. SPP is composed of symnet's
+pooling, reshape and concat ops, its backward derived (the pooling gradients summed
+into the bottom). Im2col with 1 or 2 spatial axes is the Im2col op (its backward the
+Col2im op: each column entry added back to the pixel it was copied from, taps in
+(ki, kj) order); with 3 or more it is composed of pad, strided slices and concat, its
+backward derived (the same sums, possibly in another order)."""
 from __future__ import annotations
 
 import itertools
 import math
 
 from .. import functions as F
+from .. import ops
 from ..errors import ShapeError
 from ._util import canonical_axis, is_int, require
 from .registry import layer
@@ -110,7 +113,8 @@ def im2col(x, kernel_size=(), kernel_h=None, kernel_w=None, stride=(), stride_h=
     (N, C * kh * kw, oh, ow) for a 2-D bottom (N, C, H, W): Caffe's channel-major
     layout; o = (size + 2 * pad - (dilation * (kernel - 1) + 1)) / stride + 1 (C's
     integer division). Any number of spatial axes (those after ``axis``). The
-    backward is col2im: each column entry's diff is added to its pixel."""
+    backward is col2im: each column entry's diff is added to its pixel (1 or 2 spatial
+    axes: the Col2im op, each pixel summing its taps in (ki, kj) order from 0)."""
     P = "convolution_param"
     cax = canonical_axis(axis, x.ndim, f"{P}.axis")
     nsp = x.ndim - cax - 1
@@ -137,6 +141,14 @@ def im2col(x, kernel_size=(), kernel_h=None, kernel_w=None, stride=(), stride_h=
                 ShapeError)
         out.append(o)
     outer, c = math.prod(x.shape[:cax]), x.shape[cax]
+    if nsp <= 2:
+        # the Im2col op (a copy kernel; its vjp is the Col2im op); 1-D as a height-1 image
+        one = 2 - nsp
+        x4 = F.reshape(x, (outer, c) + (1,) * one + tuple(size))
+        im2col_op = ops.Im2col([1] * one + k, [1] * one + s, [0] * one + p, [1] * one + d)
+        y = x4.graph.add(im2col_op, [x4])
+        return F.reshape(y, x.shape[:cax] + (c * math.prod(k),) + tuple(out))
+    # 3 or more spatial axes: zero padding, a strided slice per kernel offset, concat
     x3 = F.reshape(x, (outer, c) + tuple(size))
     # zeros before each axis (pad) and after it (pad, or more where C's truncation
     # lets the last window run past the padded bottom: Caffe's im2col reads 0 there)

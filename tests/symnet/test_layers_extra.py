@@ -540,3 +540,148 @@ def test_im2col_copies_exactly(backend):
         (y,), _ = apply("Im2col", xi, name="c", kernel_size=[3], pad=[1], stride=[2])
         got = sn.function([xi], [y], backend=backend)(x)[0]
     np.testing.assert_array_equal(got, im2col_ref(x, (3, 3), (2, 2), (1, 1), (1, 1)))
+
+
+# ------------------------------------------------------------- Im2col and Col2im ops
+# The Im2col layer's 1-D and 2-D bottoms run as symnet.ops.Im2col (a copy kernel) with
+# symnet.ops.Col2im as its gradient. Caffe's col2im_cpu zeroes the image, then adds the
+# columns row by row, (c, ki, kj) ascending: each pixel sums its taps in (ki, kj) order,
+# the order Col2im documents and every backend uses.
+
+# (x shape, kernel, stride, pad, dilation)
+GEOMETRIES = {
+    "3x3_p1": ((2, 3, 7, 6), (3, 3), (1, 1), (1, 1), (1, 1)),
+    "3x3_s2_p1": ((2, 3, 7, 6), (3, 3), (2, 2), (1, 1), (1, 1)),
+    "2x3_dil2_pw1": ((1, 2, 7, 6), (2, 3), (1, 1), (0, 1), (2, 2)),
+    "past_edge": ((2, 3, 7, 6), (7, 7), (2, 2), (0, 0), (1, 1)),    # (6 - 7) / 2 + 1 = 1
+    "disjoint_2x2_s3_p1": ((2, 2, 8, 7), (2, 2), (3, 3), (1, 1), (1, 1)),
+    "1x1": ((1, 4, 3, 5), (1, 1), (1, 1), (0, 0), (1, 1)),
+}
+
+
+def _op_pair(x_shape, k, s, p, d):
+    """(x input, columns input, im2col of x, col2im of the columns) in a new graph."""
+    xi = sn.input("x", x_shape)
+    y = xi.graph.add(sn.ops.Im2col(k, s, p, d), [xi])
+    ci = sn.input("c", y.shape)
+    z = xi.graph.add(sn.ops.Col2im(k, s, p, d, image_hw=x_shape[2:]), [ci])
+    return xi, ci, y, z
+
+
+@pytest.mark.parametrize("geo", sorted(GEOMETRIES))
+def test_im2col_col2im_ops_against_caffe_loops(backend, geo):
+    """Im2col's columns are Caffe's im2col bit for bit (inf and NaN copied where they
+    land); Col2im equals Caffe's col2im loops (float64) within float32 rounding, bit for
+    bit the NumPy reference (the same order of sums) on every backend, and exactly the
+    loops where no two windows overlap (one term per pixel)."""
+    shape, k, s, p, d = GEOMETRIES[geo]
+    x = f32(*shape)
+    x[0, 0, 1, 1], x[-1, -1, -1, 0] = np.inf, np.nan
+    with sn.graph_scope():
+        xi, ci, y, z = _op_pair(shape, k, s, p, d)
+        assert y.shape == (shape[0], shape[1] * k[0] * k[1]) + tuple(
+            caffe_out(n, kk, ss, pp, dd) for n, kk, ss, pp, dd in zip(shape[2:], k, s, p, d))
+        cols = f32(*y.shape)
+        args = ([xi, ci], [y, z])
+        got_y, got_z = sn.function(*args, backend=backend)(x, cols)
+        ref_y, ref_z = sn.function(*args, backend="numpy")(x, cols)
+    np.testing.assert_array_equal(got_y, im2col_ref(x, k, s, p, d))
+    loops = col2im_ref(cols.astype(np.float64), shape, k, s, p, d)
+    np.testing.assert_allclose(got_z, loops, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got_z, ref_z)
+    if all(kk * dd <= ss for kk, ss, dd in zip(k, s, d)):      # windows do not overlap
+        np.testing.assert_array_equal(got_z, loops.astype(np.float32))
+
+
+def test_col2im_sums_inf_and_nan_as_caffe(backend):
+    """Col2im adds: an inf column entry makes its pixel inf, inf and -inf on one pixel
+    make NaN, a NaN stays NaN; pixels the entries do not reach stay finite."""
+    shape, k, s, p, d = GEOMETRIES["3x3_p1"]
+    with sn.graph_scope():
+        _, ci, _, z = _op_pair(shape, k, s, p, d)
+        cols = f32(*ci.shape)
+        # tap (0, 0) of channel 0 at output (2, 2) reads pixel (1, 1); tap (1, 1) at
+        # (1, 1) reads it too; tap (2, 2) at (0, 0) reads pixel (1, 1) as well
+        cols[0, 0, 2, 2], cols[0, 4, 1, 1] = np.inf, -np.inf
+        cols[1, 2 * 9 + 8, 4, 3] = np.nan                        # channel 2, pixel (5, 4)
+        got = sn.function([ci], [z], backend=backend)(cols)[0]
+    want = col2im_ref(cols.astype(np.float64), shape, k, s, p, d)
+    assert np.isnan(got[0, 0, 1, 1]) and np.isnan(got[1, 2, 5, 4])
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert np.isfinite(np.delete(got.ravel(), [np.ravel_multi_index(i, shape) for i in
+                                               ((0, 0, 1, 1), (1, 2, 5, 4))])).all()
+
+
+def test_im2col_col2im_closed_under_vjp():
+    """Im2col's vjp is Col2im with its geometry and the image size; Col2im's is Im2col."""
+    k, s, p, d = (2, 3), (2, 1), (1, 0), (1, 2)
+    with sn.graph_scope():
+        xi, ci, y, z = _op_pair((2, 3, 6, 7), k, s, p, d)
+        gy = sn.input("gy", y.shape)
+        (dx,) = sn.vjp([y], [gy], [xi])
+        (dc,) = sn.vjp([z], [sn.input("gz", z.shape)], [ci])
+        (ddx,) = sn.vjp([dx], [sn.input("gdx", dx.shape)], [gy])      # second order
+    assert isinstance(dx.op, sn.ops.Col2im) and dx.op.attrs() == z.op.attrs()
+    assert dx.shape == (2, 3, 6, 7)
+    assert isinstance(dc.op, sn.ops.Im2col) and dc.op.attrs() == y.op.attrs()
+    assert isinstance(ddx.op, sn.ops.Im2col)
+
+
+@pytest.mark.parametrize("geo", ["3x3_s2_p1", "2x3_dil2_pw1", "past_edge"])
+def test_im2col_col2im_ops_gradcheck(geo):
+    """Finite differences of both ops (float64 NumPy reference)."""
+    shape, k, s, p, d = GEOMETRIES[geo]
+    x = R.standard_normal(shape)
+    res = sn.gradcheck(lambda t: t.graph.add(sn.ops.Im2col(k, s, p, d), [t]), [x], eps=1e-5)
+    assert res.checked > 0
+    cshape = (shape[0], shape[1] * k[0] * k[1]) + tuple(
+        caffe_out(n, kk, ss, pp, dd) for n, kk, ss, pp, dd in zip(shape[2:], k, s, p, d))
+    res = sn.gradcheck(lambda t: t.graph.add(sn.ops.Col2im(k, s, p, d, image_hw=shape[2:]),
+                                             [t]), [R.standard_normal(cshape)], eps=1e-5)
+    assert res.checked > 0
+
+
+def test_im2col_col2im_op_shape_errors():
+    with sn.graph_scope():
+        x = sn.input("x", (1, 2, 4, 4))
+        with pytest.raises(sn.ShapeError, match="dilated kernel"):
+            x.graph.add(sn.ops.Im2col((3, 3), 1, 0, 2), [x])      # 5 > 4
+        with pytest.raises(sn.ShapeError, match="columns"):
+            x.graph.add(sn.ops.Col2im((3, 3), image_hw=(4, 4)), [sn.input("c", (1, 17, 2, 2))])
+        with pytest.raises(sn.ShapeError, match="columns"):
+            x.graph.add(sn.ops.Col2im((3, 3), image_hw=(4, 4)), [sn.input("c2", (1, 18, 3, 2))])
+    with pytest.raises(ValueError, match="image_hw"):
+        sn.ops.Col2im((3, 3))
+
+
+@pytest.mark.parametrize("geo", ["3x3_s2_p1", "3x3_p1", "disjoint_2x2_s3_p1"])
+def test_im2col_layer_op_against_composition(geo):
+    """The 2-D layer (the ops) against the 3-D layer on a depth-1 bottom with a depth-1
+    kernel (pad, strided slices and concat, backward derived), on cpu: the columns
+    bit-equal; the bottom diff within float32 rounding where windows overlap (the
+    derived backward may sum in another order) and bit-equal where they do not."""
+    shape, k, s, p, d = GEOMETRIES[geo]
+    x = f32(*shape)
+    x5 = x.reshape(shape[:2] + (1,) + shape[2:])
+    with sn.graph_scope():
+        xi, xi5 = sn.input("x", shape), sn.input("x5", x5.shape)
+        (y,), _ = apply("Im2col", xi, name="a", kernel_size=list(k), stride=list(s),
+                        pad=list(p), dilation=list(d))
+        (y5,), _ = apply("Im2col", xi5, name="b", kernel_size=[1] + list(k),
+                         stride=[1] + list(s), pad=[0] + list(p), dilation=[1] + list(d))
+        kinds = {type(y.graph.op(n)).__name__ for n in y.graph.ancestors([y.id])}
+        kinds5 = {type(y.graph.op(n)).__name__ for n in y.graph.ancestors([y5.id])}
+        assert "Im2col" in kinds and "Concat" not in kinds
+        assert "Im2col" not in kinds5 and "Concat" in kinds5
+        gi = sn.input("g", y.shape)
+        gi5 = sn.input("g5", y5.shape)
+        (dx,) = sn.vjp([y], [gi], [xi])
+        (dx5,) = sn.vjp([y5], [gi5], [xi5])
+        g = f32(*y.shape)
+        got = sn.function([xi, xi5, gi, gi5], [y, y5, dx, dx5], backend="cpu")(
+            x, x5, g, g.reshape(y5.shape))
+    np.testing.assert_array_equal(got[0], got[1].reshape(y.shape))
+    composed = got[3].reshape(shape)
+    np.testing.assert_allclose(got[2], composed, rtol=1e-6, atol=1e-6)
+    if all(kk * dd <= ss for kk, ss, dd in zip(k, s, d)):
+        np.testing.assert_array_equal(got[2], composed)
