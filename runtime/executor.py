@@ -16,6 +16,11 @@ executor keeps. Every copy between host and device is counted
 Each step's launch arguments are packed once and reused until a buffer's address
 changes (a blob re-allocated by a reshape).
 
+Param-derived steps (``Plan.derived``: computed from params and constants only, into
+buffers kept between calls) run before the others, and only when one of the params
+their group reads has another ``SyncedMemory.version`` than at the group's last run; a
+param given as a NumPy array always runs them. ``derived_runs`` counts the groups run.
+
 Every argument and destination is checked before any step runs: the count of each
 kind, the number of values of each buffer, and for a NumPy destination its dtype,
 layout and writability; for a SyncedMemory the host array it wraps. A mismatch is a
@@ -81,6 +86,7 @@ class Executor:
         self._launches = None
         self.step_times = np.zeros(len(plan.steps))
         self.timed_calls = 0
+        self._init_derived()
 
     def _alloc(self, size):
         mem = SyncedMemory((int(size),))
@@ -138,6 +144,7 @@ class Executor:
         destinations of the outputs (arrays or SyncedMemory). Returns the outputs."""
         plan = self.plan
         self._check_args(inputs, params, out)
+        versions = self._param_versions(params)
         keep = []
         ptrs = [0] * len(plan.buffers)
         for bid, mem in self._owned.items():
@@ -155,19 +162,57 @@ class Executor:
         if ptrs != self._ptrs:
             self._launches = [self._prepare(step, ptrs) for step in plan.steps]
             self._ptrs = ptrs
+            self._derived_seen = [None] * len(self._derived_seen)
+            self._regular = [self._launches[i] for i in self._regular_steps]
+        self._run_derived(versions, timed)
         if timed:
             be = self.backend
-            for i, launch in enumerate(self._launches):
+            for i in self._regular_steps:
                 t0 = time.perf_counter()
-                launch()
+                self._launches[i]()
                 be.synchronize()
                 self.step_times[i] += time.perf_counter() - t0
             self.timed_calls += 1
         else:
-            for launch in self._launches:
+            for launch in self._regular:
                 launch()
         self._collect(dests, ptrs)
         return dests
+
+    # ------------------------------------------------------------------ param-derived
+    def _init_derived(self):
+        groups = getattr(self.plan, "derived", None) or []
+        self._derived = [(list(steps), list(params)) for steps, params in groups]
+        skip = {i for steps, _ in self._derived for i in steps}
+        self._regular_steps = [i for i in range(len(self.plan.steps)) if i not in skip]
+        self._derived_seen = [None] * len(self._derived)
+        self.derived_runs = 0
+
+    def _param_versions(self, params):
+        """Each param's version (None for a NumPy array: always current), taken before
+        anything is bound, so a call writing a param's memory runs its group again at
+        the next call."""
+        if not self._derived:
+            return None
+        return [p.version if isinstance(p, SyncedMemory) else None for p in params]
+
+    def _run_derived(self, versions, timed):
+        """The groups of param-derived steps whose params changed since they ran."""
+        for g, (steps, params) in enumerate(self._derived):
+            key = tuple(versions[k] for k in params)
+            if key == self._derived_seen[g] and None not in key:
+                continue
+            self._derived_seen[g] = None     # a failure below leaves the group stale
+            for i in steps:
+                if timed:
+                    t0 = time.perf_counter()
+                    self._launches[i]()
+                    self.backend.synchronize()
+                    self.step_times[i] += time.perf_counter() - t0
+                else:
+                    self._launches[i]()
+            self._derived_seen[g] = key
+            self.derived_runs += 1
 
     def _check_args(self, inputs, params, out):
         """Counts and sizes of every argument, before any step runs."""
