@@ -334,6 +334,7 @@ class SyncedMemory:
         """Zero every value where it is current (a device memset when the device holds
         the memory, so nothing moves between host and device)."""
         root = self._root()
+        root._version = next(_versions)
         if root._device is None or root._buf is None:
             self._host[...] = 0
             return
