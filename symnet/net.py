@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from networkx import descendants as nx_descendants
 
 from . import fillers
 from . import functions as F
@@ -23,7 +24,7 @@ from . import ops
 from .autodiff import vjp
 from .function import Function, default_backend
 from .errors import StateError
-from .graph import Graph, graph_scope
+from .graph import Graph, Tensor, graph_scope
 from . import data as data_sources
 from . import pylayer
 from .formats import prototxt, upgrade
@@ -603,12 +604,26 @@ class Net:
         self._folded = [tuple(l.name for l in c if l is not None) for c in chains]
         if not chains:
             return outputs
-        with graph_scope(self.graph):
-            replace = {}
-            for conv, bn, sc in chains:
-                end = (sc or bn).top_tensors[0]
-                replace[end] = self._folded_product(conv, bn, sc)
-            return self.graph.clone(outputs, replace)
+        # graph.clone in one topological pass, each chain's last value replaced by its
+        # folded product as it comes, so a chain reading an earlier one's (the next
+        # convolution after a ReLU) reads the folded values, never the original chain
+        g = self.graph
+        ends = {(sc or bn).top_tensors[0].id: (conv, bn, sc) for conv, bn, sc in chains}
+        mapping = {}
+        with graph_scope(g):
+            for n in g.ancestors([o.id for o in outputs]):
+                if n in ends:
+                    mapping[n] = self._folded_product(*ends[n], mapping).id
+                    continue
+                args = g.args(n)
+                new_args = [mapping.get(a, a) for a in args]
+                if new_args != args:
+                    node = g.nx.nodes[n]
+                    saved, g.layer_tag = g.layer_tag, node.get("layer")
+                    mapping[n] = g.add(node["op"], [Tensor(g, a) for a in new_args],
+                                       name=node["name"]).id
+                    g.layer_tag = saved
+        return [Tensor(g, mapping.get(o.id, o.id)) for o in outputs]
 
     def _fold_chains(self):
         """(product layer, BatchNorm layer, Scale layer or None) for each chain that can
@@ -667,10 +682,18 @@ class Net:
         return p.axis in (1, 1 - x.ndim) and \
             all(t.shape == (x.shape[1],) for t in layer.params)
 
-    def _folded_product(self, conv, bn, sc):
+    def _folded_product(self, conv, bn, sc, mapping):
         """The chain's last value as conv's product with W' and b' (see
-        ``_fold_batch_norm``), built from the product layer's own graph."""
+        ``_fold_batch_norm``), built from the product layer's own graph, reading the
+        values ``mapping`` (node id -> node id) gives for the nodes before it."""
         t1 = conv.top_tensors[0]
+        g = self.graph
+        own = set(g.ancestors([t1.id]))
+        inside = set()
+        for p in conv.params:
+            inside |= own & (set(nx_descendants(g.nx, p.id)) | {p.id})
+        before = {Tensor(g, a): Tensor(g, b) for a, b in mapping.items()
+                  if a in own and a not in inside}
         c = t1.shape[1]
         mean_sum, var_sum, factor = bn.params
         eps = float(bn.source.batch_norm_param.eps)
@@ -690,7 +713,8 @@ class Net:
             s_view = F.reshape(scale, (1, c))
         else:
             s_view = F.reshape(scale, (c,) + (1,) * (w.ndim - 1))
-        replace = {w: w * s_view}
+        replace = dict(before)
+        replace[w] = w * s_view
         if len(conv.params) == 2:
             replace[conv.params[1]] = shift
             return self.graph.clone([t1], replace)[0]

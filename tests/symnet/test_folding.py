@@ -145,6 +145,14 @@ def derived_runs(net):
     return forward_fn(net)._impl.executor.derived_runs
 
 
+def products_computed(net):
+    """How many convolutions and matmuls the folded forward's plan computes: once per
+    layer (a folded chain must not also compute the chain it replaces)."""
+    plan = forward_fn(net)._impl.plan
+    return len({op for st in plan.steps for op in st.ops
+                if op.startswith(("conv2d#", "matmul#"))})
+
+
 def check(out, ref, rtol=2e-4, atol=2e-5):
     assert out.keys() == ref.keys()
     for k in ref:
@@ -160,6 +168,7 @@ def test_folded_chain_matches_reference(backend, transpose):
     x = np.random.default_rng(0).standard_normal((2, 3, 9, 9)).astype(np.float32)
     out = {k: v.copy() for k, v in net.forward(data=x).items()}
     assert net._folded == CHAINS
+    assert products_computed(net) == 4
     ref, _ = reference(net, {"data": x})
     check(out, ref)
     # the folded plan has param-derived steps and they ran once
@@ -419,6 +428,7 @@ def test_mobilenet_folded_matches_reference(backend):
     out = {k: v.copy() for k, v in net.forward(**inputs).items()}
     out["fc7"] = net.blobs["fc7"].read_data().copy()
     assert len(net._folded) == 27
+    assert products_computed(net) == 28
     ref, ref_net = reference(net, inputs)
     ref["fc7"] = ref_net.blobs["fc7"].read_data().copy()
     check(out, ref, rtol=1e-3, atol=1e-4)
@@ -440,6 +450,7 @@ def test_resnet50_folded_matches_unfolded(monkeypatch):
     net, inputs = corpus_net("resnet/ResNet-50-deploy.prototxt", 224, "cpu")
     out = {k: v.copy() for k, v in net.forward(**inputs).items()}
     assert len(net._folded) == 53
+    assert products_computed(net) == 54
     monkeypatch.setenv("SYMNET_FOLD_BN", "0")
     plain = {k: v.copy() for k, v in net.forward(**inputs).items()}
     check(out, plain, rtol=1e-3, atol=1e-5)
