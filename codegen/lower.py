@@ -125,7 +125,8 @@ class Lowering:
             if n in self.values or n not in self.part.stored:
                 continue
             if isinstance(op, ops.Param):
-                self.values[n] = self.new_value(op.get_value().size, "param", op.name)
+                # the size from the shape: a param's get_value() is a write access
+                self.values[n] = self.new_value(math.prod(g.shape(n)), "param", op.name)
                 self.params.append((n, self.values[n]))
             elif isinstance(op, ops.Constant):
                 self.values[n] = self.new_value(op.get_value().size, "constant")
