@@ -9,9 +9,10 @@ write, as Caffe's mutable_cpu_data: the memory gets a new ``version``, so values
 caches from the parameters (a folded BatchNorm, Winograd's transformed weights) are
 computed again at the next call. ``read_data()`` is a read and keeps the version.
 Writing later through an array taken before a call is not seen by those caches (in
-Caffe's GPU mode it is not seen at all): take ``blob.data`` again to write. Compiled calls of Nets and solvers read and
-write the device copies, so values stay on the device between calls; what Python never
-touches never moves.
+Caffe's GPU mode it is not seen at all): take ``blob.data`` again to write.
+
+Compiled calls of Nets and solvers read and write the device copies, so values stay on
+the device between calls; what Python never touches never moves.
 """
 from __future__ import annotations
 

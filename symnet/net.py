@@ -43,6 +43,8 @@ def fold_batch_norm_enabled() -> bool:
     into the Convolution or InnerProduct before it: on unless SYMNET_FOLD_BN=0."""
     return os.environ.get("SYMNET_FOLD_BN", "1").strip().lower() not in ("0", "off", "false",
                                                                          "no")
+
+
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
 
 
