@@ -454,3 +454,16 @@ def test_resnet50_folded_matches_unfolded(monkeypatch):
     monkeypatch.setenv("SYMNET_FOLD_BN", "0")
     plain = {k: v.copy() for k, v in net.forward(**inputs).items()}
     check(out, plain, rtol=1e-3, atol=1e-5)
+
+
+def test_mobilenet_v2_tops_of_their_own_are_not_folded():
+    """MobileNet v2's BatchNorm and Scale layers write tops of their own (conv1 ->
+    conv1/bn -> conv1/scale): each is a blob the net shows, so nothing is folded, and
+    the values equal the reference."""
+    net, inputs = corpus_net("mobilenet/mobilenet_v2_deploy.prototxt", 32, "cpu")
+    net.forward(**inputs)
+    assert net._folded == []
+    ref, ref_net = reference(net, inputs)
+    for name in ("conv1", "conv1/bn", "conv1/scale"):
+        np.testing.assert_allclose(net.blobs[name].read_data(), ref_net.blobs[name].data,
+                                   rtol=1e-3, atol=1e-4, err_msg=name)
