@@ -457,13 +457,13 @@ def test_resnet50_folded_matches_unfolded(monkeypatch):
 
 
 def test_mobilenet_v2_tops_of_their_own_are_not_folded():
-    """MobileNet v2's BatchNorm and Scale layers write tops of their own (conv1 ->
-    conv1/bn -> conv1/scale): each is a blob the net shows, so nothing is folded, and
-    the values equal the reference."""
+    """MobileNet v2's BatchNorm layers write tops of their own (conv1 -> conv1/bn, the
+    Scale and ReLU in place on conv1/bn): the convolution's blob is one the net shows,
+    so nothing is folded, and the values equal the reference."""
     net, inputs = corpus_net("mobilenet/mobilenet_v2_deploy.prototxt", 32, "cpu")
     net.forward(**inputs)
     assert net._folded == []
     ref, ref_net = reference(net, inputs)
-    for name in ("conv1", "conv1/bn", "conv1/scale"):
+    for name in ("conv1", "conv1/bn", "conv2_1/expand"):
         np.testing.assert_allclose(net.blobs[name].read_data(), ref_net.blobs[name].data,
                                    rtol=1e-3, atol=1e-4, err_msg=name)
