@@ -18,7 +18,7 @@ from .kernels import _ident
 from . import templates as T
 from . import winograd as WG
 from .fusion import partition
-from .plan import Buffer, KernelInfo, Plan, Step
+from .plan import Buffer, KernelInfo, Plan, Step, param_derived
 from .prelude import C_PRELUDE, CUDA_PRELUDE, DEVICE_SMS, blocks_per_sm, device_grid
 
 
@@ -141,7 +141,8 @@ class Lowering:
             if n in self.values or n not in self.part.stored:
                 continue
             if isinstance(op, ops.Param):
-                self.values[n] = self.new_value(op.get_value().size, "param", op.name)
+                # the size from the shape: a param's get_value() is a write access
+                self.values[n] = self.new_value(math.prod(g.shape(n)), "param", op.name)
                 self.params.append((n, self.values[n]))
             elif isinstance(op, ops.Constant):
                 self.values[n] = self.new_value(op.get_value().size, "constant")
@@ -1076,6 +1077,10 @@ class Lowering:
 
     # ------------------------------------------------------------ plan
     def plan(self) -> Plan:
+        param_pos = {v: k for k, (_, v) in enumerate(self.params)}
+        self.derived, self.persistent = param_derived(
+            [st.attrs["_rw"] for st in self.steps], [st.kind for st in self.steps],
+            self.vrole, param_pos, set(self.output_values))
         slot_of, slot_size = self._assign_slots()
         buffers = []
         buf_of = {}
@@ -1103,7 +1108,7 @@ class Lowering:
                     [(buf_of[v], self.graph.shape(o)) for v, o in
                      zip(self.output_values, self._output_nodes())],
                     {buf_of[v]: a for v, a in self.constants.items()},
-                    {self.backend: source})
+                    {self.backend: source}, derived=self.derived)
 
     def _output_nodes(self):
         return self.part.outputs_in_order
@@ -1120,6 +1125,11 @@ class Lowering:
         slot_of, slot_size, slot_free_at = {}, [], []
         for v in sorted(start, key=lambda v: (start[v], v)):
             if v in dedicated:
+                continue
+            if v in getattr(self, "persistent", ()):    # param-derived: kept between calls
+                slot_of[v] = len(slot_size)
+                slot_size.append(self.vsize[v])
+                slot_free_at.append(math.inf)
                 continue
             best = None
             for s in range(len(slot_size)):

@@ -37,8 +37,10 @@ the test also reports the observed error against u * sum |w| |x| beside those of
 im2col path and OpenCV's Winograd.
 
 Only the forward convolution runs here; its gradients keep the im2col path. The
-weights are transformed once per call into scratch (the kernel cannot know whether
-they changed since the last call), in parallel before the tiles.
+weights are transformed by a kernel of their own (``weight_template``) into a buffer
+U the convolution reads: a step computed from the weights alone, so the executor runs
+it only when the weights changed since its last run (codegen/plan.py,
+``param_derived``), not at every call.
 """
 from __future__ import annotations
 
@@ -135,12 +137,11 @@ def conv_template(m) -> Template:
     into y (NB, K, oh, ow), pads ph, pw. Tiles are taken in rows of ntx tiles; a chunk
     is RB consecutive tile rows of the batch (spanning images); the team of T threads
     transforms a chunk's tiles into V (n*n, C, TB), runs the n*n GEMMs into Mo
-    (n*n, K, TB) and transforms those into y. scratch: U (n*n, K, C), V, Mo."""
+    (n*n, K, TB) and transforms those into y. U (n*n, K, C): the transformed weights
+    (``weight_template``); scratch: V, Mo."""
     at, g, bt = matrices(m)
     n = m + 2
     NP = n * n
-    wt = _two_sided(g, lambda a, b: f"g{a}{b}", lambda i, j: f"U[{i * n + j} * KC + kc]",
-                    "s", "const float")
     # input: B^T d B with d read through the pointer rows; dst into V
     it_in = _two_sided(bt, lambda a, b: f"d{a}_{b}",
                        lambda i, j: f"vp[{i * n + j} * CTB]", "e")
@@ -215,42 +216,25 @@ def conv_template(m) -> Template:
         }}
 """
     body = f"""
-  /* F({m}x{m}, 3x3): {NP} transform positions. The batch's tile rows are taken RB at a
-     time (a chunk of TB tiles); the team transforms a chunk's input tiles (split over
-     channels; the first chunk's threads transform the weights before), then each
-     block of KB output channels runs its rows of the {NP} GEMMs and transforms them
-     into y: two barriers a chunk. Work is handed out dynamically, so a thread the OS
-     preempts delays the others less at each barrier. With PRIV (at least a chunk per
-     thread), each thread takes whole chunks instead, in its own V and Mo, and meets
-     the others only after the weights. */
+  /* F({m}x{m}, 3x3): {NP} transform positions, the weights transformed already (U).
+     The batch's tile rows are taken RB at a time (a chunk of TB tiles); the team
+     transforms a chunk's input tiles (split over channels), then each block of KB
+     output channels runs its rows of the {NP} GEMMs and transforms them into y: two
+     barriers a chunk. Work is handed out dynamically, so a thread the OS preempts
+     delays the others less at each barrier. With PRIV (at least a chunk per thread),
+     each thread takes whole chunks instead, in its own V and Mo, and meets the others
+     only at the end. */
   const long ntx = (ow + {m - 1}) / {m}, nty = (oh + {m - 1}) / {m}, rows = NB * nty;
   const long KC = K * C, TBM = RB * ntx;
   const long xlo = (pw + {m - 1}) / {m};
   const long xhi0 = W + pw - {n} < 0 ? 0 : (W + pw - {n}) / {m} + 1;
   const long xhi = xhi0 < ntx ? xhi0 : ntx;
-  float* U = scratch;
-  float* V = scratch + {NP} * KC;
+  float* V = scratch;
   float* Mo = V + {NP} * C * TBM;
   SN_PRAGMA(omp parallel num_threads(T))
   {{
-    /* weights, 64 (out, in) pairs at a time through a transposed copy, so the
-       transform vectorises across pairs */
-    SN_PRAGMA(omp for schedule(dynamic, 4) nowait)
-    for (long kc0 = 0; kc0 < KC; kc0 += 64) {{
-      const long len = KC - kc0 < 64 ? KC - kc0 : 64;
-      float gl[9][64];
-      for (long l = 0; l < len; ++l)
-        for (long e = 0; e < 9; ++e) gl[e][l] = w[(kc0 + l) * 9 + e];
-      SN_PRAGMA(omp simd)
-      for (long l = 0; l < len; ++l) {{
-        const long kc = kc0 + l;
-{_indent([f"const float g{a}{b} = gl[{a * 3 + b}][l];" for a in range(3) for b in range(3)], 8)}
-{_indent(wt, 8)}
-      }}
-    }}
     if (PRIV) {{
-      /* chunks to threads, each with its own V and Mo: no barrier but the weights' */
-      SN_PRAGMA(omp barrier)
+      /* chunks to threads, each with its own V and Mo: no barrier */
       float* const Vt = V + omp_get_thread_num() * {NP} * (C + K) * TBM;
       SN_PRAGMA(omp for schedule(dynamic, 1))
       for (long r0 = 0; r0 < rows; r0 += RB) {{
@@ -258,8 +242,8 @@ def conv_template(m) -> Template:
         float* const Mc = Vt + {NP} * C * TBM;
         const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
         const long CTB = C * TB, KTB = K * TB;
-{input_loop}        /* the input loop's barrier has seen U and V complete; each block of KB output
-           channels runs its rows of the {NP} GEMMs and transforms them into y */
+{input_loop}        /* each block of KB output channels runs its rows of the {NP} GEMMs and
+           transforms them into y */
 {output_loop}      }}
     }} else {{
       for (long r0 = 0; r0 < rows; r0 += RB) {{
@@ -268,20 +252,51 @@ def conv_template(m) -> Template:
         const long r1 = r0 + RB < rows ? r0 + RB : rows, TB = (r1 - r0) * ntx;
         const long CTB = C * TB, KTB = K * TB;
         SN_PRAGMA(omp for schedule(dynamic, 2) collapse(2))
-{input_loop}        /* the input loop's barrier has seen U and V complete; each block of KB output
+{input_loop}        /* the input loop's barrier has seen V complete; each block of KB output
            channels runs its rows of the {NP} GEMMs and transforms them into y */
         SN_PRAGMA(omp for schedule(dynamic, 1))
 {output_loop}      }}
     }}
   }}
 """
-    params = (("c", "x"), ("c", "w"), ("p", "y"), ("p", "scratch"), ("l", "NB"), ("l", "C"),
+    params = (("c", "x"), ("c", "U"), ("p", "y"), ("p", "scratch"), ("l", "NB"), ("l", "C"),
               ("l", "H"), ("l", "W"), ("l", "K"), ("l", "ph"), ("l", "pw"), ("l", "oh"),
               ("l", "ow"), ("l", "T"), ("l", "RB"), ("l", "KB"), ("l", "PRIV"))
     return Template(f"sn_conv_winograd{m}", params, body)
 
 
+def weight_template(m) -> Template:
+    """U = G g G^T for each (out, in) pair of w (K, C, 3, 3), stored position-major
+    as U (n*n, K, C) for F(m x m, 3 x 3)'s GEMMs."""
+    _, g, _ = matrices(m)
+    n = m + 2
+    wt = _two_sided(g, lambda a, b: f"g{a}{b}", lambda i, j: f"U[{i * n + j} * KC + kc]",
+                    "s", "const float")
+    loads = [f"const float g{a}{b} = gl[{a * 3 + b}][l];" for a in range(3) for b in range(3)]
+    body = f"""
+  /* 64 (out, in) pairs at a time through a transposed copy, so the transform
+     vectorises across pairs */
+  const long KC = K * C;
+  SN_PRAGMA(omp parallel for num_threads(T) schedule(dynamic, 4))
+  for (long kc0 = 0; kc0 < KC; kc0 += 64) {{
+    const long len = KC - kc0 < 64 ? KC - kc0 : 64;
+    float gl[9][64];
+    for (long l = 0; l < len; ++l)
+      for (long e = 0; e < 9; ++e) gl[e][l] = w[(kc0 + l) * 9 + e];
+    SN_PRAGMA(omp simd)
+    for (long l = 0; l < len; ++l) {{
+      const long kc = kc0 + l;
+{_indent(loads, 6)}
+{_indent(wt, 6)}
+    }}
+  }}
+"""
+    params = (("c", "w"), ("p", "U"), ("l", "K"), ("l", "C"), ("l", "T"))
+    return Template(f"sn_winograd{m}_weights", params, body)
+
+
 TEMPLATES = {m: conv_template(m) for m in POINTS}
+WEIGHT_TEMPLATES = {m: weight_template(m) for m in POINTS}
 
 
 # ---------------------------------------------------------------- choice
@@ -366,10 +381,16 @@ def lower_conv(low, n, m):
     tbm = rb * -(-ow // m)
     chunks = -(-(N * -(-oh // m)) // rb)
     priv = int(low.threads > 1 and chunks >= low.threads)
-    size = nn * nn * (K * C + (low.threads if priv else 1) * (C + K) * tbm)
+    # the weights' transform: its own step, computed again only when w changes
+    u = low.new_value(nn * nn * K * C, "temp", "winograd_weights")
+    wstep = low.launch(low._template(WEIGHT_TEMPLATES[m]),
+                       [low.r(w), ["val", u, 0, "w"], ["long", K], ["long", C],
+                        ["long", low.threads]], 1, [n])
+    wstep.attrs["flops"] = 2 * K * C * (3 * nn * 3 + nn * nn * 3)
+    size = nn * nn * (low.threads if priv else 1) * (C + K) * tbm
     scratch = ["val", low.new_value(size, "temp", "winograd"), 0, "w"]
     kb = channel_block(K, low.threads)
-    args = [low.r(x), low.r(w), low.w(n), scratch] + [
+    args = [low.r(x), ["val", u, 0, "r"], low.w(n), scratch] + [
         ["long", v] for v in (N, C, H, W, K, op.p.pad[0], op.p.pad[1], oh, ow, low.threads, rb,
                               kb, priv)]
     step = low.launch(low._template(TEMPLATES[m]), args, 1, [n])

@@ -4,9 +4,15 @@ Each is a ``SyncedMemory`` (runtime/memory.py): a host array and, once a compile
 on a device backend has used it, a device copy, with a head saying which is current.
 ``blob.data`` / ``blob.diff`` are pycaffe's: the host array, brought up to date from the
 device if the device is newer, and the host becomes the head (so ``blob.data[...] = x``
-is uploaded by the next call that reads it). Compiled calls of Nets and solvers read and
-write the device copies, so values stay on the device between calls; what Python never
-touches never moves.
+is uploaded by the next call that reads it). Handing the host array out writable is a
+write, as Caffe's mutable_cpu_data: the memory gets a new ``version``, so values a plan
+caches from the parameters (a folded BatchNorm, Winograd's transformed weights) are
+computed again at the next call. ``read_data()`` is a read and keeps the version.
+Writing later through an array taken before a call is not seen by those caches (in
+Caffe's GPU mode it is not seen at all): take ``blob.data`` again to write.
+
+Compiled calls of Nets and solvers read and write the device copies, so values stay on
+the device between calls; what Python never touches never moves.
 """
 from __future__ import annotations
 

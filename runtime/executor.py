@@ -17,6 +17,11 @@ Each step's launch arguments are packed once and reused until a buffer's address
 changes (a blob re-allocated by a reshape). On the cpu backend a run of consecutive
 kernel steps is one call into the module (its ``sn_run_steps``), not one per kernel.
 
+Param-derived steps (``Plan.derived``: computed from params and constants only, into
+buffers kept between calls) run before the others, and only when one of the params
+their group reads has another ``SyncedMemory.version`` than at the group's last run; a
+param given as a NumPy array always runs them. ``derived_runs`` counts the groups run.
+
 Every argument and destination is checked before any step runs: the count of each
 kind, the number of values of each buffer, and for a NumPy destination its dtype,
 layout and writability; for a SyncedMemory the host array it wraps. A mismatch is a
@@ -86,6 +91,7 @@ class Executor:
         self._collect_fast = not all(self._in_place)
         self.step_times = np.zeros(len(plan.steps))
         self.timed_calls = 0
+        self._init_derived()
 
     def _alloc(self, size):
         mem = SyncedMemory((int(size),))
@@ -144,6 +150,7 @@ class Executor:
         fast = self._fast
         if fast is not None and not timed and out is not None and \
                 self._same_memories(fast, inputs, params, out):
+            self._run_derived(self._param_versions(params), False)
             self._issue(False)
             if self._collect_fast:
                 self._collect(out, self._ptrs)
@@ -151,6 +158,7 @@ class Executor:
         plan = self.plan
         self._fast = None
         self._check_args(inputs, params, out)
+        versions = self._param_versions(params)
         keep = []
         ptrs = [0] * len(plan.buffers)
         for bid, mem in self._owned.items():
@@ -169,6 +177,11 @@ class Executor:
             self._runs = self._prepare_runs(ptrs)
             self._launches = None           # per-step launches, made when timed
             self._ptrs = ptrs
+            # the param-derived steps, each alone (they run only when a param changed)
+            self._derived_launches = {i: self._prepare_one(i, ptrs)
+                                      for steps, _ in self._derived for i in steps}
+            self._derived_seen = [None] * len(self._derived_seen)
+        self._run_derived(versions, timed)
         self._issue(timed)
         self._collect(dests, ptrs)
         self._fast = self._fast_state(inputs, params, out)
@@ -202,22 +215,58 @@ class Executor:
         return True
 
     def _issue(self, timed):
-        """Issue every step (with the launches prepared for the bound addresses)."""
+        """Issue every step but the param-derived ones (with the launches prepared for
+        the bound addresses)."""
         if timed:
             be = self.backend
             plan = self.plan
             if self._launches is None:
                 self._launches = [self._prepare_one(i, self._ptrs)
                                   for i in range(len(plan.steps))]
-            for i, launch in enumerate(self._launches):
+            for i in self._regular_steps:
                 t0 = time.perf_counter()
-                launch()
+                self._launches[i]()
                 be.synchronize()
                 self.step_times[i] += time.perf_counter() - t0
             self.timed_calls += 1
         else:
             for launch in self._runs:
                 launch()
+
+    # ------------------------------------------------------------------ param-derived
+    def _init_derived(self):
+        groups = getattr(self.plan, "derived", None) or []
+        self._derived = [(list(steps), list(params)) for steps, params in groups]
+        skip = {i for steps, _ in self._derived for i in steps}
+        self._regular_steps = [i for i in range(len(self.plan.steps)) if i not in skip]
+        self._derived_seen = [None] * len(self._derived)
+        self.derived_runs = 0
+
+    def _param_versions(self, params):
+        """Each param's version (None for a NumPy array: always current), taken before
+        anything is bound, so a call writing a param's memory runs its group again at
+        the next call."""
+        if not self._derived:
+            return None
+        return [p.version if isinstance(p, SyncedMemory) else None for p in params]
+
+    def _run_derived(self, versions, timed):
+        """The groups of param-derived steps whose params changed since they ran."""
+        for g, (steps, params) in enumerate(self._derived):
+            key = tuple(versions[k] for k in params)
+            if key == self._derived_seen[g] and None not in key:
+                continue
+            self._derived_seen[g] = None     # a failure below leaves the group stale
+            for i in steps:
+                if timed:
+                    t0 = time.perf_counter()
+                    self._derived_launches[i]()
+                    self.backend.synchronize()
+                    self.step_times[i] += time.perf_counter() - t0
+                else:
+                    self._derived_launches[i]()
+            self._derived_seen[g] = key
+            self.derived_runs += 1
 
     def _check_args(self, inputs, params, out):
         """Counts and sizes of every argument, before any step runs."""
@@ -278,13 +327,17 @@ class Executor:
         kernel steps in one call (``prepare_run``: cpu), one per run of consecutive
         kernel steps; otherwise one per step."""
         steps = self.plan.steps
+        regular = set(self._regular_steps)
         run = getattr(self.backend, "prepare_run", None)
         if run is None:
-            return [self._prepare(step, ptrs) for step in steps]
+            return [self._prepare(steps[i], ptrs) for i in self._regular_steps]
         out, i = [], 0
         while i < len(steps):
+            if i not in regular:            # a param-derived step: issued on its own
+                i += 1
+                continue
             j = i
-            while j < len(steps) and steps[j].kind == "kernel":
+            while j < len(steps) and steps[j].kind == "kernel" and j in regular:
                 j += 1
             if j > i:
                 out.append(run(i, j, [pack_args(s.args, ptrs) for s in steps[i:j]]))

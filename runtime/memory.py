@@ -16,11 +16,20 @@ is current (``HOST``, ``DEVICE`` or ``SYNCED``). ``host_read`` / ``host_write`` 
 ``device_overwrite`` are ``gpu_data`` / ``mutable_gpu_data`` / a write that replaces every
 value (a kernel output), which needs no upload. A memory may be a view into a larger
 one (a solver's flat parameter buffer): it shares that memory's head and copies.
+
+Every access that may change the values (``host_write``, ``device_write``,
+``device_overwrite``, ``fill_zero``, ``copy_from``) gives the memory a new ``version``,
+a number drawn from one process-wide counter, so two memories never share a version
+and a memory's version changes whenever its values may have. A view and its parent
+report one version (the parent's): a write to either changes it for all of them
+(conservative: a write to one view marks its siblings changed too). The executor
+compares versions to skip steps computed from parameters that did not change.
 """
 from __future__ import annotations
 
 import bisect
 import ctypes
+import itertools
 import threading
 import weakref
 
@@ -33,6 +42,7 @@ HOST, DEVICE, SYNCED = "host", "device", "synced"
 _COUNT_KEYS = ("h2d_bytes", "d2h_bytes", "h2d_calls", "d2h_calls")
 _counts = dict.fromkeys(_COUNT_KEYS, 0)
 _count_lock = threading.Lock()
+_versions = itertools.count(1)      # next() on it is atomic in CPython
 
 
 def transfer_counts() -> dict:
@@ -179,6 +189,7 @@ class SyncedMemory:
             self._head = HOST
             self._device = None
             self._buf = None
+            self._version = next(_versions)
 
     @classmethod
     def wrap(cls, array):
@@ -222,6 +233,16 @@ class SyncedMemory:
         return self._root()._head
 
     @property
+    def version(self) -> int:
+        """Changes at every access that may write the values (of this memory, its parent
+        or any view of the parent); unique across the memories of the process."""
+        return self._root()._version
+
+    def touch(self):
+        """Record a write made behind the memory's back (a new version)."""
+        self._root()._version = next(_versions)
+
+    @property
     def device(self):
         return self._root()._device
 
@@ -259,7 +280,9 @@ class SyncedMemory:
         """The host array for writing: up to date, and the host becomes the head (Caffe's
         mutable_cpu_data, what pycaffe's ``blob.data`` gives)."""
         self.host_read()
-        self._root()._head = HOST
+        root = self._root()
+        root._head = HOST
+        root._version = next(_versions)
         return self._host
 
     # ---- device side
@@ -291,7 +314,9 @@ class SyncedMemory:
         """The device address for reading and writing; the device becomes the head
         (Caffe's mutable_gpu_data)."""
         ptr = self.device_read(device)
-        self._root()._head = DEVICE
+        root = self._root()
+        root._head = DEVICE
+        root._version = next(_versions)
         return ptr
 
     def device_overwrite(self, device) -> int:
@@ -302,12 +327,14 @@ class SyncedMemory:
             return self.device_write(device)
         root = self._bind_device(device)
         root._head = DEVICE
+        root._version = next(_versions)
         return root._buf.ptr
 
     def fill_zero(self):
         """Zero every value where it is current (a device memset when the device holds
         the memory, so nothing moves between host and device)."""
         root = self._root()
+        root._version = next(_versions)
         if root._device is None or root._buf is None:
             self._host[...] = 0
             return

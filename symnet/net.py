@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+from networkx import descendants as nx_descendants
 
 from . import fillers
 from . import functions as F
@@ -23,7 +24,7 @@ from . import ops
 from .autodiff import vjp
 from .function import Function, default_backend
 from .errors import StateError
-from .graph import Graph, graph_scope
+from .graph import Graph, Tensor, graph_scope
 from . import data as data_sources
 from . import pylayer
 from .formats import prototxt, upgrade
@@ -37,6 +38,15 @@ from .runtime.memory import SyncedMemory
 from .runtime.prefetch import Prefetcher
 
 TRAIN, TEST = 0, 1
+
+
+def fold_batch_norm_enabled() -> bool:
+    """Whether whole-net forwards that no backward follows fold BatchNorm (and Scale)
+    into the Convolution or InnerProduct before it: on unless SYMNET_FOLD_BN=0."""
+    return os.environ.get("SYMNET_FOLD_BN", "1").strip().lower() not in ("0", "off", "false",
+                                                                         "no")
+
+
 _PHASES = {TRAIN: "TRAIN", TEST: "TEST", "TRAIN": "TRAIN", "TEST": "TEST"}
 
 
@@ -588,8 +598,13 @@ class Net:
         """A Function computing ``outputs`` from the stored values of the ``cut``
         tensors they need, then the ``extra`` inputs they need (cotangents). Returns
         (Function, fed cut tensors, indices of the extra inputs used), cached by key."""
+        fold = key[-1:] == ("last versions",) and fold_batch_norm_enabled()
+        if fold:
+            key = key + ("folded",)
         if key in self._fns:
             return self._fns[key]
+        if fold:
+            outputs = self._fold_batch_norm(outputs)
         needed = set(self.graph.ancestors([t.id for t in outputs]))
         feeds = [t for t in cut if t.id in needed]
         used = [i for i, t in enumerate(extra) if t.id in needed]
@@ -601,6 +616,141 @@ class Net:
         fn = Function(inputs, new_out, backend=self.backend, name=f"{self.name or 'net'}_{key[0]}")
         self._fns[key] = (fn, feeds, used)
         return self._fns[key]
+
+    # ------------------------------------------------------------------ BatchNorm folding
+    def _fold_batch_norm(self, outputs):
+        """``outputs`` of a whole-net forward that no backward follows, with each chain
+        found by ``_fold_chains`` (Convolution or InnerProduct, BatchNorm with global
+        statistics, optionally Scale) computed as one product with folded weights:
+
+            s  = gamma / sqrt(var_sum * f + eps),   f = 1 / scale_factor (0 if it is 0)
+            W' = W * s[c]                           (c: the output channel)
+            b' = (b - mean_sum * f) * s + beta
+
+        (gamma 1 and beta 0 without Scale or its bias, b 0 without a bias term): Caffe's
+        BatchNorm and Scale formulas rearranged. W' and b' depend on params only, so the
+        plan computes them only when a weight changes (codegen/plan.py, ``param_derived``).
+        The chain's earlier values are neither stored nor visible, so nothing else changes."""
+        chains = self._fold_chains()
+        self._folded = [tuple(l.name for l in c if l is not None) for c in chains]
+        if not chains:
+            return outputs
+        # graph.clone in one topological pass, each chain's last value replaced by its
+        # folded product as it comes, so a chain reading an earlier one's (the next
+        # convolution after a ReLU) reads the folded values, never the original chain
+        g = self.graph
+        ends = {(sc or bn).top_tensors[0].id: (conv, bn, sc) for conv, bn, sc in chains}
+        mapping = {}
+        with graph_scope(g):
+            for n in g.ancestors([o.id for o in outputs]):
+                if n in ends:
+                    mapping[n] = self._folded_product(*ends[n], mapping).id
+                    continue
+                args = g.args(n)
+                new_args = [mapping.get(a, a) for a in args]
+                if new_args != args:
+                    node = g.nx.nodes[n]
+                    saved, g.layer_tag = g.layer_tag, node.get("layer")
+                    mapping[n] = g.add(node["op"], [Tensor(g, a) for a in new_args],
+                                       name=node["name"]).id
+                    g.layer_tag = saved
+        return [Tensor(g, mapping.get(o.id, o.id)) for o in outputs]
+
+    def _fold_chains(self):
+        """(product layer, BatchNorm layer, Scale layer or None) for each chain that can
+        be folded: the product's top read by the BatchNorm alone, the BatchNorm using
+        global statistics and its top read by the Scale alone (else the chain ends at the
+        BatchNorm), neither intermediate value the last version of its blob (a blob's
+        last version is what the net stores and shows; earlier versions of an in-place
+        chain are not visible)."""
+        readers = collections.defaultdict(list)
+        for l in self._layers:
+            for t in l.bottom_tensors:
+                if t is not None:
+                    readers[t.id].append(l)
+
+        def only_reader(t):
+            found = readers.get(t.id, [])
+            return found[0] if len(found) == 1 and not self._is_final(t) else None
+
+        chains = []
+        for conv in self._layers:
+            if not self._foldable_product(conv):
+                continue
+            t1 = conv.top_tensors[0]
+            bn = only_reader(t1)
+            if bn is None or bn.type != "BatchNorm" or bn.updates or len(bn.blobs) != 3 or \
+                    len(bn.bottom_tensors) != 1 or len(bn.top_tensors) != 1:
+                continue
+            t2 = bn.top_tensors[0]
+            sc = only_reader(t2)
+            if sc is not None and not self._foldable_scale(sc, t2):
+                sc = None
+            chains.append((conv, bn, sc))
+        return chains
+
+    @staticmethod
+    def _foldable_product(layer):
+        if len(layer.top_tensors) != 1 or len(layer.bottom_tensors) != 1 or \
+                not 1 <= len(layer.params) <= 2:
+            return False
+        t, w = layer.top_tensors[0], layer.params[0]
+        if layer.type == "Convolution":
+            return t.ndim == 4 and w.ndim == 4 and w.shape[0] == t.shape[1]
+        if layer.type == "InnerProduct":
+            p = layer.source.inner_product_param
+            c = w.shape[1] if p.transpose else w.shape[0]
+            return t.ndim == 2 and p.axis in (1, -1) and w.ndim == 2 and c == t.shape[1]
+        return False
+
+    @staticmethod
+    def _foldable_scale(layer, x):
+        """A Scale of its one bottom by a learned per-channel (axis 1) blob."""
+        if layer.type != "Scale" or len(layer.bottom_tensors) != 1 or \
+                len(layer.top_tensors) != 1 or not 1 <= len(layer.params) <= 2:
+            return False
+        p = layer.source.scale_param
+        return p.axis in (1, 1 - x.ndim) and \
+            all(t.shape == (x.shape[1],) for t in layer.params)
+
+    def _folded_product(self, conv, bn, sc, mapping):
+        """The chain's last value as conv's product with W' and b' (see
+        ``_fold_batch_norm``), built from the product layer's own graph, reading the
+        values ``mapping`` (node id -> node id) gives for the nodes before it."""
+        t1 = conv.top_tensors[0]
+        g = self.graph
+        own = set(g.ancestors([t1.id]))
+        inside = set()
+        for p in conv.params:
+            inside |= own & (set(nx_descendants(g.nx, p.id)) | {p.id})
+        before = {Tensor(g, a): Tensor(g, b) for a, b in mapping.items()
+                  if a in own and a not in inside}
+        c = t1.shape[1]
+        mean_sum, var_sum, factor = bn.params
+        eps = float(bn.source.batch_norm_param.eps)
+        nonzero = F.ne(factor, 0.0)
+        inv = F.where(nonzero, 1.0 / F.where(nonzero, factor, 1.0), 0.0)
+        scale = 1.0 / F.sqrt(var_sum * inv + eps)
+        shift = -(mean_sum * inv)
+        if sc is not None:
+            scale = scale * sc.params[0]
+        if len(conv.params) == 2:
+            shift = shift + conv.params[1]
+        shift = shift * scale
+        if sc is not None and len(sc.params) == 2:
+            shift = shift + sc.params[1]
+        w = conv.params[0]
+        if conv.type == "InnerProduct" and conv.source.inner_product_param.transpose:
+            s_view = F.reshape(scale, (1, c))
+        else:
+            s_view = F.reshape(scale, (c,) + (1,) * (w.ndim - 1))
+        replace = dict(before)
+        replace[w] = w * s_view
+        if len(conv.params) == 2:
+            replace[conv.params[1]] = shift
+            return self.graph.clone([t1], replace)[0]
+        (y,) = self.graph.clone([t1], replace)
+        return y + F.reshape(shift, (1, c) + (1,) * (t1.ndim - 2))
 
     def _forward_parts(self, s, e):
         """Outputs (blob versions, then state updates) of layers s..e and the stored

@@ -113,9 +113,13 @@ def _plan(net):
 
 def _passes_over(plan, size):
     """Generated elementwise kernels (not library kernels) writing at least ``size``
-    values: passes over a GEMM's output."""
-    return [s for s in plan.steps if s.kind == "kernel" and not s.name.startswith("sn_")
-            and s.bytes_written >= 4 * size]
+    values: passes over a GEMM's output. Param-derived steps (``plan.derived``: a
+    BatchNorm folded into the weights, computed from params only and not at every
+    call) never read a GEMM's output and are not counted."""
+    derived = {i for steps, _ in plan.derived for i in steps}
+    return [s for i, s in enumerate(plan.steps) if s.kind == "kernel"
+            and not s.name.startswith("sn_") and s.bytes_written >= 4 * size
+            and i not in derived]
 
 
 def _epilogue_steps(plan):
