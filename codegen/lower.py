@@ -423,7 +423,15 @@ class Lowering:
                             (("l", "n"), ("p", "out0"), ("c", "in0")),
                             f"  SN_FOR(i, n) {{\n    out0[{text_dst}] = in0[{text_src}];\n"
                             "  }\n", f"{what} #{self.pos[n]}")
-        self.launch(text, [["long", size], out, src], size, [n])
+        return self.launch(text, [["long", size], out, src], size, [n])
+
+    def _view_candidates(self):
+        """Copies that may become views (see _place_views): (kind, step, value, value
+        it lives in, offset), in the order of the steps."""
+        found = self.__dict__.get("_view_cands")
+        if found is None:
+            found = self._view_cands = []
+        return found
 
     def _lower_Slice(self, n, op):
         (x,) = self.graph.args(n)
@@ -432,11 +440,14 @@ class Lowering:
         strides = _strides(in_shape)
         base = sum(s[0] * st for s, st in zip(op.slices, strides))
         if _contiguous_block(op.slices, in_shape, out_shape):
-            src = "i"
-        else:
-            c = coords_of("i", out_shape)
-            src = offset_of([f"({ci}) * {s[2]}L" if s[2] != 1 else ci
-                             for ci, s in zip(c, op.slices)], in_shape)
+            step = self._block_copy(n, "i", "i", size, self.w(n), self.r(x, base),
+                                    op.describe())
+            self._view_candidates().append(("slice", step, self.value(n), self.value(x),
+                                            base))
+            return
+        c = coords_of("i", out_shape)
+        src = offset_of([f"({ci}) * {s[2]}L" if s[2] != 1 else ci
+                         for ci, s in zip(c, op.slices)], in_shape)
         self._block_copy(n, "i", src, size, self.w(n), self.r(x, base), op.describe())
 
     def _lower_SliceGrad(self, n, op):
@@ -469,11 +480,13 @@ class Lowering:
         for j, a in enumerate(self.graph.args(n)):
             shape = self.graph.shape(a)
             size = math.prod(shape)
-            if size:
-                if math.prod(out_shape[:op.axis]) == 1:
-                    dst = "i"
-                else:
-                    dst = offset_of(coords_of("i", shape), out_shape)
+            if size and math.prod(out_shape[:op.axis]) == 1:
+                step = self._block_copy(n, "i", "i", size, self.w(n, start * inner),
+                                        self.r(a), f"part {j} of {op.describe()}")
+                self._view_candidates().append(("piece", step, self.value(a),
+                                                self.value(n), start * inner))
+            elif size:
+                dst = offset_of(coords_of("i", shape), out_shape)
                 self._block_copy(n, dst, "i", size, self.w(n, start * inner), self.r(a),
                                  f"part {j} of {op.describe()}")
             start += shape[op.axis]
@@ -1065,7 +1078,73 @@ class Lowering:
                   [siblings[i] for i in wanted], call)
 
     # ------------------------------------------------------------ plan
+    def _place_views(self):
+        """Contiguous slices and concat pieces without copies, decided once every step
+        is known: a slice's value becomes a view into its source at an offset, and a
+        concat's piece is computed in its place in the concat's memory; the copy step
+        is dropped. ``self._place`` maps a value to (the value it lives in, offset);
+        buffers are given to the values at the root of these chains.
+
+        A slice becomes a view when its value is a temporary written only by its copy
+        and nothing writes the memory it would view after the copy. A piece is placed
+        when it is a temporary not placed elsewhere (a value in two concats, or twice
+        in one, is copied the second time) and the concat is a temporary: a computed
+        output keeps its pieces' copies, since the caller may bind an output to an
+        input's memory, which the pieces would overwrite early. Pieces take disjoint
+        parts of the concat's memory, so writing one never touches another's."""
+        self._place = place = {}
+        cands = self.__dict__.get("_view_cands")
+        if not cands:
+            return
+        index = {id(st): i for i, st in enumerate(self.steps)}
+        writes, last = {}, {}
+        for i, st in enumerate(self.steps):
+            for v, mode in st.attrs["_rw"]:
+                if mode == "w":
+                    writes.setdefault(v, []).append(i)
+                    last[v] = i
+        outputs = set(self.output_values)
+        drop, hosts = set(), set()      # hosts: values others are placed in
+
+        def root(v):
+            off = 0
+            while v in place:
+                v, o = place[v]
+                off += o
+            return v, off
+
+        for kind, st, a, b, off in cands:
+            i = index[id(st)]
+            if kind == "slice":
+                dst, src = a, b
+                r, _ = root(src)
+                if dst in outputs or self.vrole[dst] != "temp" or dst in place or \
+                        writes.get(dst) != [i] or last.get(r, -1) > i or dst in hosts:
+                    continue
+                place[dst] = (src, off)
+                hosts.add(src)
+                last.pop(dst, None)
+            else:
+                piece, whole = a, b
+                if piece in outputs or whole in outputs or piece in place or \
+                        whole in place or self.vrole[piece] != "temp" or \
+                        self.vrole[whole] != "temp" or \
+                        self.vsize[piece] + off > self.vsize[whole]:
+                    continue
+                place[piece] = (whole, off)
+                hosts.add(whole)
+                # the concat's memory is now written where the piece is computed
+                last[whole] = max(last.get(whole, -1), last.get(piece, -1))
+            drop.add(id(st))
+        self.steps = [st for st in self.steps if id(st) not in drop]
+        self._roots = {v: root(v) for v in place}
+
+    def _root(self, v):
+        """(value holding v's memory, offset of v in it)."""
+        return self._roots.get(v, (v, 0)) if getattr(self, "_roots", None) else (v, 0)
+
     def plan(self) -> Plan:
+        self._place_views()
         slot_of, slot_size = self._assign_slots()
         buffers = []
         buf_of = {}
@@ -1084,7 +1163,8 @@ class Lowering:
         for v, s in slot_of.items():
             buf_of[v] = first_slot + s
         for st in self.steps:
-            st.args = [["buf", buf_of[a[1]], a[2]] if a[0] == "val" else a for a in st.args]
+            st.args = [["buf", buf_of[self._root(a[1])[0]], a[2] + self._root(a[1])[1]]
+                       if a[0] == "val" else a for a in st.args]
             st.attrs.pop("_rw", None)
         source = self.module_source()
         return Plan(self.backend, buffers, self.steps, self.kinfo,
@@ -1102,6 +1182,7 @@ class Lowering:
         start, end = {}, {}
         for i, st in enumerate(self.steps):
             for v, mode in st.attrs["_rw"]:
+                v = self._root(v)[0]
                 if self.vrole[v] != "temp":
                     continue
                 start.setdefault(v, i)

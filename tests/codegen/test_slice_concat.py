@@ -113,3 +113,99 @@ def test_copy_texts_do_not_grow_with_steps(backend):
 def test_unrolled_against_reference(compiled_backend, T):
     shapes, build = _unrolled(T)
     _run(compiled_backend, shapes, build)
+
+
+# ---------------------------------------------------------------- views and placement
+# A contiguous slice that is a temporary is read where it lies (no copy), and a concat
+# that is a temporary has its pieces computed in place in its memory.
+
+def _plan(shapes, build, backend="cpu"):
+    with sn.graph_scope():
+        xs = [sn.input(f"x{i}", s) for i, s in enumerate(shapes)]
+        ys = build(*xs)
+        return lower.lower(xs[0].graph, [t.id for t in xs], [t.id for t in ys], backend)
+
+
+def _copies(plan):
+    return [s for s in plan.steps if s.kind == "kernel" and s.name.startswith("k_copy")]
+
+
+VIEW_CASES = {
+    # slices of an input and of a computed value, read by kernels and a GEMM
+    "views": ([(5, 3, 4), (4, 6)],
+              lambda x, w: [sn.exp(x[2]) + x[3], sn.matmul(sn.tanh(x)[4], w)]),
+    # a view whose source's last direct reader comes early: GEMMs after it would take
+    # the source's memory if the view did not keep it alive
+    "view_outlives_source": ([(4, 4), (4, 4)], lambda x, w: [_late_view(x, w)]),
+    # a concat read by a GEMM; a piece's producer reads another piece (both in the
+    # concat's memory); a piece is read again after the concat
+    "concat_in_place": ([(2, 4), (4, 3)], lambda x, w: _pieces(x, w)),
+    # a value twice in one concat and in two concats: placed once, copied otherwise
+    "shared_piece": ([(2, 4), (4, 3)], lambda x, w: _shared(x, w)),
+    # a concat of a GEMM's output with its epilogue applied (bias, ReLU) on the cpu
+    "epilogue_piece": ([(3, 4), (4, 5), (5,)], lambda x, w, b: [
+        sn.matmul(sn.concat([sn.maximum(sn.matmul(x, w) + b, 0.0), sn.exp(sn.matmul(x, w))], 0),
+                  sn.transpose(sn.concat([sn.reshape(b, (1, 5))] * 5, 0), (1, 0)))]),
+    # slices of a concat placed in memory, and a concat of slices of one value
+    "concat_of_slices": ([(6, 3), (3, 2)], lambda x, w: [
+        sn.matmul(sn.concat([x[3:6] * 2.0, x[0:3] + 1.0], 0)[1:5], w),
+        sn.matmul(sn.concat([x[0:2], x[2:6]], 0), w) - sn.matmul(x, w)]),
+}
+
+
+def _late_view(x, w):
+    t = sn.matmul(x, w)
+    a = t[0:2]                  # a view of t
+    m = sn.matmul(t, w)         # t's last direct reader
+    for _ in range(4):
+        m = sn.matmul(sn.tanh(m), w)
+    return m[2:4] * a
+
+
+def _pieces(x, w):
+    p0 = sn.exp(x)
+    c = sn.concat([p0, p0 * 2.0 + 1.0, sn.exp(p0 * 0.1)], 0)
+    return [sn.matmul(c, w), p0 + 1.0]
+
+
+def _shared(x, w):
+    p = sn.exp(x)
+    c1 = sn.concat([p, p * 3.0, p], 0)
+    c2 = sn.concat([x, p], 0)
+    return [sn.matmul(c1, w), sn.matmul(c2, w)]
+
+
+@pytest.mark.parametrize("case", sorted(VIEW_CASES))
+def test_views_against_reference(compiled_backend, case):
+    shapes, build = VIEW_CASES[case]
+    _run(compiled_backend, shapes, build)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emu"])
+def test_views_copy_nothing(backend):
+    for case in ("views", "view_outlives_source", "concat_in_place"):
+        shapes, build = VIEW_CASES[case]
+        copies = _copies(_plan(shapes, build, backend))
+        assert not copies, (case, [s.ops for s in copies])
+    # the first concat's pieces are computed in place and its slice is a view; the
+    # second concat's pieces are views of x already, so they are copied
+    shapes, build = VIEW_CASES["concat_of_slices"]
+    assert len(_copies(_plan(shapes, build, backend))) == 2
+    # the second use of p in c1 and its use in c2, and x (an input) in c2, are copies
+    shapes, build = VIEW_CASES["shared_piece"]
+    assert len(_copies(_plan(shapes, build, backend))) == 3
+
+
+def test_outputs_keep_their_copies():
+    """A slice or concat requested as an output has a buffer of its own (the caller's
+    memory), so it is written by copies."""
+    plan = _plan([(4, 3)], lambda x: [x[1:3], sn.concat([sn.exp(x), x], 0)])
+    assert len(_copies(plan)) == 3
+
+
+def test_view_keeps_its_source_alive(compiled_backend):
+    """Forward only (a backward would read the source late anyway): the source's memory
+    must stay untouched until the view's last reader, though the source's own last
+    reader comes early and later GEMMs want memory of its size."""
+    shapes, build = VIEW_CASES["view_outlives_source"]
+    _run(compiled_backend, shapes, build, grad=False)
