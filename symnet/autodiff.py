@@ -11,6 +11,7 @@ import networkx as nx
 from . import functions as F
 from .errors import GradientError, GraphError
 from .graph import Tensor
+from .ops.layout import SliceGrad
 
 
 def grad(cost: Tensor, wrt, disconnected="zero"):
@@ -59,6 +60,7 @@ def vjp(outputs, cotangents, wrt, disconnected="zero"):
         parts = pending.pop(n, None)
         if not parts:
             continue
+        parts = _merge_slice_grads(graph, parts) if len(parts) > 1 else parts
         g = parts[0]
         for p in parts[1:]:
             g = F.add(g, p)
@@ -92,3 +94,59 @@ def vjp(outputs, cotangents, wrt, disconnected="zero"):
         else:
             result.append(F.zeros(w.shape, graph))
     return result
+
+
+def _slab(op):
+    """(axis, start, stop) when SliceGrad ``op`` scatters into a unit-step range of one
+    axis and whole other axes; else None."""
+    axis = None
+    for d, ((start, stop, step), n) in enumerate(zip(op.slices, op.in_shape)):
+        if (start, stop, step) == (0, n, 1):
+            continue
+        if axis is not None or step != 1 or not 0 <= start < stop <= n:
+            return None
+        axis = d
+    return None if axis is None else (axis, op.slices[axis][0], op.slices[axis][1])
+
+
+def _merge_slice_grads(graph, parts):
+    """Cotangents of slices of one tensor, disjoint ranges of one axis (the steps of an
+    unrolled loop reading x[t], the gates of an LSTM step), summed: one concat of the
+    slices' cotangents (those of one range added first) and zeros for the gaps, instead
+    of a zero-filled tensor of the whole shape per slice added together. Other parts
+    are returned after it in their order."""
+    slabs, others = {}, []
+    for p in parts:
+        op = graph.op(p.id)
+        found = _slab(op) if isinstance(op, SliceGrad) else None
+        if found is None:
+            others.append(p)
+        else:
+            slabs.setdefault(found[0], []).append((found[1], found[2], p))
+    merged = []
+    for axis, pieces in slabs.items():
+        pieces.sort(key=lambda s: s[0])
+        # ranges in order of their starts (a stable sort: equal ranges keep the order
+        # of their terms); disjoint or equal, never partly overlapping
+        if len(pieces) < 2 or any(a[1] > b[0] and a[:2] != b[:2]
+                                  for a, b in zip(pieces, pieces[1:])):
+            others.extend(p for _, _, p in pieces)
+            continue
+        shape = list(pieces[0][2].shape)
+        items, at = [], 0
+        for start, stop, p in pieces:
+            if start > at:
+                items.append(F.zeros(shape[:axis] + [start - at] + shape[axis + 1:], graph))
+            cot = graph.tensor(graph.args(p.id)[0])
+            if start < at:          # the same range again (a slice taken twice)
+                items[-1] = F.add(items[-1], cot)
+            else:
+                items.append(cot)
+            at = stop
+        if at < shape[axis]:
+            items.append(F.zeros(shape[:axis] + [shape[axis] - at] + shape[axis + 1:], graph))
+        merged.append(F.concat(items, axis))
+    if not merged:
+        return parts
+    kept = {id(p) for p in others}
+    return merged + [p for p in parts if id(p) in kept]
