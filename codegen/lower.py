@@ -426,8 +426,9 @@ class Lowering:
         return self.launch(text, [["long", size], out, src], size, [n])
 
     def _view_candidates(self):
-        """Copies that may become views (see _place_views): (kind, step, value, value
-        it lives in, offset), in the order of the steps."""
+        """Copies that may become views (see _place_views), in the order of the steps:
+        ("slice", step, value, the value it views, offset) and ("concat", [(step,
+        piece's value, offset)], the concat's value, None, None)."""
         found = self.__dict__.get("_view_cands")
         if found is None:
             found = self._view_cands = []
@@ -476,20 +477,21 @@ class Lowering:
     def _lower_Concat(self, n, op):
         out_shape = self.graph.shape(n)
         inner = math.prod(out_shape[op.axis + 1:])
-        start = 0
+        start, pieces = 0, []
         for j, a in enumerate(self.graph.args(n)):
             shape = self.graph.shape(a)
             size = math.prod(shape)
             if size and math.prod(out_shape[:op.axis]) == 1:
                 step = self._block_copy(n, "i", "i", size, self.w(n, start * inner),
                                         self.r(a), f"part {j} of {op.describe()}")
-                self._view_candidates().append(("piece", step, self.value(a),
-                                                self.value(n), start * inner))
+                pieces.append((step, self.value(a), start * inner))
             elif size:
                 dst = offset_of(coords_of("i", shape), out_shape)
                 self._block_copy(n, dst, "i", size, self.w(n, start * inner), self.r(a),
                                  f"part {j} of {op.describe()}")
             start += shape[op.axis]
+        if pieces:
+            self._view_candidates().append(("concat", pieces, self.value(n), None, None))
 
     # GEMM on the CPU: C[b0, b1] = A[b0, b1] B[b0, b1] + beta C[b0, b1], strided A and B
     def gemm(self, nodes, a, b, c, nb, M, N, Kd, sa, sb, sc, beta=0.0):
@@ -1114,30 +1116,51 @@ class Lowering:
             return v, off
 
         for kind, st, a, b, off in cands:
+            if kind == "concat":
+                self._place_concat(st, a, place, writes, last, outputs, drop, hosts, root,
+                                   index)
+                continue
             i = index[id(st)]
-            if kind == "slice":
-                dst, src = a, b
-                r, _ = root(src)
-                if dst in outputs or self.vrole[dst] != "temp" or dst in place or \
-                        writes.get(dst) != [i] or last.get(r, -1) > i or dst in hosts:
-                    continue
-                place[dst] = (src, off)
-                hosts.add(src)
-                last.pop(dst, None)
-            else:
-                piece, whole = a, b
-                if piece in outputs or whole in outputs or piece in place or \
-                        whole in place or self.vrole[piece] != "temp" or \
-                        self.vrole[whole] != "temp" or \
-                        self.vsize[piece] + off > self.vsize[whole]:
-                    continue
-                place[piece] = (whole, off)
-                hosts.add(whole)
-                # the concat's memory is now written where the piece is computed
-                last[whole] = max(last.get(whole, -1), last.get(piece, -1))
+            dst, src = a, b
+            r, _ = root(src)
+            if dst in outputs or self.vrole[dst] != "temp" or dst in place or \
+                    writes.get(dst) != [i] or last.get(r, -1) > i or dst in hosts:
+                continue
+            place[dst] = (src, off)
+            hosts.add(src)
+            last.pop(dst, None)
             drop.add(id(st))
         self.steps = [st for st in self.steps if id(st) not in drop]
         self._roots = {v: root(v) for v in place}
+
+    def _place_concat(self, pieces, whole, place, writes, last, outputs, drop, hosts, root,
+                      index):
+        """A concat whose pieces are views, in order and adjacent, of one value is a
+        view of that value; otherwise each piece that can is computed in place."""
+        if whole in outputs or whole in place or whole in hosts or \
+                self.vrole[whole] != "temp":
+            return
+        steps = [index[id(st)] for st, _, _ in pieces]
+        roots = [root(v) for _, v, _ in pieces]
+        r0, base = roots[0]
+        if all(v in place for _, v, _ in pieces) and \
+                all(r == r0 and o == base + off for (r, o), (_, _, off) in zip(roots, pieces)) \
+                and sorted(writes.get(whole, [])) == sorted(steps) and \
+                last.get(r0, -1) <= min(steps):
+            place[whole] = (r0, base)
+            hosts.add(r0)
+            last.pop(whole, None)
+            drop.update(id(st) for st, _, _ in pieces)
+            return
+        for st, piece, off in pieces:
+            if piece in outputs or piece in place or self.vrole[piece] != "temp" or \
+                    self.vsize[piece] + off > self.vsize[whole]:
+                continue
+            place[piece] = (whole, off)
+            hosts.add(whole)
+            # the concat's memory is now written where the piece is computed
+            last[whole] = max(last.get(whole, -1), last.get(piece, -1))
+            drop.add(id(st))
 
     def _root(self, v):
         """(value holding v's memory, offset of v in it)."""

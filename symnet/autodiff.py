@@ -11,7 +11,8 @@ import networkx as nx
 from . import functions as F
 from .errors import GradientError, GraphError
 from .graph import Tensor
-from .ops.layout import SliceGrad
+from .ops.contraction import MatMul
+from .ops.layout import SliceGrad, Transpose
 
 
 def grad(cost: Tensor, wrt, disconnected="zero"):
@@ -55,12 +56,13 @@ def vjp(outputs, cotangents, wrt, disconnected="zero"):
     for o, c in zip(outputs, cotangents):
         if o.id in reach:
             pending.setdefault(o.id, []).append(c)
-    done = {}
+    done, stacks = {}, {}
     for n in reversed(order):
         parts = pending.pop(n, None)
         if not parts:
             continue
-        parts = _merge_slice_grads(graph, parts) if len(parts) > 1 else parts
+        if len(parts) > 1:
+            parts = _merge_products(graph, _merge_slice_grads(graph, parts), stacks)
         g = parts[0]
         for p in parts[1:]:
             g = F.add(g, p)
@@ -150,3 +152,35 @@ def _merge_slice_grads(graph, parts):
         return parts
     kept = {id(p) for p in others}
     return merged + [p for p in parts if id(p) in kept]
+
+
+def _merge_products(graph, parts, stacks):
+    """Products a_i^T g_i of 2-D matrices (a weight's gradient from each use of the
+    weight: the steps of an unrolled loop, shared weights), summed: one product of the
+    a_i and of the g_i stacked along their rows, concat(a)^T concat(g), instead of a
+    product per use and the sums of the results. Other parts are returned after it in
+    their order. The uses are stacked in the order their a_i were made (a loop's steps
+    in order), and ``stacks`` keeps each stack made, so weights used together (an
+    LSTM's input and recurrent weights, the g_i their common cotangents) share one."""
+    found, others = [], []
+    for p in parts:
+        op = graph.op(p.id)
+        if isinstance(op, MatMul) and len(p.shape) == 2:
+            ta, g = graph.args(p.id)
+            top = graph.op(ta)
+            if isinstance(top, Transpose) and top.perm == (1, 0):
+                found.append((graph.tensor(graph.args(ta)[0]), graph.tensor(g)))
+                continue
+        others.append(p)
+    if len(found) < 2:
+        return parts
+    found.sort(key=lambda ag: ag[0].id)
+
+    def stack(ts):
+        key = tuple(t.id for t in ts)
+        if key not in stacks:
+            stacks[key] = F.concat(ts, 0)
+        return stacks[key]
+    a = stack([a for a, _ in found])
+    g = stack([g for _, g in found])
+    return [F.matmul(F.swap_last(a), g)] + others

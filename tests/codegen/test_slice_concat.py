@@ -146,10 +146,13 @@ VIEW_CASES = {
     "epilogue_piece": ([(3, 4), (4, 5), (5,)], lambda x, w, b: [
         sn.matmul(sn.concat([sn.maximum(sn.matmul(x, w) + b, 0.0), sn.exp(sn.matmul(x, w))], 0),
                   sn.transpose(sn.concat([sn.reshape(b, (1, 5))] * 5, 0), (1, 0)))]),
-    # slices of a concat placed in memory, and a concat of slices of one value
+    # slices of a concat placed in memory; concats of slices of one value, in order
+    # and adjacent (the value itself) and not
     "concat_of_slices": ([(6, 3), (3, 2)], lambda x, w: [
         sn.matmul(sn.concat([x[3:6] * 2.0, x[0:3] + 1.0], 0)[1:5], w),
-        sn.matmul(sn.concat([x[0:2], x[2:6]], 0), w) - sn.matmul(x, w)]),
+        sn.matmul(sn.concat([x[0:2], x[2:6]], 0), w) - sn.matmul(x, w),
+        sn.matmul(sn.concat([x[2:6], x[0:2]], 0), w),
+        sn.matmul(sn.concat([x[0:2], x[3:6]], 0), w)]),
 }
 
 
@@ -188,9 +191,10 @@ def test_views_copy_nothing(backend):
         copies = _copies(_plan(shapes, build, backend))
         assert not copies, (case, [s.ops for s in copies])
     # the first concat's pieces are computed in place and its slice is a view; the
-    # second concat's pieces are views of x already, so they are copied
+    # second concat is x itself; the pieces of the third (out of order) and the fourth
+    # (a gap) are views of x already, so they are copied
     shapes, build = VIEW_CASES["concat_of_slices"]
-    assert len(_copies(_plan(shapes, build, backend))) == 2
+    assert len(_copies(_plan(shapes, build, backend))) == 4
     # the second use of p in c1 and its use in c2, and x (an input) in c2, are copies
     shapes, build = VIEW_CASES["shared_piece"]
     assert len(_copies(_plan(shapes, build, backend))) == 3

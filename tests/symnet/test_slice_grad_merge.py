@@ -77,3 +77,29 @@ def test_slab_detection():
     assert _slab(ops.SliceGrad(((2, 3, 1), (1, 3, 1)), (5, 4))) is None     # two axes
     assert _slab(ops.SliceGrad(((0, 5, 2),), (5,))) is None                 # strided
     assert _slab(ops.SliceGrad(((0, 5, 1),), (5,))) is None                 # whole
+
+
+# A weight used by several products (an unrolled loop's steps, shared weights): its
+# gradient is one product over the uses' rows stacked, not a product per use added.
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu", "cuda-emu"])
+def test_weight_used_at_every_step(backend):
+    T, N, I, H = 5, 3, 4, 6
+    xv, wv = _weights((T, N, I), 4), _weights((I, H), 5)
+    cs = [_weights((N, H), 20 + t) for t in range(T)]
+    extra = _weights((2, I), 6)        # one more use with another number of rows
+    with sn.graph_scope():
+        x, w = sn.input("x", (T, N, I)), sn.input("w", (I, H))
+        e = sn.input("e", (2, I))
+        y = sum((sn.tanh(sn.matmul(x[t], w)) * c).sum() for t, c in enumerate(cs)) + \
+            sn.matmul(e, w).sum()
+        (gw,) = sn.grad(y, [w])
+        g = gw.graph
+        products = [n for n in g.ancestors([gw.id]) if isinstance(g.op(n), ops.MatMul)
+                    and g.shape(n) == (I, H)]
+        got = sn.function([x, w, e], [gw], backend=backend)(xv, wv, extra)[0]
+    assert len(products) == 1
+    want = extra.T @ np.ones((2, H), np.float32)
+    for t in range(T):
+        want = want + xv[t].T @ (cs[t] * (1 - np.tanh(xv[t] @ wv) ** 2))
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
