@@ -440,7 +440,7 @@ class Lowering:
         size = math.prod(out_shape)
         strides = _strides(in_shape)
         base = sum(s[0] * st for s, st in zip(op.slices, strides))
-        if _contiguous_block(op.slices, in_shape, out_shape):
+        if size and _contiguous_block(op.slices, in_shape, out_shape):
             step = self._block_copy(n, "i", "i", size, self.w(n), self.r(x, base),
                                     op.describe())
             self._view_candidates().append(("slice", step, self.value(n), self.value(x),
@@ -1093,7 +1093,8 @@ class Lowering:
         in one, is copied the second time) and the concat is a temporary: a computed
         output keeps its pieces' copies, since the caller may bind an output to an
         input's memory, which the pieces would overwrite early. Pieces take disjoint
-        parts of the concat's memory, so writing one never touches another's."""
+        parts of the concat's memory, so writing one never touches another's. A concat
+        of views, in order and adjacent, of one value is a view of that value."""
         self._place = place = {}
         cands = self.__dict__.get("_view_cands")
         if not cands:

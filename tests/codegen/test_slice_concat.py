@@ -213,3 +213,43 @@ def test_view_keeps_its_source_alive(compiled_backend):
     reader comes early and later GEMMs want memory of its size."""
     shapes, build = VIEW_CASES["view_outlives_source"]
     _run(compiled_backend, shapes, build, grad=False)
+
+
+# A Caffe net: Slice and Concat layers, in-place layers on their tops, trained one step
+# (forward and backward, every blob's data and diff against the numpy backend).
+NET = """
+layer { name: "in" type: "Input" top: "data" top: "target"
+  input_param { shape { dim: 6 dim: 3 dim: 2 dim: 2 } shape { dim: 6 dim: 5 } } }
+layer { name: "sl" type: "Slice" bottom: "data" top: "a" top: "b" top: "c"
+  slice_param { axis: 0 slice_point: 1 slice_point: 4 } }
+layer { name: "ra" type: "ReLU" bottom: "a" top: "a" }
+layer { name: "sb" type: "Sigmoid" bottom: "b" top: "b" }
+layer { name: "cat" type: "Concat" bottom: "c" bottom: "a" bottom: "b" top: "cat"
+  concat_param { axis: 0 } }
+layer { name: "tc" type: "TanH" bottom: "cat" top: "cat" }
+layer { name: "cat2" type: "Concat" bottom: "cat" bottom: "data" top: "cat2"
+  concat_param { axis: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "cat2" top: "ip"
+  inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "target" top: "loss" }
+"""
+
+
+@pytest.mark.parametrize("backend", ["cpu", "cuda-emu"])
+def test_net_with_slice_concat_and_in_place_layers(backend):
+    rng = rng_for("slice_concat_net")
+    nets = [sn.Net(NET, sn.TRAIN, backend=b) for b in ("numpy", backend)]
+    data = rng.standard_normal((6, 3, 2, 2)).astype(np.float32)
+    target = rng.standard_normal((6, 5)).astype(np.float32)
+    w = rng.standard_normal((5, 24)).astype(np.float32) * 0.3
+    for net in nets:
+        net.blobs["data"].data[...] = data
+        net.blobs["target"].data[...] = target
+        net.params["ip"][0].data[...] = w
+        net.forward()
+        net.backward()
+    ref, got = nets
+    for name in ref.blobs:
+        assert_close(got.blobs[name].data, ref.blobs[name].data, 1e-5, what=f"{name} data")
+        assert_close(got.blobs[name].diff, ref.blobs[name].diff, 1e-5, what=f"{name} diff")
+    assert_close(got.params["ip"][0].diff, ref.params["ip"][0].diff, 1e-5, what="ip diff")
