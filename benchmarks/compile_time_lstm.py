@@ -2,6 +2,7 @@
 256-unit LSTM should compile in under 10 s cold).
 
     python benchmarks/compile_time_lstm.py [--steps 25 50 100] [--hidden 256] [--backend cpu]
+                                           [--rounds 1]
 
 Each length runs in a fresh process with an empty cache directory (cold) and again with
 the cache filled (cached). The net is Input -> LSTM (num_output H, input 8, N 4
@@ -17,13 +18,16 @@ time is split into the phases it is spent in:
     other     everything else (executor setup, the runs themselves)
 
 and per step ("ms/step"), which should stay about flat as T grows if compile time is
-linear in T.
+linear in T. With ``--rounds R`` the lengths are measured R times, interleaved (every
+length once per round), and the medians are printed; the load average is printed
+before and after, as the machine is shared.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,18 +101,29 @@ def main():
     ap.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every length this many times, interleaved; medians")
     args = ap.parse_args()
     print(f"LSTM num_output {args.hidden}, N 4, input 8, TRAIN (forward + backward), "
-          f"backend {args.backend}; seconds")
+          f"backend {args.backend}; seconds" +
+          (f"; medians of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
+    print("load average before: %.2f %.2f %.2f" % os.getloadavg())
+    got = {steps: [] for steps in args.steps}
+    for _ in range(max(1, args.rounds)):
+        for steps in args.steps:
+            with tempfile.TemporaryDirectory() as cache:
+                cold = run(steps, args.hidden, args.backend, cache)
+                warm = run(steps, args.hidden, args.backend, cache)
+            got[steps].append((cold, warm))
     print(f"{'T':>5} {'cold':>7} {'cached':>7} {'ms/step':>8}  " +
           " ".join(f"{p:>8}" for p in PHASES))
-    for steps in args.steps:
-        with tempfile.TemporaryDirectory() as cache:
-            cold = run(steps, args.hidden, args.backend, cache)
-            warm = run(steps, args.hidden, args.backend, cache)
-        print(f"{steps:>5} {cold['total']:>7.2f} {warm['total']:>7.2f} "
+    for steps, runs in got.items():
+        cold = {k: statistics.median(c[k] for c, _ in runs) for k in runs[0][0]}
+        warm = statistics.median(w["total"] for _, w in runs)
+        print(f"{steps:>5} {cold['total']:>7.2f} {warm:>7.2f} "
               f"{1e3 * cold['total'] / steps:>8.1f}  " +
               " ".join(f"{cold[p]:>8.2f}" for p in PHASES))
+    print("load average after: %.2f %.2f %.2f" % os.getloadavg())
     print("target: T = 100 under 10 s cold (phases: the cold run; Python import excluded)")
 
 

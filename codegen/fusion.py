@@ -392,6 +392,10 @@ class Partition:
         graph is acyclic."""
         for _ in range(len(self.order) + 1):
             dag, readers = self._kernel_graph()
+            # find_cycle on an acyclic graph walks every edge from every node (quadratic
+            # in the kernels); the topological check is linear
+            if nx.is_directed_acyclic_graph(dag):
+                return
             try:
                 cycle = nx.find_cycle(dag)
             except nx.NetworkXNoCycle:
@@ -462,17 +466,17 @@ class Partition:
         epilogue right after it, so either way the order stays topological."""
         g = self.graph
         producer = {}
-        for i, k in enumerate(self.kernels):
-            for s in k.stored or k.members:
-                producer.setdefault(s, i)
-        deps = []       # per kernel: indices of the kernels it reads (aliases resolved)
         for k in self.kernels:
-            found = set()
-            for a in k.loads:
-                p = producer.get(a)
-                if p is not None and self.kernels[p] is not k:
-                    found.add(p)
-            deps.append(found)
+            for s in k.stored or k.members:
+                producer.setdefault(s, id(k))
+        # per kernel (by identity): the kernels it reads (aliases resolved); positions
+        # are kept in ``place`` and updated only where a pairing reorders, so pairing
+        # stays linear in the number of kernels
+        deps = {}
+        for k in self.kernels:
+            deps[id(k)] = {p for p in (producer.get(a) for a in k.loads)
+                           if p is not None and p != id(k)}
+        place = {id(k): i for i, k in enumerate(self.kernels)}
         li, taken = 0, set()
         while li < len(self.kernels):
             lib = self.kernels[li]
@@ -489,33 +493,32 @@ class Partition:
                 if g.shape(e.stored[0]) != g.shape(n) or id(e) in taken:
                     break
                 # the kernels between the two that the epilogue needs, transitively
-                need, stack = set(), [ei]
+                need, stack = set(), [id(e)]
                 while stack:
                     for p in deps[stack.pop()]:
-                        if at < p < ei and p not in need:
+                        if at < place[p] < ei and p not in need:
                             need.add(p)
                             stack.append(p)
-                if self._reaches(deps, at, need) or any(
-                        self.kernels[p].epilogue is not None or id(self.kernels[p]) in taken
+                if self._reaches(deps, place, id(lib), need) or any(
+                        self.kernels[place[p]].epilogue is not None or p in taken
                         for p in need):
                     break
-                order = list(range(len(self.kernels)))
-                moved = sorted(need)
-                rest = [i for i in order[at + 1:] if i not in need and i != ei]
-                new = order[:at] + moved + [at, ei] + rest
-                self.kernels = [self.kernels[i] for i in new]
-                remap = {old: pos for pos, old in enumerate(new)}
-                deps = [{remap[p] for p in deps[old]} for old in new]
-                producer = {s: remap[p] for s, p in producer.items()}
+                moved = sorted(place[p] for p in need)
+                rest = [i for i in range(at + 1, ei) if id(self.kernels[i]) not in need]
+                new = moved + [at, ei] + rest
+                self.kernels[at:ei + 1] = [self.kernels[i] for i in new]
+                for i in range(at, ei + 1):
+                    place[id(self.kernels[i])] = i
                 lib.epilogue = e
                 taken.add(id(e))
                 li = at         # the kernels moved before it are looked at next
                 break
 
     @staticmethod
-    def _reaches(deps, at, need):
-        """Whether any kernel in ``need`` depends on kernel ``at``, through any path."""
-        seen, stack = set(), list(need)
+    def _reaches(deps, place, at, need):
+        """Whether any kernel in ``need`` depends on kernel ``at``, through any path
+        (kernels by identity, ``place`` their positions)."""
+        seen, stack, lo = set(), list(need), place[at]
         while stack:
             p = stack.pop()
             if p in seen:
@@ -523,7 +526,7 @@ class Partition:
             seen.add(p)
             if p == at or at in deps[p]:
                 return True
-            stack.extend(q for q in deps[p] if q > at)
+            stack.extend(q for q in deps[p] if place[q] > lo)
         return False
 
     def _needed(self, k, want):

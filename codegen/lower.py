@@ -7,6 +7,8 @@ lifetimes do not overlap share one.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 import os
 import re
@@ -18,6 +20,7 @@ from .kernels import _ident
 from . import templates as T
 from . import winograd as WG
 from .fusion import partition
+from .indexing import coords_of, offset_of
 from .plan import Buffer, KernelInfo, Plan, Step, param_derived
 from .prelude import C_PRELUDE, CUDA_PRELUDE, DEVICE_SMS, blocks_per_sm, device_grid
 
@@ -318,7 +321,7 @@ class Lowering:
         # reads an input: the caller may bind an output to an input's memory (a param
         # diff accumulated in place: diff + gradient), which the GEMM would overwrite
         # before the epilogue reads it.
-        readers = [k for k in self.part.kernels if n in k.loads]
+        readers = self._readers_of(n)
         if n not in self.part.outputs and len(readers) == 1 and readers[0] is e and \
                 not any(isinstance(g.op(a), ops.Input) for a in e.loads) and \
                 math.prod(g.shape(e.stored[0])) == self.vsize[out[1]]:
@@ -359,6 +362,16 @@ class Lowering:
                       lambda m: f"{name}({m.group(1)}, {', '.join(ptrs)});", body)
         e.fused = True
         return args, params, body, e
+
+    def _readers_of(self, n):
+        """The partition's kernels that load n (an index built on first use)."""
+        index = getattr(self, "_reader_index", None)
+        if index is None:
+            index = self._reader_index = {}
+            for k in self.part.kernels:
+                for a in dict.fromkeys(k.loads):
+                    index.setdefault(a, []).append(k)
+        return index.get(n, [])
 
     def _lower_reduce(self, k):
         """A reduce kernel: on the CPU one launch (a thread per row); on CUDA the form
@@ -416,7 +429,86 @@ class Lowering:
             size = math.prod(space)
             self.launch(text, [["long", size], self.w(n), self.r(args[which])], size, [n])
 
-    _lower_Transpose = _lower_Slice = _lower_Pad = _lower_SliceGrad = _lower_Concat = _copy
+    _lower_Transpose = _lower_Pad = _copy
+
+    # Slices and concats: the constant part of each offset (a slice's start, a concat
+    # piece's position) goes into the pointer argument, not into the kernel text, so the
+    # copies of an unrolled loop's steps (x[t], the pieces of its output) share one
+    # kernel text; a piece that is one contiguous block is a plain copy.
+    def _block_copy(self, n, text_dst, text_src, size, out, src, what):
+        text = K.KernelText(K._name_of(self.graph, [n], "k_copy"),
+                            (("l", "n"), ("p", "out0"), ("c", "in0")),
+                            f"  SN_FOR(i, n) {{\n    out0[{text_dst}] = in0[{text_src}];\n"
+                            "  }\n", f"{what} #{self.pos[n]}")
+        return self.launch(text, [["long", size], out, src], size, [n])
+
+    def _view_candidates(self):
+        """Copies that may become views (see _place_views), in the order of the steps:
+        ("slice", step, value, the value it views, offset) and ("concat", [(step,
+        piece's value, offset)], the concat's value, None, None)."""
+        found = self.__dict__.get("_view_cands")
+        if found is None:
+            found = self._view_cands = []
+        return found
+
+    def _lower_Slice(self, n, op):
+        (x,) = self.graph.args(n)
+        in_shape, out_shape = self.graph.shape(x), self.graph.shape(n)
+        size = math.prod(out_shape)
+        strides = _strides(in_shape)
+        base = sum(s[0] * st for s, st in zip(op.slices, strides))
+        if size and _contiguous_block(op.slices, in_shape, out_shape):
+            step = self._block_copy(n, "i", "i", size, self.w(n), self.r(x, base),
+                                    op.describe())
+            self._view_candidates().append(("slice", step, self.value(n), self.value(x),
+                                            base))
+            return
+        c = coords_of("i", out_shape)
+        src = offset_of([f"({ci}) * {s[2]}L" if s[2] != 1 else ci
+                         for ci, s in zip(c, op.slices)], in_shape)
+        self._block_copy(n, "i", src, size, self.w(n), self.r(x, base), op.describe())
+
+    def _lower_SliceGrad(self, n, op):
+        """Zeros, then the cotangent written into the slice's place."""
+        (gy,) = self.graph.args(n)
+        g_shape, out_shape = self.graph.shape(gy), op.in_shape
+        total, size = math.prod(out_shape), math.prod(g_shape)
+        if size < total:
+            text = K.KernelText(K._name_of(self.graph, [n], "k_zero"),
+                                (("l", "n"), ("p", "out0")),
+                                "  SN_FOR(i, n) {\n    out0[i] = 0.0f;\n  }\n",
+                                f"zeros of {op.describe()} #{self.pos[n]}")
+            self.launch(text, [["long", total], self.w(n)], total, [n])
+        if size == 0:
+            return
+        strides = _strides(out_shape)
+        base = sum(s[0] * st for s, st in zip(op.slices, strides))
+        if _contiguous_block(op.slices, out_shape, g_shape):
+            dst = "i"
+        else:
+            c = coords_of("i", g_shape)
+            dst = offset_of([f"({ci}) * {s[2]}L" if s[2] != 1 else ci
+                             for ci, s in zip(c, op.slices)], out_shape)
+        self._block_copy(n, dst, "i", size, self.w(n, base), self.r(gy), op.describe())
+
+    def _lower_Concat(self, n, op):
+        out_shape = self.graph.shape(n)
+        inner = math.prod(out_shape[op.axis + 1:])
+        start, pieces = 0, []
+        for j, a in enumerate(self.graph.args(n)):
+            shape = self.graph.shape(a)
+            size = math.prod(shape)
+            if size and math.prod(out_shape[:op.axis]) == 1:
+                step = self._block_copy(n, "i", "i", size, self.w(n, start * inner),
+                                        self.r(a), f"part {j} of {op.describe()}")
+                pieces.append((step, self.value(a), start * inner))
+            elif size:
+                dst = offset_of(coords_of("i", shape), out_shape)
+                self._block_copy(n, dst, "i", size, self.w(n, start * inner), self.r(a),
+                                 f"part {j} of {op.describe()}")
+            start += shape[op.axis]
+        if pieces:
+            self._view_candidates().append(("concat", pieces, self.value(n), None, None))
 
     # GEMM on the CPU: C[b0, b1] = A[b0, b1] B[b0, b1] + beta C[b0, b1], strided A and B
     def gemm(self, nodes, a, b, c, nb, M, N, Kd, sa, sb, sc, beta=0.0):
@@ -1076,11 +1168,102 @@ class Lowering:
                   [siblings[i] for i in wanted], call)
 
     # ------------------------------------------------------------ plan
+    def _place_views(self):
+        """Contiguous slices and concat pieces without copies, decided once every step
+        is known: a slice's value becomes a view into its source at an offset, and a
+        concat's piece is computed in its place in the concat's memory; the copy step
+        is dropped. ``self._place`` maps a value to (the value it lives in, offset);
+        buffers are given to the values at the root of these chains.
+
+        A slice becomes a view when its value is a temporary written only by its copy
+        and nothing writes the memory it would view after the copy. A piece is placed
+        when it is a temporary not placed elsewhere (a value in two concats, or twice
+        in one, is copied the second time) and the concat is a temporary: a computed
+        output keeps its pieces' copies, since the caller may bind an output to an
+        input's memory, which the pieces would overwrite early. Pieces take disjoint
+        parts of the concat's memory, so writing one never touches another's. A concat
+        of views, in order and adjacent, of one value is a view of that value."""
+        self._place = place = {}
+        cands = self.__dict__.get("_view_cands")
+        if not cands:
+            return
+        index = {id(st): i for i, st in enumerate(self.steps)}
+        writes, last = {}, {}
+        for i, st in enumerate(self.steps):
+            for v, mode in st.attrs["_rw"]:
+                if mode == "w":
+                    writes.setdefault(v, []).append(i)
+                    last[v] = i
+        outputs = set(self.output_values)
+        drop, hosts = set(), set()      # hosts: values others are placed in
+
+        def root(v):
+            off = 0
+            while v in place:
+                v, o = place[v]
+                off += o
+            return v, off
+
+        for kind, st, a, b, off in cands:
+            if kind == "concat":
+                self._place_concat(st, a, place, writes, last, outputs, drop, hosts, root,
+                                   index)
+                continue
+            i = index[id(st)]
+            dst, src = a, b
+            r, _ = root(src)
+            if dst in outputs or self.vrole[dst] != "temp" or dst in place or \
+                    writes.get(dst) != [i] or last.get(r, -1) > i or dst in hosts:
+                continue
+            place[dst] = (src, off)
+            hosts.add(src)
+            last.pop(dst, None)
+            drop.add(id(st))
+        self.steps = [st for st in self.steps if id(st) not in drop]
+        self._roots = {v: root(v) for v in place}
+
+    def _place_concat(self, pieces, whole, place, writes, last, outputs, drop, hosts, root,
+                      index):
+        """A concat whose pieces are views, in order and adjacent, of one value is a
+        view of that value; otherwise each piece that can is computed in place."""
+        if whole in outputs or whole in place or whole in hosts or \
+                self.vrole[whole] != "temp":
+            return
+        steps = [index[id(st)] for st, _, _ in pieces]
+        roots = [root(v) for _, v, _ in pieces]
+        r0, base = roots[0]
+        if all(v in place for _, v, _ in pieces) and \
+                all(r == r0 and o == base + off for (r, o), (_, _, off) in zip(roots, pieces)) \
+                and sorted(writes.get(whole, [])) == sorted(steps) and \
+                last.get(r0, -1) <= min(steps):
+            place[whole] = (r0, base)
+            hosts.add(r0)
+            last.pop(whole, None)
+            drop.update(id(st) for st, _, _ in pieces)
+            return
+        for st, piece, off in pieces:
+            if piece in outputs or piece in place or self.vrole[piece] != "temp" or \
+                    self.vsize[piece] + off > self.vsize[whole]:
+                continue
+            place[piece] = (whole, off)
+            hosts.add(whole)
+            # the concat's memory is now written where the piece is computed
+            last[whole] = max(last.get(whole, -1), last.get(piece, -1))
+            drop.add(id(st))
+
+    def _root(self, v):
+        """(value holding v's memory, offset of v in it)."""
+        return self._roots.get(v, (v, 0)) if getattr(self, "_roots", None) else (v, 0)
+
     def plan(self) -> Plan:
+        self._place_views()
+        # steps computed from params alone, over the values that hold the memories
+        # (a view or a concat piece counts as its host's)
         param_pos = {v: k for k, (_, v) in enumerate(self.params)}
         self.derived, self.persistent = param_derived(
-            [st.attrs["_rw"] for st in self.steps], [st.kind for st in self.steps],
-            self.vrole, param_pos, set(self.output_values))
+            [[(self._root(v)[0], m) for v, m in st.attrs["_rw"]] for st in self.steps],
+            [st.kind for st in self.steps], self.vrole, param_pos,
+            {self._root(v)[0] for v in self.output_values})
         slot_of, slot_size = self._assign_slots()
         buffers = []
         buf_of = {}
@@ -1099,7 +1282,8 @@ class Lowering:
         for v, s in slot_of.items():
             buf_of[v] = first_slot + s
         for st in self.steps:
-            st.args = [["buf", buf_of[a[1]], a[2]] if a[0] == "val" else a for a in st.args]
+            st.args = [["buf", buf_of[self._root(a[1])[0]], a[2] + self._root(a[1])[1]]
+                       if a[0] == "val" else a for a in st.args]
             st.attrs.pop("_rw", None)
         source = self.module_source()
         return Plan(self.backend, buffers, self.steps, self.kinfo,
@@ -1117,32 +1301,45 @@ class Lowering:
         start, end = {}, {}
         for i, st in enumerate(self.steps):
             for v, mode in st.attrs["_rw"]:
+                v = self._root(v)[0]
                 if self.vrole[v] != "temp":
                     continue
                 start.setdefault(v, i)
                 end[v] = i
         dedicated = {v for v in self.output_values if self.vrole[v] == "temp"}
-        slot_of, slot_size, slot_free_at = {}, [], []
+        # each value takes the free slot (free before it starts) closest to its size,
+        # the lowest-numbered among equals, else a new slot: free slots sorted by
+        # (size, slot), busy ones in a heap by the step they are free after
+        slot_of, slot_size = {}, []
+        free, busy = [], []
         for v in sorted(start, key=lambda v: (start[v], v)):
             if v in dedicated:
                 continue
             if v in getattr(self, "persistent", ()):    # param-derived: kept between calls
                 slot_of[v] = len(slot_size)
                 slot_size.append(self.vsize[v])
-                slot_free_at.append(math.inf)
                 continue
+            while busy and busy[0][0] < start[v]:
+                _, s = heapq.heappop(busy)
+                bisect.insort(free, (slot_size[s], s))
+            size = self.vsize[v]
             best = None
-            for s in range(len(slot_size)):
-                if slot_free_at[s] < start[v]:
-                    if best is None or abs(slot_size[s] - self.vsize[v]) < \
-                            abs(slot_size[best] - self.vsize[v]):
-                        best = s
-            if best is None:
-                slot_size.append(self.vsize[v])
-                slot_free_at.append(end[v])
+            j = bisect.bisect_left(free, (size, -1))
+            cands = []
+            if j < len(free):           # the smallest size >= size, its lowest slot
+                cands.append(free[j])
+            if j > 0:                   # the largest size < size, its lowest slot
+                below = free[j - 1][0]
+                cands.append(free[bisect.bisect_left(free, (below, -1))])
+            if cands:
+                best = min(cands, key=lambda c: (abs(c[0] - size), c[1]))
+                free.remove(best)
+                best = best[1]
+            else:
+                slot_size.append(size)
                 best = len(slot_size) - 1
-            slot_size[best] = max(slot_size[best], self.vsize[v])
-            slot_free_at[best] = end[v]
+            slot_size[best] = max(slot_size[best], size)
+            heapq.heappush(busy, (end[v], best))
             slot_of[v] = best
         return slot_of, slot_size
 
@@ -1167,6 +1364,27 @@ def _cublas_operand(rows, cols, s_row, s_col):
             return 1, ld
     raise NotImplementedError(f"codegen: a GEMM operand with strides ({s_row}, {s_col}) "
                               "is neither column- nor row-major")
+
+
+def _strides(shape):
+    out, st = [], 1
+    for d in reversed(shape):
+        out.append(st)
+        st *= d
+    return list(reversed(out))
+
+
+def _contiguous_block(slices, in_shape, out_shape):
+    """Whether the slice of ``in_shape`` selecting ``out_shape`` is one contiguous run
+    of memory: single indices on the leading axes, a unit-step range on one axis, whole
+    axes after it."""
+    d = 0
+    while d < len(in_shape) and out_shape[d] == 1:
+        d += 1
+    if d < len(in_shape) and slices[d][2] != 1:
+        return False
+    return all(out_shape[e] == in_shape[e] and slices[e][2] == 1 and slices[e][0] == 0
+               for e in range(d + 1, len(in_shape)))
 
 
 def _unique(args):
