@@ -8,8 +8,11 @@ is uploaded by the next call that reads it). Handing the host array out writable
 write, as Caffe's mutable_cpu_data: the memory gets a new ``version``, so values a plan
 caches from the parameters (a folded BatchNorm, Winograd's transformed weights) are
 computed again at the next call. ``read_data()`` is a read and keeps the version.
-Writing later through an array taken before a call is not seen by those caches (in
-Caffe's GPU mode it is not seen at all): take ``blob.data`` again to write.
+The array handed out is a fresh view: while a script keeps it (``w = blob.data``, then
+``w[...] = x`` after some forwards, which Caffe's CPU mode sees), every call counts the
+memory as written, so those caches are recomputed; once it is dropped they are kept
+again. (On a device backend, a write through a kept array after a call that moved the
+head to the device is not uploaded, as in Caffe's GPU mode: take ``blob.data`` again.)
 
 Compiled calls of Nets and solvers read and write the device copies, so values stay on
 the device between calls; what Python never touches never moves.
@@ -33,7 +36,7 @@ class Blob:
     # ---- arrays (assignment keeps the array object, as pycaffe users expect)
     @property
     def data(self) -> np.ndarray:
-        return self.data_mem.host_write()
+        return self.data_mem.exposed()
 
     @data.setter
     def data(self, value):
@@ -41,7 +44,7 @@ class Blob:
 
     @property
     def diff(self) -> np.ndarray:
-        return self.diff_mem.host_write()
+        return self.diff_mem.exposed()
 
     @diff.setter
     def diff(self, value):

@@ -190,6 +190,7 @@ class SyncedMemory:
             self._device = None
             self._buf = None
             self._version = next(_versions)
+            self._exposed = []          # weak references to host arrays handed out
 
     @classmethod
     def wrap(cls, array):
@@ -235,8 +236,24 @@ class SyncedMemory:
     @property
     def version(self) -> int:
         """Changes at every access that may write the values (of this memory, its parent
-        or any view of the parent); unique across the memories of the process."""
-        return self._root()._version
+        or any view of the parent); unique across the memories of the process. While an
+        array ``exposed`` handed out is alive, its holder may write through it at any
+        time, so every read of the version is a new one."""
+        root = self._root()
+        if root._exposed:
+            root._exposed = [r for r in root._exposed if r() is not None]
+            if root._exposed:
+                root._version = next(_versions)
+        return root._version
+
+    def exposed(self) -> np.ndarray:
+        """The host array for writing (``host_write``) as a new view that stays writable
+        for as long as its holder keeps it: pycaffe's ``blob.data``. A script may keep
+        it and write later (``w = blob.data`` ... ``w[...] = x``), as Caffe's CPU mode
+        sees; until the view is dropped, the memory counts as written at every call."""
+        arr = self.host_write().view()
+        self._root()._exposed.append(weakref.ref(arr))
+        return arr
 
     def touch(self):
         """Record a write made behind the memory's back (a new version)."""

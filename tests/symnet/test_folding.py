@@ -467,3 +467,27 @@ def test_mobilenet_v2_tops_of_their_own_are_not_folded():
     for name in ("conv1", "conv1/bn", "conv2_1/expand"):
         np.testing.assert_allclose(net.blobs[name].read_data(), ref_net.blobs[name].data,
                                    rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_weight_written_through_a_kept_array_is_seen():
+    """pycaffe scripts may keep ``w = net.params[...][0].data`` and write through it
+    between forwards (Caffe's CPU mode reads that memory): while the array is kept,
+    every forward recomputes the folded weights; once it is dropped they are cached."""
+    import gc
+    net = chain_net("cpu")
+    x = np.random.default_rng(2).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    net.forward(data=x)
+    w, g = net.params["conv1"][0].data, net.params["sc1"][0].data
+    for k in range(3):
+        w[...] *= 1.5
+        g[...] += 0.25
+        out = {k_: v.copy() for k_, v in net.forward(data=x).items()}
+        ref, _ = reference(net, {"data": x})
+        check(out, ref)
+    del w, g
+    gc.collect()
+    net.forward(data=x)
+    runs = derived_runs(net)
+    net.forward(data=x)
+    net.forward(data=x)
+    assert derived_runs(net) == runs
