@@ -25,6 +25,7 @@ sys.path.insert(0, HERE)
 
 import lenet  # noqa: E402  (captures the environment before symnet's runtime loads)
 import numpy as np  # noqa: E402
+from _common import TorchProcess, torch_available  # noqa: E402
 
 
 def start_busy(n):
@@ -61,8 +62,8 @@ def main():
     solver = lenet.symnet_solver(args.batch, "cpu")
     solver.step(3)
     gov = cpu.governor()
-    worker = lenet.TorchProcess(args.batch, args.threads) if lenet.torch_available() \
-        else None
+    worker = TorchProcess(lenet.__file__, ["--batch", args.batch, "--threads", args.threads]) \
+        if torch_available() else None
     times = {(who, cond): [] for who in ("symnet", "torch") for cond in ("quiet", "busy")}
     threads = {"quiet": [], "busy": []}
     loads = {"quiet": [], "busy": []}

@@ -97,3 +97,17 @@ def canonical_axis(axis, ndim, field):
 def split_at(shape, axis):
     """(outer, size, inner) of a shape around ``axis``."""
     return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+def random_stream(name):
+    """The Philox key of a random layer (Dropout, STOCHASTIC pooling): from the layer's
+    name, so every backend draws the same numbers, and, when this process trains as
+    rank r of N > 1 (data-parallel, ``symnet.data.get_world()``), from r too: as Caffe
+    seeds each solver with ``random_seed + solver_rank``, ranks draw their own masks
+    rather than the same mask for their i-th images."""
+    from .. import data
+    key = sum(ord(c) * 131 ** i for i, c in enumerate(name)) & 0xFFFFFFFF
+    world = data.get_world()
+    if world.size > 1:
+        key = (key ^ (0x9E3779B9 * (world.rank + 1))) & 0xFFFFFFFF
+    return key

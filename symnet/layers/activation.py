@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import functions as F
-from ._util import require
+from ._util import random_stream, require
 from .registry import context, layer
 
 
@@ -31,7 +31,7 @@ def dropout(x, dropout_ratio=0.5, scale_train=True):
     scale = 1.0 / (1.0 - dropout_ratio)
     if ctx.phase != "TRAIN":
         return x if scale_train else x * (1.0 - dropout_ratio)
-    seed = sum(ord(c) * 131 ** i for i, c in enumerate(ctx.name)) & 0xFFFFFFFF
+    seed = random_stream(ctx.name)
     u = F.uniform(x.shape, seed=seed, counter=ctx.counter)
     keep = u >= dropout_ratio
     return x * keep * (scale if scale_train else 1.0)

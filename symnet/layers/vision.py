@@ -8,7 +8,8 @@ from ..errors import GraphError, ShapeError
 from ..ops.window import (PoolIndexSelect, PoolParams, MaxPoolArgmax,
                           StochasticPoolSample)
 from .registry import context, layer, layer_param
-from ._util import canonical_axis, is_int, param_message, require, show, spatial
+from ._util import (canonical_axis, is_int, param_message, random_stream, require, show,
+                    spatial)
 
 # Caffe's FLT_MIN: STOCHASTIC pooling's TEST value starts its window sum there
 FLT_MIN = 1.1754943508222875e-38
@@ -340,7 +341,7 @@ def _stochastic_pool(x, k, s, ceil_mode, ctx):
         xp = F.getitem(xp, (slice(None), slice(None), slice(0, hp), slice(0, wp)))
     whole = PoolParams(k, s, 0, ceil_mode=False)
     if ctx is not None and ctx.phase == "TRAIN":
-        seed = sum(ord(c) * 131 ** i for i, c in enumerate(ctx.name)) & 0xFFFFFFFF
+        seed = random_stream(ctx.name)
         u = F.uniform((N, C, oh, ow), seed=seed, counter=ctx.counter)
         idx = x.graph.add(StochasticPoolSample(whole), [xp, u])
         return x.graph.add(PoolIndexSelect(whole), [idx, xp])

@@ -452,6 +452,26 @@ def _dropout_fn(backend, params, phase="TRAIN", counter=False):
         return sn.function([x, gi] + ([it] if counter else []), [y, dx], backend=backend)
 
 
+def test_dropout_masks_differ_between_data_parallel_ranks():
+    """Caffe seeds each solver of a multi-GPU run with random_seed + solver_rank, so
+    ranks drop different units of their i-th images. Here a process training as rank r
+    of N (the data world the solver sets) draws its own Philox stream; one process, or
+    rank 0 of 1, keeps the stream it always had."""
+    from symnet import data
+    masks = {}
+    for world in ((0, 1), (0, 2), (1, 2)):
+        previous = data.set_world(*world)
+        try:
+            y, _ = _dropout_fn("numpy", {"dropout_ratio": 0.5})(XDROP, XDROP)
+        finally:
+            data.set_world(previous.rank, previous.size)
+        masks[world] = y != 0
+    assert not np.array_equal(masks[(0, 2)], masks[(1, 2)])
+    assert not np.array_equal(masks[(0, 1)], masks[(0, 2)])
+    y, _ = _dropout_fn("numpy", {"dropout_ratio": 0.5})(XDROP, XDROP)
+    np.testing.assert_array_equal(y != 0, masks[(0, 1)])
+
+
 @pytest.mark.parametrize("ratio, scale_train", [(0.5, True), (0.3, True), (0.2, False)])
 def test_dropout_train(backend, ratio, scale_train):
     """TRAIN: y = x * mask * scale (scale 1 / (1 - ratio), or 1 without scale_train),
