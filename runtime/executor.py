@@ -33,12 +33,17 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import operator
 import time
 
 import numpy as np
 
 from .errors import ShapeError
 from .memory import SyncedMemory
+
+_is = operator.is_
+_host_of = operator.attrgetter("_host")
+_device_of = operator.attrgetter("_device")
 
 
 def make_backend(name, plan):
@@ -150,8 +155,10 @@ class Executor:
         fast = self._fast
         if fast is not None and not timed and out is not None and \
                 self._same_memories(fast, inputs, params, out):
-            self._run_derived(self._param_versions(params), False)
-            self._issue(False)
+            if self._derived:
+                self._run_derived(self._param_versions(params), False)
+            for launch in self._runs:
+                launch()
             if self._collect_fast:
                 self._collect(out, self._ptrs)
             return list(out)
@@ -194,25 +201,25 @@ class Executor:
     def _fast_state(self, inputs, params, out):
         if not self.on_host or out is None:
             return None
-        state = []
-        for group in (inputs, params, out):
-            for v in group:
-                if not isinstance(v, SyncedMemory) or not v.size:
-                    return None
-                root = v._root()
-                if root._device is not None:
-                    return None
-                state.append((v, v._host, root))
-        return state
+        values = [*inputs, *params, *out]
+        for v in values:
+            if not isinstance(v, SyncedMemory) or not v.size:
+                return None
+        roots = [v._root() for v in values]
+        if any(r._device is not None for r in roots):
+            return None
+        return values, [v._host for v in values], roots
 
     @staticmethod
     def _same_memories(state, inputs, params, out):
-        if len(state) != len(inputs) + len(params) + len(out):
-            return False
-        for (v, host, root), w in zip(state, (*inputs, *params, *out)):
-            if v is not w or v._host is not host or root._device is not None:
-                return False
-        return True
+        values, hosts, roots = state
+        given = [*inputs, *params, *out]
+        # C-level loops: the same objects (checked first, so every value is a
+        # SyncedMemory before its attributes are read), around the same host arrays,
+        # none bound to a device since
+        return len(given) == len(values) and all(map(_is, values, given)) and \
+            all(map(_is, hosts, map(_host_of, given))) and \
+            list(map(_device_of, roots)).count(None) == len(roots)
 
     def _issue(self, timed):
         """Issue every step but the param-derived ones (with the launches prepared for
@@ -240,6 +247,7 @@ class Executor:
         skip = {i for steps, _ in self._derived for i in steps}
         self._regular_steps = [i for i in range(len(self.plan.steps)) if i not in skip]
         self._derived_seen = [None] * len(self._derived)
+        self._derived_params = sorted({k for _, params in self._derived for k in params})
         self.derived_runs = 0
 
     def _param_versions(self, params):
@@ -248,7 +256,12 @@ class Executor:
         the next call."""
         if not self._derived:
             return None
-        return [p.version if isinstance(p, SyncedMemory) else None for p in params]
+        versions = [None] * len(params)
+        for k in self._derived_params:      # only the params the groups read
+            p = params[k]
+            if isinstance(p, SyncedMemory):
+                versions[k] = p.version
+        return versions
 
     def _run_derived(self, versions, timed):
         """The groups of param-derived steps whose params changed since they ran."""

@@ -251,8 +251,19 @@ class SyncedMemory:
         for as long as its holder keeps it: pycaffe's ``blob.data``. A script may keep
         it and write later (``w = blob.data`` ... ``w[...] = x``), as Caffe's CPU mode
         sees; until the view is dropped, the memory counts as written at every call."""
-        arr = self.host_write().view()
-        self._root()._exposed.append(weakref.ref(arr))
+        root = self._parent if self._parent is not None else self
+        if root._head == DEVICE:
+            self.host_read()
+        root._head = HOST                       # host_write, inlined
+        root._version = next(_versions)
+        arr = self._host.view()
+        refs = root._exposed
+        if len(refs) >= root.__dict__.get("_exposed_limit", 16):
+            # views dropped since are forgotten here too (``version`` may never be read,
+            # e.g. for a net's output blobs), keeping the list as long as what is alive
+            refs[:] = [r for r in refs if r() is not None]
+            root._exposed_limit = max(16, 2 * len(refs))
+        refs.append(weakref.ref(arr))
         return arr
 
     def touch(self):

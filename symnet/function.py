@@ -1,6 +1,7 @@
 """``symnet.function``: compile a graph from inputs to outputs for a backend."""
 from __future__ import annotations
 
+import operator
 import os
 
 import numpy as np
@@ -11,6 +12,9 @@ from .graph import Tensor
 from .runtime.memory import SyncedMemory
 
 BACKENDS = ("numpy", "cpu", "cuda-emu", "cuda")
+
+_is = operator.is_
+_host_of = operator.attrgetter("_host")
 
 
 def default_backend() -> str:
@@ -119,21 +123,21 @@ class Function:
     # around the same host arrays (so of the same shapes), need no new checks.
     @staticmethod
     def _memories_state(feeds, out):
-        state = []
-        for v in (*feeds, *out):
+        values = [*feeds, *out]
+        for v in values:
             if type(v) is not SyncedMemory:
                 return None
-            state.append((v, v._host))
-        return state
+        return values, [v._host for v in values]
 
     def _same_memories(self, arrays, out):
         state = self.__dict__.get("_checked")
-        if state is None or len(state) != len(arrays) + len(out):
+        if state is None:
             return False
-        for (v, host), w in zip(state, (*arrays, *out)):
-            if v is not w or v._host is not host:
-                return False
-        return True
+        values, hosts = state
+        given = [*arrays, *out]
+        # C-level loops; identity first, so only the checked memories' hosts are read
+        return len(given) == len(values) and all(map(_is, values, given)) and \
+            all(map(_is, hosts, map(_host_of, given)))
 
     def _check_out(self, out):
         out = list(out)

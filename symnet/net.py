@@ -807,16 +807,23 @@ class Net:
         """Caffe's Forward reshapes every layer first: input blobs reshaped since the net
         was built (``net.blobs['data'].reshape(...)``) re-size the whole net here. Then
         keyword arrays are written into their blobs."""
-        if any(self.blobs[b].shape != shape for b, shape in self._built_shapes.items()):
-            self.reshape()
+        blobs = self.blobs
+        for b, shape in self._built_shapes.items():
+            if blobs[b].shape != shape:
+                self.reshape()
+                blobs = self.blobs
+                break
         for name, array in kwargs.items():
-            if name not in self.blobs:
+            blob = blobs.get(name)
+            if blob is None:
                 raise KeyError(f"{what}: no blob named '{name}'")
-            if self.blobs[name].shape != np.shape(array):
-                raise ValueError(f"{what}: '{name}' got shape {np.shape(array)}, the blob has "
-                                 f"{self.blobs[name].shape}; reshape the blob first "
+            shape = array.shape if type(array) is np.ndarray else np.shape(array)
+            if blob.shape != shape:
+                raise ValueError(f"{what}: '{name}' got shape {shape}, the blob has "
+                                 f"{blob.shape}; reshape the blob first "
                                  f"(net.blobs['{name}'].reshape(...))")
-            self.blobs[name].data[...] = array
+            # what ``blob.data[...] = array`` does, without a view kept for a moment
+            blob.data_mem.host_write()[...] = array
 
     def _forward_outs(self, outputs, updates):
         n_blob = len(outputs) - len(updates)
@@ -825,15 +832,19 @@ class Net:
 
     def _forward_done(self, updates, blobs, end=None):
         """updates: (param Tensor, memory of its new value) pairs."""
-        for param, mem in updates:
+        for param, mem in updates or ():
             param.op.blob.data_mem.copy_from(mem)
         self._last_counter = self.iteration
         if self.phase == TRAIN:
             self.iteration += 1
         # pycaffe's contract: the net's outputs, or the tops of ``end`` when it is given
-        first = list(self.outputs) if end is None else list(self._layers[end].tops)
-        names = first + [b for b in (blobs or []) if b not in first]
-        return {b: self.blobs[b].data for b in dict.fromkeys(names)}
+        if end is None and not blobs:
+            names = self.outputs            # distinct names (a sorted set)
+        else:
+            first = list(self.outputs) if end is None else list(self._layers[end].tops)
+            names = dict.fromkeys(first + [b for b in (blobs or []) if b not in first])
+        net_blobs = self.blobs
+        return {b: net_blobs[b].data for b in names}
 
     def forward(self, blobs=None, start=None, end=None, **kwargs):
         """Run layers start..end (names, inclusive); keyword arrays set input blobs.
@@ -905,14 +916,59 @@ class Net:
 
     def _forward_range(self, s, e):
         """Layers s..e as one compiled call; their state updates (param, memory)."""
-        key, outputs, updates, cut = self._run_parts(s, e)
-        outs = self._forward_outs(outputs, updates)
-        if outputs:
-            fn, feeds, _ = self._compile(key, outputs, cut)
-            self._take_blob_values(feeds)
-            fn(*[self._store(t) for t in feeds], out=outs, timed=self._timed)
-            self._show_in_blobs(outputs[:len(outputs) - len(updates)])
+        key = ("range", s, e)
+        if (s, e) == (0, len(self._layers) - 1):
+            key += (fold_batch_norm_enabled(),)     # which Function _compile gives
+        r = self._where_stored.get(key)
+        if r is None:
+            r = self._where_stored[key] = self._range_runner(s, e)
+        fn, outputs, updates, out_names, feeds, feed_names, earlier, shown = r
+        blobs = self.blobs
+        if out_names is not None:
+            outs = [blobs[n].data_mem for n in out_names]
+        else:
+            outs = [self._store(t) for t in outputs[:len(outputs) - len(updates)]]
+        if updates:
+            outs += [self._update_store(k, v.shape) for k, (_, v) in enumerate(updates)]
+        if fn is None:
+            return []
+        for t in earlier:           # _take_blob_values
+            self._store(t).copy_from(blobs[t.name].data_mem)
+        if feed_names is not None:
+            ins = [blobs[n].data_mem for n in feed_names]
+        else:
+            ins = [self._store(t) for t in feeds]
+        fn(*ins, out=outs, timed=self._timed)
+        for t in shown:             # _show_in_blobs
+            blobs[t.name].data_mem.copy_from(self._store(t))
+        if not updates:
+            return []
         return list(zip([p for p, _ in updates], outs[len(outs) - len(updates):]))
+
+    def _range_runner(self, s, e):
+        """What a run of layers s..e does, found once (the net's build fixes it): the
+        Function, outputs, updates, the blobs holding the outputs and feeds where each
+        is its blob's latest version (else None: each looked up by ``_store``), and the
+        earlier versions taken from and shown in the blobs."""
+        key, outputs, updates, cut = self._run_parts(s, e)
+        if not outputs:
+            return None, outputs, updates, None, [], None, [], []
+        fn, feeds, _ = self._compile(key, outputs, cut)
+        blob_outputs = outputs[:len(outputs) - len(updates)]
+        return (fn, outputs, updates, self._blob_names_of(blob_outputs), feeds,
+                self._blob_names_of(feeds), self._earlier(feeds),
+                self._earlier(list({t.name: t for t in blob_outputs}.values())))
+
+    def _blob_names_of(self, tensors):
+        """The blob names of ``tensors`` when each is stored as its blob's data, else
+        None."""
+        names = []
+        for t in tensors:
+            self._store(t)
+            if self._where_stored[t.id][0] != "blob":
+                return None
+            names.append(t.name)
+        return names
 
     # In Caffe the versions of a blob written in place share one memory. Here a blob's
     # memory holds its last version, and earlier ones (which backward reads) their own.
