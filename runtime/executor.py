@@ -154,7 +154,7 @@ class Executor:
         destinations of the outputs (arrays or SyncedMemory). Returns the outputs."""
         fast = self._fast
         if fast is not None and not timed and out is not None and \
-                self._same_memories(fast, inputs, params, out):
+                self._same_memories(fast, [*inputs, *params, *out]):
             if self._derived:
                 self._run_derived(self._param_versions(params), False)
             for launch in self._runs:
@@ -205,21 +205,21 @@ class Executor:
         for v in values:
             if not isinstance(v, SyncedMemory) or not v.size:
                 return None
-        roots = [v._root() for v in values]
+        roots = list({id(r): r for r in (v._root() for v in values)}.values())
         if any(r._device is not None for r in roots):
             return None
-        return values, [v._host for v in values], roots
+        return values, [v._host for v in values], roots, [None] * len(roots)
 
     @staticmethod
-    def _same_memories(state, inputs, params, out):
-        values, hosts, roots = state
-        given = [*inputs, *params, *out]
+    def _same_memories(state, given):
+        """``given``: the inputs, params and destinations of a run, in that order."""
+        values, hosts, roots, unbound = state
         # C-level loops: the same objects (checked first, so every value is a
         # SyncedMemory before its attributes are read), around the same host arrays,
         # none bound to a device since
         return len(given) == len(values) and all(map(_is, values, given)) and \
             all(map(_is, hosts, map(_host_of, given))) and \
-            list(map(_device_of, roots)).count(None) == len(roots)
+            list(map(_device_of, roots)) == unbound
 
     def _issue(self, timed):
         """Issue every step but the param-derived ones (with the launches prepared for

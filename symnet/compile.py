@@ -22,10 +22,11 @@ class CompiledFunction:
         self.sources = dict(self.plan.sources)
         self.executor = Executor(self.plan, callbacks=self.plan.callbacks)
         self.param_ops = [graph.op(n) for n, _ in self.plan.params]
+        self._param_getters = [op.get_memory for op in self.param_ops]
         self._checked_params = None     # (memories, their host arrays) last checked
 
     def run(self, feeds, out=None, timed=False):
-        params = [op.get_memory() for op in self.param_ops]
+        params = [get() for get in self._param_getters]
         last = self._checked_params
         if last is not None and all(map(_is, last[0], params)) and \
                 all(map(_is, last[1], map(_host_of, params))):

@@ -852,6 +852,14 @@ class Net:
         the blobs named in ``blobs``)."""
         self._check_open("forward")
         self._set_inputs(kwargs)
+        hooks = self._hooks
+        if start is None and end is None and not hooks["before_forward"] and \
+                not hooks["after_forward"]:
+            # the whole net as one call (what ``run`` below does for it)
+            if self._feeders:
+                self._feed_data(kwargs)
+            self._counter_value = self.iteration
+            return self._forward_done(self._refitting(self._forward_all), blobs)
         s = self._layer_index(start, 0)
         e = self._layer_index(end, len(self._layers) - 1)
         if s == 0:
@@ -870,6 +878,9 @@ class Net:
             return updates, e_
         updates, e = self._refitting(run)
         return self._forward_done(updates, blobs, None if end is None else e)
+
+    def _forward_all(self):
+        return self._forward_range(0, len(self._layers) - 1)
 
     def _refitting(self, run):
         """``run()``, repeated after re-sizing the net when a Filter's selector picked
@@ -916,12 +927,16 @@ class Net:
 
     def _forward_range(self, s, e):
         """Layers s..e as one compiled call; their state updates (param, memory)."""
-        key = ("range", s, e)
-        if (s, e) == (0, len(self._layers) - 1):
-            key += (fold_batch_norm_enabled(),)     # which Function _compile gives
-        r = self._where_stored.get(key)
-        if r is None:
-            r = self._where_stored[key] = self._range_runner(s, e)
+        r = self._where_stored.get(("range", s, e))
+        if r is None or r is True:
+            # True: the whole net, whose Function depends on whether BatchNorm is folded
+            if r is None and (s, e) == (0, len(self._layers) - 1) and \
+                    self._forward_only() and self._fold_chains():
+                r = self._where_stored[("range", s, e)] = True
+            key = ("range", s, e) if r is None else ("range", s, e, fold_batch_norm_enabled())
+            r = self._where_stored.get(key)
+            if r is None:
+                r = self._where_stored[key] = self._range_runner(s, e)
         fn, outputs, updates, out_names, feeds, feed_names, earlier, shown = r
         blobs = self.blobs
         if out_names is not None:
