@@ -149,18 +149,15 @@ class Executor:
         return mem.device_ptr(self.device)
 
     # ------------------------------------------------------------------ running
-    def run(self, inputs, params, out=None, timed=False):
+    def run(self, inputs, params, out=None, timed=False, checked=False):
         """inputs / params: arrays or SyncedMemory in the Plan's order; ``out`` the
-        destinations of the outputs (arrays or SyncedMemory). Returns the outputs."""
+        destinations of the outputs (arrays or SyncedMemory). Returns the outputs.
+        ``checked``: the caller checked the shapes of the inputs and destinations (a
+        Function does; the sizes are checked here), which ``run_same`` relies on."""
         fast = self._fast
         if fast is not None and not timed and out is not None and \
                 self._same_memories(fast, [*inputs, *params, *out]):
-            if self._derived:
-                self._run_derived(self._param_versions(params), False)
-            for launch in self._runs:
-                launch()
-            if self._collect_fast:
-                self._collect(out, self._ptrs)
+            self._run_fast(params, out)
             return list(out)
         plan = self.plan
         self._fast = None
@@ -191,14 +188,33 @@ class Executor:
         self._run_derived(versions, timed)
         self._issue(timed)
         self._collect(dests, ptrs)
-        self._fast = self._fast_state(inputs, params, out)
+        self._fast = self._fast_state(inputs, params, out, checked)
         return dests
+
+    def run_same(self, inputs, params, out):
+        """Run with the memories of the previous run when that run's caller had checked
+        them (``run(..., checked=True)``) and ``_fast_state`` allows: True; else
+        nothing is run and False is returned."""
+        fast = self._fast
+        if fast is None or not fast[4] or \
+                not self._same_memories(fast, [*inputs, *params, *out]):
+            return False
+        self._run_fast(params, out)
+        return True
+
+    def _run_fast(self, params, out):
+        if self._derived:
+            self._run_derived(self._param_versions(params), False)
+        for launch in self._runs:
+            launch()
+        if self._collect_fast:
+            self._collect(out, self._ptrs)
 
     # Host memories bound as they were in the previous run: the same SyncedMemory
     # objects around the same host arrays, none ever bound to a device. Their addresses,
     # sizes and layouts are then those already checked and packed, and nothing needs
     # syncing, so such a run issues the prepared steps directly.
-    def _fast_state(self, inputs, params, out):
+    def _fast_state(self, inputs, params, out, checked=False):
         if not self.on_host or out is None:
             return None
         values = [*inputs, *params, *out]
@@ -208,12 +224,12 @@ class Executor:
         roots = list({id(r): r for r in (v._root() for v in values)}.values())
         if any(r._device is not None for r in roots):
             return None
-        return values, [v._host for v in values], roots, [None] * len(roots)
+        return values, [v._host for v in values], roots, [None] * len(roots), bool(checked)
 
     @staticmethod
     def _same_memories(state, given):
         """``given``: the inputs, params and destinations of a run, in that order."""
-        values, hosts, roots, unbound = state
+        values, hosts, roots, unbound = state[:4]
         # C-level loops: the same objects (checked first, so every value is a
         # SyncedMemory before its attributes are read), around the same host arrays,
         # none bound to a device since

@@ -95,10 +95,13 @@ class Function:
         """One array per input (a NumPy array, or a ``SyncedMemory`` read where it is
         current); returns the outputs as NumPy arrays, or into ``out`` (arrays, or
         ``SyncedMemory`` that compiled backends write in place on their device)."""
-        if out is not None and self._impl is not None and self._same_memories(arrays, out):
+        if out is not None and self._impl is not None:
             # the memories of the previous call, already checked (a Net's forward)
-            results = self._impl.run(list(arrays), list(out), timed=timed)
-            return results[0] if self.single else results
+            results = None if timed else self._impl.run_same(arrays, out)
+            if results is None and self._same_memories(arrays, out):
+                results = self._impl.run(list(arrays), list(out), timed=timed, checked=True)
+            if results is not None:
+                return results[0] if self.single else results
         self._checked = None
         feeds = self._feeds(arrays)
         if self._impl is None:
@@ -116,7 +119,7 @@ class Function:
             out = self._check_out(out) if out is not None else None
             if out is not None:
                 self._checked = self._memories_state(feeds, out)
-            results = self._impl.run(feeds, out, timed=timed)
+            results = self._impl.run(feeds, out, timed=timed, checked=out is not None)
         return results[0] if self.single else results
 
     # Arguments and destinations that are the SyncedMemory objects of the previous call,
