@@ -157,6 +157,8 @@ class Executor:
         fast = self._fast
         if fast is not None and not timed and out is not None and \
                 self._same_memories(fast, [*inputs, *params, *out]):
+            if checked and not fast[4]:
+                self._fast = fast[:4] + (True,)
             self._run_fast(params, out)
             return list(out)
         plan = self.plan

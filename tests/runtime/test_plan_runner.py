@@ -179,3 +179,108 @@ def test_net_forward_repeated_and_hooks():
     out = net.forward(start="fc", end="fc")["fc"]
     ref.forward(data=xs[2])
     np.testing.assert_allclose(out, ref.blobs["fc"].data, rtol=1e-5, atol=1e-6)
+
+
+def test_run_same_only_after_a_checked_run():
+    """The shortcut that skips a Function's checks runs only with the memories of a run
+    whose caller checked their shapes, and never once one of them was reshaped."""
+    ins, outs = graph()
+    f = sn.function(ins, outs, backend="cpu")
+    a, o = mems(0), out_mems()
+    assert f._impl.run_same(a, o) is None               # nothing ran yet
+    f._impl.run(a, o)                                   # run directly: shapes unchecked
+    assert f._impl.run_same(a, o) is None
+    check(f(*a, out=o), reference(0))                   # checked by the Function
+    for v in o:
+        v.host_write()[...] = 7.0
+    assert f._impl.run_same(a, o) == o
+    check(o, reference(0))
+    a[0].host_write()[...] = arrays(2)[0]               # new values, same memories
+    want = sn.function(*graph(), backend="numpy")(arrays(2)[0], *arrays(0)[1:])
+    check(f(*a, out=o), want)
+    o[1].reshape((2, 4, 25))                            # same memory and size, new shape
+    assert f._impl.run_same(a, o) is None
+    with pytest.raises(sn.ShapeError, match="shape"):
+        f(*a, out=o)
+    o[1].reshape((2, 4, 5, 5))
+    check(f(*a, out=o), want)
+    b = mems(1)                                         # other memories
+    assert f._impl.run_same(b, o) is None
+    check(f(*b, out=o), reference(1))
+
+
+NET = """
+input: "data" input_shape { dim: 2 dim: 1 dim: 12 dim: 12 }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1"
+        convolution_param { num_output: 3 kernel_size: 3
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "fc" type: "InnerProduct" bottom: "c1" top: "fc"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.3 } } }
+"""
+
+
+def test_net_param_memory_replaced_or_written():
+    """Param memories are looked up at every forward: one of the wrong shape is an
+    error, a new one of the right shape is read, and values written into the kept one
+    are seen."""
+    r = np.random.default_rng(4)
+    x = r.standard_normal((2, 1, 12, 12)).astype(np.float32)
+    ref = sn.Net(NET, sn.TEST, backend="numpy")
+    net = sn.Net(NET, sn.TEST, backend="cpu")
+    for name in ("c1", "fc"):
+        for b, rb in zip(net.params[name], ref.params[name]):
+            b.data[...] = rb.data
+    np.testing.assert_allclose(net.forward(data=x)["fc"], ref.forward(data=x)["fc"],
+                               rtol=1e-5, atol=1e-6)
+    w = net.params["fc"][0]
+    kept = w.data_mem
+    w.data_mem = SyncedMemory((4, 3 * 10 * 10 + 1))
+    with pytest.raises(sn.ShapeError, match="shape"):
+        net.forward(data=x)
+    new = r.standard_normal(ref.params["fc"][0].shape).astype(np.float32)
+    w.data_mem = SyncedMemory.wrap(new.copy())
+    ref.params["fc"][0].data[...] = new
+    np.testing.assert_allclose(net.forward(data=x)["fc"], ref.forward(data=x)["fc"],
+                               rtol=1e-5, atol=1e-6)
+    w.data_mem = kept
+    kept.host_write()[...] = 2 * new
+    ref.params["fc"][0].data[...] = 2 * new
+    np.testing.assert_allclose(net.forward(data=x)["fc"], ref.forward(data=x)["fc"],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_net_without_chains_to_fold_ignores_the_fold_setting(monkeypatch):
+    r = np.random.default_rng(5)
+    xs = [r.standard_normal((2, 1, 12, 12)).astype(np.float32) for _ in range(3)]
+    ref = sn.Net(NET, sn.TEST, backend="numpy")
+    net = sn.Net(NET, sn.TEST, backend="cpu")
+    net.share_with(ref)
+    for x, fold in zip(xs, ("0", "1", "0")):
+        monkeypatch.setenv("SYMNET_FOLD_BN", fold)
+        np.testing.assert_allclose(net.forward(data=x)["fc"], ref.forward(data=x)["fc"],
+                                   rtol=1e-5, atol=1e-6)
+    assert len(net._fns) == 1
+
+
+def test_dropped_views_are_forgotten_kept_ones_count():
+    """``exposed`` views dropped unread do not pile up (a net's outputs are taken at
+    every forward, their version never read); a kept one still makes every version
+    read a new one, and once dropped the version is stable again."""
+    mem = SyncedMemory((3,))
+    for _ in range(1000):
+        mem.exposed()[...] = 1.0
+    assert len(mem._exposed) <= 32
+    v = mem.version
+    assert mem.version == v
+    kept = mem.exposed()
+    for _ in range(100):
+        mem.exposed()
+    assert len(mem._exposed) <= 32
+    first = mem.version
+    kept[0] = 5.0                                   # a write through the kept view
+    assert mem.version != first
+    assert mem.host_read()[0] == 5.0
+    del kept
+    v = mem.version
+    assert mem.version == v
