@@ -60,6 +60,10 @@ class BlobParam(ops.Param):
     def get_value(self):
         return self.blob.data
 
+    # what get_memory returns, as an attribute path (compiled calls fetch every param's
+    # memory at each call with one operator.attrgetter)
+    memory_attr = "blob.data_mem"
+
     def get_memory(self):
         return self.blob.data_mem
 
