@@ -1408,8 +1408,9 @@ class Net:
         """Caffe's Net::ToHDF5: group ``data`` (and ``diff``) holding a group per layer
         with params, a dataset per blob named by its index; written atomically."""
         h5py = _h5py("save_hdf5")
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
+
+        def fill(fd, tmp):
+            os.close(fd)
             with h5py.File(tmp, "w") as f:
                 for what in ("data", "diff") if write_diff else ("data",):
                     group = f.create_group(what)
@@ -1420,10 +1421,7 @@ class Net:
                         for j, blob in enumerate(layer.blobs):
                             arr = blob.read_data() if what == "data" else blob.read_diff()
                             lg.create_dataset(str(j), data=arr)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        prototxt.replace_file(path, fill)
 
     def load_hdf5(self, path):
         """Caffe's CopyTrainedLayersFromHDF5: each layer with params takes the blobs of

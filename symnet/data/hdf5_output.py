@@ -59,32 +59,15 @@ def legacy_shape(shape):
 def write_atomic(path, arrays: dict):
     """Write ``{dataset name: array}`` as a new HDF5 file replacing ``path`` at once."""
     h5py = _h5py()
-    from ..formats.prototxt import create_temp
-    try:
-        fd, tmp = create_temp(path)
-    except OSError as e:
-        raise DataError(f"HDF5Output: cannot write the file '{path}': {e.strerror or e}") \
-            from None
-    try:
+    from ..formats.prototxt import replace_file
+
+    def fill(fd, tmp):
         os.close(fd)
         with h5py.File(tmp, "w") as f:
             for name, array in arrays.items():
                 f.create_dataset(name, data=np.ascontiguousarray(array, dtype=np.float32))
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise DataError(f"HDF5Output: cannot write the file '{path}': "
-                            f"{e.strerror or e}") from None
-        raise
+    replace_file(path, fill, lambda why: DataError(f"HDF5Output: cannot write the file "
+                                                   f"'{path}': {why}"))
 
 
 class HDF5Writer:

@@ -618,28 +618,45 @@ def create_temp(path):
     raise FileExistsError(17, "no free temporary name", path)
 
 
-def _atomic_write(path, data: bytes):
+def replace_file(path, fill, error=None):
+    """Write the file ``path`` at once: ``fill(fd, tmp)`` writes a new temporary file
+    beside it (:func:`create_temp`; ``fill`` closes ``fd``, writing through it or by the
+    name ``tmp``), which is then flushed to disk and renamed over ``path``. On any
+    failure or interrupt the temporary file is removed and ``path`` is as it was; an
+    OSError becomes ``error(reason)`` when ``error`` is given."""
     path = os.fspath(path)
     try:
         fd, tmp = create_temp(path)
     except OSError as e:
-        raise PrototxtError(f"{path}: cannot write the file: {e.strerror or e}",
-                            filename=path) from None
+        if error is None:
+            raise
+        raise error(e.strerror or str(e)) from None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        fill(fd, tmp)
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException as e:
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        if isinstance(e, OSError):
-            raise PrototxtError(f"{path}: cannot write the file: {e.strerror or e}",
-                                filename=path) from None
+        if error is not None and isinstance(e, OSError):
+            raise error(e.strerror or str(e)) from None
         raise
+
+
+def _atomic_write(path, data: bytes):
+    path = os.fspath(path)
+
+    def fill(fd, tmp):
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    replace_file(path, fill, lambda why: PrototxtError(f"{path}: cannot write the file: "
+                                                       f"{why}", filename=path))
 
 
 def _serialize(message, path):

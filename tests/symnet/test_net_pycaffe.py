@@ -173,6 +173,29 @@ def test_hdf5_round_trip(tmp_path):
             np.testing.assert_array_equal(x.data, y.data)
 
 
+def test_hdf5_save_is_atomic(tmp_path, monkeypatch):
+    """save_hdf5 writes a temporary file beside the target and renames it over it: a
+    failure while writing leaves the previous file whole and no temporary file."""
+    h5py = pytest.importorskip("h5py")
+    a = deploy(1)
+    path = tmp_path / "net.h5"
+    a.save_hdf5(str(path))
+    before = path.read_bytes()
+    calls = []
+    real = h5py.Group.create_dataset
+
+    def failing(self, name, *args, **kw):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, name, *args, **kw)
+    monkeypatch.setattr(h5py.Group, "create_dataset", failing)
+    with pytest.raises(OSError, match="No space left"):
+        a.save_hdf5(str(path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.h5"]
+
+
 def test_hdf5_load_is_all_or_nothing(tmp_path):
     """A file whose last layer does not fit is refused naming the file and the layer,
     and no earlier layer was overwritten; a truncated file is refused before the HDF5
