@@ -78,18 +78,26 @@ class Graph:
         # before it), so ascending ids are the lexicographically smallest topological order
         return sorted(needed)
 
-    def clone(self, outputs, replace) -> list:
+    def clone(self, outputs, replace, substitute=None) -> list:
         """Theano's clone: ``outputs`` recomputed with some nodes replaced.
 
         ``replace`` maps Tensors of this graph to Tensors that stand in for them (new
-        inputs, say). Nodes not depending on a replaced one are shared, not copied.
-        Returns the new output Tensors.
+        inputs, say). ``substitute(node, mapping)``, when given, is asked for each node
+        in topological order, once the nodes before it are cloned (``mapping``: node id
+        to the id standing in for it): a Tensor to stand in for the node, or None. Nodes
+        not depending on a replaced one are shared, not copied. Returns the new output
+        Tensors.
         """
         mapping = {old.id: new.id for old, new in replace.items()}
         outs = [o.id for o in outputs]
         for n in self.ancestors(outs):
             if n in mapping:
                 continue
+            if substitute is not None:
+                stand_in = substitute(n, mapping)
+                if stand_in is not None:
+                    mapping[n] = stand_in.id
+                    continue
             args = self.args(n)
             new_args = [mapping.get(a, a) for a in args]
             if new_args != args:

@@ -642,23 +642,12 @@ class Net:
         # graph.clone in one topological pass, each chain's last value replaced by its
         # folded product as it comes, so a chain reading an earlier one's (the next
         # convolution after a ReLU) reads the folded values, never the original chain
-        g = self.graph
         ends = {(sc or bn).top_tensors[0].id: (conv, bn, sc) for conv, bn, sc in chains}
-        mapping = {}
-        with graph_scope(g):
-            for n in g.ancestors([o.id for o in outputs]):
-                if n in ends:
-                    mapping[n] = self._folded_product(*ends[n], mapping).id
-                    continue
-                args = g.args(n)
-                new_args = [mapping.get(a, a) for a in args]
-                if new_args != args:
-                    node = g.nx.nodes[n]
-                    saved, g.layer_tag = g.layer_tag, node.get("layer")
-                    mapping[n] = g.add(node["op"], [Tensor(g, a) for a in new_args],
-                                       name=node["name"]).id
-                    g.layer_tag = saved
-        return [Tensor(g, mapping.get(o.id, o.id)) for o in outputs]
+
+        def folded(n, mapping):
+            return self._folded_product(*ends[n], mapping) if n in ends else None
+        with graph_scope(self.graph):
+            return self.graph.clone(outputs, {}, substitute=folded)
 
     def _fold_chains(self):
         """(product layer, BatchNorm layer, Scale layer or None) for each chain that can
